@@ -1,0 +1,66 @@
+//! Channels to other Concord services. Every call made through them carries the current
+//! span's W3C tracecontext, so one trace follows a call across services.
+
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tonic::transport::{Channel, Endpoint};
+use tower::{Layer, Service};
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+/// A channel that injects tracecontext; what generated clients are built on.
+pub type TracedChannel = InjectTrace<Channel>;
+
+/// Connects lazily to `uri` (for example `http://127.0.0.1:50051`): the first call connects,
+/// and the channel reconnects by itself after failures.
+pub fn connect_lazy(uri: &str) -> anyhow::Result<TracedChannel> {
+    let endpoint = Endpoint::from_shared(uri.to_string())?
+        .connect_timeout(Duration::from_secs(5))
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(30))
+        .keep_alive_while_idle(true);
+    Ok(InjectTraceLayer.layer(endpoint.connect_lazy()))
+}
+
+/// Connects to `uri` now, failing if it cannot.
+pub async fn connect(uri: &str) -> anyhow::Result<TracedChannel> {
+    let endpoint = Endpoint::from_shared(uri.to_string())?
+        .connect_timeout(Duration::from_secs(5))
+        .tcp_nodelay(true);
+    Ok(InjectTraceLayer.layer(endpoint.connect().await?))
+}
+
+/// Adds W3C tracecontext headers for the current span to every request.
+#[derive(Debug, Clone, Default)]
+pub struct InjectTraceLayer;
+
+impl<S> Layer<S> for InjectTraceLayer {
+    type Service = InjectTrace<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        InjectTrace { inner }
+    }
+}
+
+/// See [`InjectTraceLayer`].
+#[derive(Debug, Clone)]
+pub struct InjectTrace<S> {
+    inner: S,
+}
+
+impl<S, B> Service<http::Request<B>> for InjectTrace<S>
+where
+    S: Service<http::Request<B>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
+        crate::telemetry::inject(&tracing::Span::current().context(), req.headers_mut());
+        self.inner.call(req)
+    }
+}

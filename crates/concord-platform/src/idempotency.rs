@@ -1,0 +1,77 @@
+//! Request ids (AIP-155): a create or an action with a request id is applied once. The id is
+//! claimed in the same transaction as the write, so a retry after a lost response finds it, and
+//! a concurrent duplicate waits on the claim and then finds it.
+
+use sha2::{Digest, Sha256};
+
+use crate::error::{Error, Result};
+use crate::storage::{SqlxResultExt, Tx};
+
+/// What [`claim`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Claim {
+    /// First time: go ahead, then [`complete`].
+    New,
+    /// Already done: the resource the first call produced.
+    Replay(String),
+}
+
+/// Fingerprint of a request message, to tell a retry from a different request reusing the id.
+pub fn fingerprint(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// Checks a request id: at most 128 printable ASCII characters.
+pub fn validate(field: &str, request_id: &str) -> Result<()> {
+    if request_id.len() > 128 || !request_id.chars().all(|c| c.is_ascii_graphic()) {
+        return Err(Error::invalid(field, "must be at most 128 printable ASCII characters (a UUID is recommended)"));
+    }
+    Ok(())
+}
+
+/// Claims `request_id` of `agency` for `method` inside `tx`.
+pub async fn claim(tx: &mut Tx, agency: &str, request_id: &str, method: &str, fingerprint: &str) -> Result<Claim> {
+    let inserted = sqlx::query(
+        "INSERT INTO idempotency_keys (agency, request_id, method, fingerprint, resource_name, create_time) \
+         VALUES ($1, $2, $3, $4, '', $5) ON CONFLICT (agency, request_id) DO NOTHING",
+    )
+    .bind(agency)
+    .bind(request_id)
+    .bind(method)
+    .bind(fingerprint)
+    .bind(crate::time::now_micros())
+    .execute(tx.conn())
+    .await
+    .db()?
+    .rows_affected();
+    if inserted == 1 {
+        return Ok(Claim::New);
+    }
+    let (m, f, name): (String, String, String) = sqlx::query_as(
+        "SELECT method, fingerprint, resource_name FROM idempotency_keys WHERE agency = $1 AND request_id = $2",
+    )
+    .bind(agency)
+    .bind(request_id)
+    .fetch_one(tx.conn())
+    .await
+    .db()?;
+    if m != method || f != fingerprint {
+        return Err(Error::invalid(
+            "request_id",
+            format!("'{request_id}' was already used for a different request ({m}); use a new request id"),
+        ));
+    }
+    Ok(Claim::Replay(name))
+}
+
+/// Records the resource a claimed request produced.
+pub async fn complete(tx: &mut Tx, agency: &str, request_id: &str, resource_name: &str) -> Result<()> {
+    sqlx::query("UPDATE idempotency_keys SET resource_name = $1 WHERE agency = $2 AND request_id = $3")
+        .bind(resource_name)
+        .bind(agency)
+        .bind(request_id)
+        .execute(tx.conn())
+        .await
+        .db()?;
+    Ok(())
+}

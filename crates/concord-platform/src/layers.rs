@@ -1,0 +1,220 @@
+//! The tower layers every Concord server stacks, outermost first:
+//! [`TraceLayer`] (span per call, parent from W3C tracecontext) ->
+//! [`AdmissionLayer`] (concurrency limit with load shedding) ->
+//! [`IdentityLayer`] (principal into the request extensions).
+//! Deadlines and message size caps are enforced by tonic itself (see `server`).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use tokio::sync::Semaphore;
+use tonic::body::Body;
+use tower::{Layer, Service};
+use tracing::Instrument;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+use crate::auth::SharedAuthenticator;
+
+type BoxFuture<T, E> = Pin<Box<dyn Future<Output = Result<T, E>> + Send>>;
+
+/// Paths that answer without credentials: the health protocol, for probes and load balancers,
+/// and reflection, which only describes the public contracts.
+fn is_public(path: &str) -> bool {
+    path.starts_with("/grpc.health.v1.Health/") || path.starts_with("/grpc.reflection.")
+}
+
+/// One span per call, child of the caller's span when it sent W3C tracecontext.
+#[derive(Debug, Clone, Default)]
+pub struct TraceLayer;
+
+impl<S> Layer<S> for TraceLayer {
+    type Service = Trace<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        Trace { inner }
+    }
+}
+
+/// See [`TraceLayer`].
+#[derive(Debug, Clone)]
+pub struct Trace<S> {
+    inner: S,
+}
+
+impl<S, B> Service<http::Request<B>> for Trace<S>
+where
+    S: Service<http::Request<B>, Response = http::Response<Body>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    B: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = BoxFuture<S::Response, S::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        let path = req.uri().path().to_string();
+        let (service, method) = path.trim_start_matches('/').split_once('/').unwrap_or(("", ""));
+        let span = tracing::info_span!(
+            "grpc.server",
+            otel.name = %path,
+            otel.kind = "server",
+            rpc.system = "grpc",
+            rpc.service = %service,
+            rpc.method = %method,
+            rpc.grpc.status_code = tracing::field::Empty,
+            concord.agency = tracing::field::Empty,
+        );
+        let _ = span.set_parent(crate::telemetry::extract(req.headers()));
+        // Swap in the clone that was driven to readiness (tower's documented pattern).
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let started = Instant::now();
+        Box::pin(
+            async move {
+                let res = inner.call(req).await;
+                if let Ok(resp) = &res {
+                    // Unary errors come back trailers-only, so grpc-status is in the headers;
+                    // success is reported in trailers, which this layer does not wait for.
+                    let code = resp
+                        .headers()
+                        .get("grpc-status")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("0")
+                        .to_string();
+                    tracing::Span::current().record("rpc.grpc.status_code", code.as_str());
+                    tracing::debug!(elapsed_us = started.elapsed().as_micros() as u64, grpc_status = %code, "request served");
+                }
+                res
+            }
+            .instrument(span),
+        )
+    }
+}
+
+/// Limits the calls served at once; beyond the limit a call is shed at once with UNAVAILABLE
+/// instead of queueing, so an overloaded server fails fast and clients back off.
+#[derive(Debug, Clone)]
+pub struct AdmissionLayer {
+    permits: Arc<Semaphore>,
+}
+
+impl AdmissionLayer {
+    /// At most `max` calls at once.
+    pub fn new(max: usize) -> Self {
+        Self { permits: Arc::new(Semaphore::new(max.max(1))) }
+    }
+}
+
+impl<S> Layer<S> for AdmissionLayer {
+    type Service = Admission<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        Admission { inner, permits: self.permits.clone() }
+    }
+}
+
+/// See [`AdmissionLayer`].
+#[derive(Debug, Clone)]
+pub struct Admission<S> {
+    inner: S,
+    permits: Arc<Semaphore>,
+}
+
+impl<S, B> Service<http::Request<B>> for Admission<S>
+where
+    S: Service<http::Request<B>, Response = http::Response<Body>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    B: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = BoxFuture<S::Response, S::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        let Ok(permit) = self.permits.clone().try_acquire_owned() else {
+            tracing::warn!(path = %req.uri().path(), "load shed: concurrency limit reached");
+            let status = tonic::Status::unavailable("server is at its concurrency limit; retry with backoff");
+            return Box::pin(async move { Ok(status.into_http()) });
+        };
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        Box::pin(async move {
+            let res = inner.call(req).await;
+            drop(permit);
+            res
+        })
+    }
+}
+
+/// Authenticates every call but the public ones and puts the [`crate::auth::Principal`] in
+/// the request extensions; refuses the call with UNAUTHENTICATED otherwise.
+#[derive(Clone)]
+pub struct IdentityLayer {
+    authenticator: SharedAuthenticator,
+}
+
+impl IdentityLayer {
+    /// Uses `authenticator` for every call.
+    pub fn new(authenticator: SharedAuthenticator) -> Self {
+        Self { authenticator }
+    }
+}
+
+impl<S> Layer<S> for IdentityLayer {
+    type Service = Identity<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        Identity { inner, authenticator: self.authenticator.clone() }
+    }
+}
+
+/// See [`IdentityLayer`].
+#[derive(Clone)]
+pub struct Identity<S> {
+    inner: S,
+    authenticator: SharedAuthenticator,
+}
+
+impl<S, B> Service<http::Request<B>> for Identity<S>
+where
+    S: Service<http::Request<B>, Response = http::Response<Body>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    B: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = BoxFuture<S::Response, S::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
+        if !is_public(req.uri().path()) {
+            match self.authenticator.authenticate(req.headers()) {
+                Ok(principal) => {
+                    tracing::Span::current().record("concord.agency", principal.agency.as_str());
+                    req.extensions_mut().insert(principal);
+                }
+                Err(e) => {
+                    let status = e.into_status("auth.concord");
+                    return Box::pin(async move { Ok(status.into_http()) });
+                }
+            }
+        }
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        Box::pin(async move { inner.call(req).await })
+    }
+}

@@ -1,0 +1,36 @@
+//! What every Concord service shares, so that no service repeats it.
+//!
+//! # Layout
+//! - [`config`]: configuration from flags and environment (12-factor).
+//! - [`telemetry`]: tracing subscriber (human or JSON), OTLP export, W3C tracecontext.
+//! - [`server`]: server assembly: health, reflection, tower layers, graceful shutdown.
+//! - [`layers`]: the tower layers every server stacks (trace, admission, identity).
+//! - [`client`]: channels to other services, with tracecontext injected on every call.
+//! - [`error`]: the error model; domain errors become `Status` here and only here.
+//! - [`auth`]: the caller's principal and scope, the seam the security work fills in.
+//! - [`storage`]: SQLite (default) or PostgreSQL, migrations, transactions, sqlx errors.
+//! - [`outbox`]: the transactional outbox and the resumable `WatchChanges` stream.
+//! - [`idempotency`]: request ids stored in the same transaction as the write.
+//! - [`filter`]: AIP-160 filter parsing and translation to SQL.
+//! - [`named_enum`]: domain enums stored and converted by name.
+//! - [`paging`]: AIP-158 page sizes and page tokens.
+//! - [`sql`]: a small SQL builder with `$n` placeholders that both dialects accept.
+//! - [`time`]: timestamps as microseconds since the epoch, and their protobuf form.
+
+pub mod auth;
+pub mod client;
+pub mod config;
+pub mod error;
+pub mod filter;
+pub mod idempotency;
+pub mod layers;
+pub mod named_enum;
+pub mod outbox;
+pub mod paging;
+pub mod server;
+pub mod sql;
+pub mod storage;
+pub mod telemetry;
+pub mod time;
+
+pub use error::{Error, FieldViolation, Result};

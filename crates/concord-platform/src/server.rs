@@ -1,0 +1,183 @@
+//! Server assembly: every Concord server gets the same health service, reflection (v1 and
+//! v1alpha), tower layers, limits and graceful shutdown, from [`serve`].
+//!
+//! Shutdown, as Kubernetes expects it: on the signal every service reports NOT_SERVING, the
+//! server keeps answering for `drain_grace` while load balancers notice, then stops accepting,
+//! finishes in-flight calls (watch streams end themselves on the same signal) and returns; the
+//! caller then flushes telemetry.
+
+use std::net::SocketAddr;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::server::NamedService;
+use tonic::service::RoutesBuilder;
+use tonic_health::ServingStatus;
+
+use crate::auth::SharedAuthenticator;
+use crate::config::ServerConfig;
+use crate::layers::{AdmissionLayer, IdentityLayer, TraceLayer};
+
+/// A signal every long-lived task watches; flips to `true` once, when shutdown begins.
+#[derive(Debug, Clone)]
+pub struct Shutdown {
+    rx: watch::Receiver<bool>,
+}
+
+/// Triggers a [`Shutdown`].
+#[derive(Debug)]
+pub struct ShutdownTrigger {
+    tx: watch::Sender<bool>,
+}
+
+impl Shutdown {
+    /// A new signal and its trigger.
+    pub fn new() -> (ShutdownTrigger, Shutdown) {
+        let (tx, rx) = watch::channel(false);
+        (ShutdownTrigger { tx }, Shutdown { rx })
+    }
+    /// Completes when shutdown begins (at once if it has begun).
+    pub async fn wait(&mut self) {
+        let _ = self.rx.wait_for(|v| *v).await;
+    }
+    /// True once shutdown has begun.
+    pub fn is_triggered(&self) -> bool {
+        *self.rx.borrow()
+    }
+}
+
+impl ShutdownTrigger {
+    /// Begins shutdown.
+    pub fn trigger(&self) {
+        let _ = self.tx.send(true);
+    }
+    /// Begins shutdown on SIGTERM or Ctrl-C.
+    pub fn on_signals(self) {
+        tokio::spawn(async move {
+            wait_for_signal().await;
+            tracing::info!("shutdown signal received");
+            self.trigger();
+        });
+    }
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = term.recv() => {},
+                _ = tokio::signal::ctrl_c() => {},
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+/// The services one server exposes, with their names for the health protocol.
+#[derive(Default)]
+pub struct Services {
+    routes: RoutesBuilder,
+    names: Vec<&'static str>,
+}
+
+impl Services {
+    /// No services yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+    /// Adds a generated tonic server.
+    pub fn add<S>(mut self, svc: S) -> Self
+    where
+        S: tower::Service<
+                http::Request<tonic::body::Body>,
+                Response = http::Response<tonic::body::Body>,
+                Error = std::convert::Infallible,
+            > + NamedService
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Future: Send + 'static,
+    {
+        self.names.push(S::NAME);
+        self.routes.add_service(svc);
+        self
+    }
+}
+
+/// Binds `addr` (port 0 picks a free port). Separate from [`serve`] so callers learn the port.
+pub async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
+    Ok(TcpListener::bind(addr).await?)
+}
+
+/// Serves `services` on `listener` until `shutdown`, with health, reflection and the layers.
+pub async fn serve(
+    listener: TcpListener,
+    services: Services,
+    authenticator: SharedAuthenticator,
+    cfg: &ServerConfig,
+    mut shutdown: Shutdown,
+) -> anyhow::Result<()> {
+    let addr = listener.local_addr()?;
+    let (health, health_service) = tonic_health::server::health_reporter();
+    for name in &services.names {
+        health.set_service_status(*name, ServingStatus::Serving).await;
+    }
+    health.set_service_status("", ServingStatus::Serving).await;
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(concord_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(concord_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+
+    let layers = tower::ServiceBuilder::new()
+        .layer(TraceLayer)
+        .layer(AdmissionLayer::new(cfg.max_concurrent_requests))
+        .layer(IdentityLayer::new(authenticator))
+        .into_inner();
+
+    let names = services.names.clone();
+    let deadline_shutdown = shutdown.clone();
+    let drain_grace = cfg.drain_grace;
+    let signal = async move {
+        shutdown.wait().await;
+        for name in &names {
+            health.set_service_status(*name, ServingStatus::NotServing).await;
+        }
+        health.set_service_status("", ServingStatus::NotServing).await;
+        tracing::info!(%addr, grace_ms = drain_grace.as_millis() as u64, "draining: health NOT_SERVING");
+        tokio::time::sleep(drain_grace).await;
+    };
+    tracing::info!(%addr, services = ?services.names, "serving");
+    let mut builder = services.routes;
+    builder.add_service(health_service).add_service(reflection_v1).add_service(reflection_v1alpha);
+    let routes = builder.routes();
+    let server = tonic::transport::Server::builder()
+        .timeout(cfg.request_timeout)
+        .tcp_nodelay(true)
+        .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
+        .layer(layers)
+        .add_routes(routes)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal);
+    // Watch streams end on the same signal; anything still running after the grace and the
+    // drain timeout is abandoned so a pod never hangs in Terminating.
+    let mut deadline_signal = deadline_shutdown;
+    let deadline = cfg.drain_grace + cfg.drain_timeout;
+    let hard_stop = async move {
+        deadline_signal.wait().await;
+        tokio::time::sleep(deadline).await;
+    };
+    tokio::select! {
+        r = server => r?,
+        () = hard_stop => tracing::warn!(%addr, "drain timeout: stopping with calls in flight"),
+    }
+    tracing::info!(%addr, "stopped");
+    Ok(())
+}

@@ -1,0 +1,25 @@
+//! Generates the Rust code for every contract under `proto/` with the pure-Rust `protox`
+//! compiler, so a fresh machine needs no system `protoc`.
+
+use std::path::PathBuf;
+
+use prost::Message;
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../proto");
+    let files = [
+        "concord/type/v1/types.proto",
+        "concord/registry/v1/resources.proto",
+        "concord/registry/v1/registry.proto",
+    ];
+    let fds = protox::compile(files, [&root])?;
+    let out = PathBuf::from(std::env::var("OUT_DIR")?);
+    // Served by server reflection (v1 and v1alpha) so grpcurl needs no proto files.
+    std::fs::write(out.join("concord_descriptor.bin"), fds.encode_to_vec())?;
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(true)
+        .compile_fds(fds)?;
+    println!("cargo:rerun-if-changed={}", root.display());
+    Ok(())
+}

@@ -1,0 +1,27 @@
+//! Code generated from the contracts under `proto/`, and their file descriptor set.
+//!
+//! This is the only crate that is generated; nothing in it is written by hand beyond this
+//! module tree. Services import message and service types from here and convert them to their
+//! domain types in their `grpc` module.
+
+#![allow(clippy::all, clippy::pedantic, missing_docs)]
+
+/// Encoded `FileDescriptorSet` of every Concord contract, for server reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/concord_descriptor.bin"));
+
+/// Shared types: `concord.type.v1`.
+pub mod r#type {
+    /// `concord.type.v1`
+    pub mod v1 {
+        include!(concat!(env!("OUT_DIR"), "/concord.r#type.v1.rs"));
+    }
+}
+
+/// The registry contract: `concord.registry.v1`.
+pub mod registry {
+    /// `concord.registry.v1`
+    pub mod v1 {
+        tonic::include_proto!("concord.registry.v1");
+    }
+}

@@ -1,0 +1,615 @@
+#!/usr/bin/env bash
+# Validates the deployment files in deploy/ without a cluster, a Docker engine or the network
+# (apart from a one-time `pip install pyyaml` when PyYAML is missing).
+#
+#   bash deploy/validate.sh            # from anywhere; exits non-zero on any problem
+#
+# Always checked (python3 + PyYAML):
+#   - every YAML file parses (duplicate keys are errors)
+#   - each kustomization.yaml's resources / patches / generator files exist
+#   - every manifest has apiVersion, kind, metadata.name; JSON 6902 patches are well formed
+#   - per kustomization: container ports match the Services' targetPorts, probes use the
+#     container's grpc port, Service/PDB/NetworkPolicy selectors select a workload,
+#     volume mounts have volumes, envFrom ConfigMaps exist, the pod security settings hold,
+#     terminationGracePeriodSeconds > CONCORD_DRAIN_GRACE + CONCORD_DRAIN_TIMEOUT
+#   - Dockerfile: FROM/USER/EXPOSE/ENTRYPOINT, COPY sources exist and survive
+#     Dockerfile.dockerignore, EXPOSE matches the Kubernetes gRPC port
+#   - compose.yaml: build context/Dockerfile, volumes, bind-mounted files, ports, profiles
+#   - README.md mentions every file in deploy/
+# Also run when the tool is on PATH, skipped otherwise:
+#   - kubectl kustomize (renders each kustomization; the rendered output gets the same checks)
+#   - kubernetes-validate (schema check of the rendered output), hadolint, docker compose config
+set -euo pipefail
+
+DEPLOY_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+REPO_ROOT="$(dirname "$DEPLOY_DIR")"
+
+if ! python3 -c 'import yaml' 2>/dev/null; then
+  echo "validate: installing PyYAML" >&2
+  python3 -m pip install --quiet pyyaml
+fi
+
+WORK="$(mktemp -d)"
+trap 'rm -rf "$WORK"' EXIT
+
+failures=0
+fail() { echo "FAIL: $*" >&2; failures=$((failures + 1)); }
+note() { echo "  $*"; }
+
+# --- optional: render every kustomization with kubectl ------------------------------------
+mapfile -t KUSTOMIZATIONS < <(cd "$DEPLOY_DIR" && find kubernetes -name kustomization.yaml -printf '%h\n' | sort)
+RENDERED=()
+if command -v kubectl >/dev/null 2>&1; then
+  for dir in "${KUSTOMIZATIONS[@]}"; do
+    out="$WORK/$(echo "$dir" | tr '/' '_').yaml"
+    if kubectl kustomize "$DEPLOY_DIR/$dir" >"$out" 2>"$out.err"; then
+      RENDERED+=("$dir=$out")
+      note "kubectl kustomize $dir: ok"
+    else
+      fail "kubectl kustomize $dir: $(cat "$out.err")"
+    fi
+  done
+else
+  note "kubectl not found: skipping kustomize rendering"
+fi
+
+# --- the checks --------------------------------------------------------------------------
+if ! python3 - "$DEPLOY_DIR" "$REPO_ROOT" "$WORK/count" "${RENDERED[@]}" <<'PY'
+import fnmatch
+import json
+import os
+import re
+import shlex
+import sys
+
+import yaml
+
+deploy, repo, count_file, *rendered = sys.argv[1:]
+errors = []
+validated = set()
+
+
+def err(where, msg):
+    errors.append(f"{where}: {msg}")
+
+
+def rel(path):
+    return os.path.relpath(path, deploy)
+
+
+# YAML loader that rejects duplicate keys (PyYAML silently keeps the last one).
+class StrictLoader(yaml.SafeLoader):
+    pass
+
+
+def _construct_mapping(loader, node, deep=False):
+    seen = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r}", key_node.start_mark)
+        seen.add(key)
+    return loader.construct_mapping(node, deep)
+
+
+StrictLoader.add_constructor(
+    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def load_yaml(path):
+    with open(path, encoding="utf-8") as f:
+        return [d for d in yaml.load_all(f, Loader=StrictLoader) if d is not None]
+
+
+def parse_duration(s):
+    m = re.fullmatch(r"\s*(\d+)\s*(ms|s|m)?\s*", str(s))
+    if not m:
+        return None
+    n, unit = int(m.group(1)), m.group(2) or "s"
+    return n / 1000 if unit == "ms" else n * 60 if unit == "m" else n
+
+
+# ---- 1. every YAML file parses ----------------------------------------------------------
+docs_by_file = {}
+for root, dirs, files in os.walk(deploy):
+    dirs[:] = [d for d in dirs if not d.startswith(".")]
+    for name in sorted(files):
+        if name.endswith((".yaml", ".yml")):
+            path = os.path.join(root, name)
+            try:
+                docs_by_file[path] = load_yaml(path)
+                validated.add(path)
+            except yaml.YAMLError as e:
+                err(rel(path), f"YAML does not parse: {e}")
+            else:
+                if not docs_by_file[path]:
+                    err(rel(path), "empty YAML file")
+
+WORKLOAD_KINDS = {"Deployment", "StatefulSet", "DaemonSet", "ReplicaSet"}
+NAMESPACED_EXEMPT = {"Namespace", "ClusterRole", "ClusterRoleBinding", "PersistentVolume",
+                     "StorageClass", "CustomResourceDefinition", "PriorityClass"}
+JSON_PATCH_OPS = {"add", "remove", "replace", "move", "copy", "test"}
+
+
+# ---- 2. manifest shape ---------------------------------------------------------------------
+def check_manifest(where, doc):
+    if isinstance(doc, list):  # JSON 6902 patch
+        for i, op in enumerate(doc):
+            if not isinstance(op, dict) or op.get("op") not in JSON_PATCH_OPS:
+                err(where, f"JSON patch op #{i} has no valid 'op'")
+            elif not str(op.get("path", "")).startswith("/"):
+                err(where, f"JSON patch op #{i} path must start with '/'")
+            elif op["op"] in {"add", "replace", "test"} and "value" not in op:
+                err(where, f"JSON patch op #{i} ({op['op']}) needs a value")
+        return
+    if not isinstance(doc, dict):
+        err(where, "manifest is not a mapping")
+        return
+    for key in ("apiVersion", "kind"):
+        if not doc.get(key):
+            err(where, f"missing {key}")
+    if doc.get("kind") == "Kustomization":
+        return
+    if not (doc.get("metadata") or {}).get("name"):
+        err(where, f"{doc.get('kind', '?')} has no metadata.name")
+
+
+def walk(node):
+    yield node
+    children = node.values() if isinstance(node, dict) else node if isinstance(node, list) else []
+    for child in children:
+        yield from walk(child)
+
+
+k8s_dir = os.path.join(deploy, "kubernetes")
+for path, docs in docs_by_file.items():
+    if path.startswith(k8s_dir + os.sep):
+        for i, doc in enumerate(docs):
+            check_manifest(f"{rel(path)}[{i}]", doc)
+            # Secret/ConfigMap key references, also inside patches that are only merged later.
+            for node in walk(doc):
+                if isinstance(node, dict):
+                    for ref_kind in ("secretKeyRef", "configMapKeyRef"):
+                        ref = node.get(ref_kind)
+                        if isinstance(ref, dict) and not (ref.get("name") and ref.get("key")):
+                            err(f"{rel(path)}[{i}]", f"{ref_kind} needs both name and key")
+
+
+# ---- 3. kustomizations: referenced files exist --------------------------------------------
+def kustomization_files(kdir, kust):
+    """Yield (kind, path) of everything the kustomization references."""
+    for r in kust.get("resources") or []:
+        yield "resource", os.path.normpath(os.path.join(kdir, r))
+    for p in kust.get("patchesStrategicMerge") or []:
+        yield "patch", os.path.normpath(os.path.join(kdir, p))
+    for p in kust.get("patches") or []:
+        if isinstance(p, dict) and "path" in p:
+            yield "patch", os.path.normpath(os.path.join(kdir, p["path"]))
+    for p in kust.get("patchesJson6902") or []:
+        if "path" in p:
+            yield "patch", os.path.normpath(os.path.join(kdir, p["path"]))
+    for gen in (kust.get("configMapGenerator") or []) + (kust.get("secretGenerator") or []):
+        for f in (gen.get("files") or []) + (gen.get("envs") or []):
+            f = f.split("=", 1)[-1]
+            yield "generator file", os.path.normpath(os.path.join(kdir, f))
+
+
+kustomizations = {}
+for path, docs in docs_by_file.items():
+    if os.path.basename(path) != "kustomization.yaml":
+        continue
+    kdir = os.path.dirname(path)
+    kust = docs[0] if docs else {}
+    kustomizations[kdir] = kust
+    if kust.get("kind") != "Kustomization":
+        err(rel(path), "kind must be Kustomization")
+    if kust.get("patchesStrategicMerge") or kust.get("patchesJson6902"):
+        err(rel(path), "deprecated patchesStrategicMerge/patchesJson6902: use patches")
+    for what, ref in kustomization_files(kdir, kust):
+        if os.path.isdir(ref):
+            if what != "resource" or not os.path.isfile(os.path.join(ref, "kustomization.yaml")):
+                err(rel(path), f"{what} {rel(ref)} is a folder without kustomization.yaml")
+        elif not os.path.isfile(ref):
+            err(rel(path), f"{what} {rel(ref)} does not exist")
+        elif what == "resource" and ref not in docs_by_file:
+            err(rel(path), f"resource {rel(ref)} is not a parsed YAML file")
+    # every YAML file in the folder should be used, or it is dead weight / a forgotten entry
+    used = {ref for _, ref in kustomization_files(kdir, kust)}
+    for name in os.listdir(kdir):
+        f = os.path.join(kdir, name)
+        if name.endswith((".yaml", ".yml")) and name != "kustomization.yaml" and f not in used:
+            err(rel(f), "not referenced by its kustomization.yaml")
+
+
+# ---- 4. cross-object checks on a set of manifests ------------------------------------------
+def selects(selector, labels):
+    ml = (selector or {}).get("matchLabels", selector or {})
+    return bool(ml) and all(labels.get(k) == v for k, v in ml.items())
+
+
+def check_set(where, objs):
+    """objs: manifests of one kustomization (base files, or the kubectl-rendered output)."""
+    by_kind = {}
+    for o in objs:
+        if isinstance(o, dict):
+            by_kind.setdefault(o.get("kind"), []).append(o)
+    configmaps = {o["metadata"]["name"]: o.get("data") or {} for o in by_kind.get("ConfigMap", [])}
+    workloads = [o for k in WORKLOAD_KINDS for o in by_kind.get(k, [])]
+    if not workloads:
+        err(where, "no workload (Deployment/StatefulSet) found")
+    pods = []  # (name, template labels, pod spec, all container ports)
+    for w in workloads:
+        wname = f"{w['kind']}/{w['metadata']['name']}"
+        spec = w.get("spec") or {}
+        tmpl = spec.get("template") or {}
+        labels = (tmpl.get("metadata") or {}).get("labels") or {}
+        pod = tmpl.get("spec") or {}
+        if not selects(spec.get("selector"), labels):
+            err(where, f"{wname}: selector does not match its pod template labels")
+        if w["kind"] == "StatefulSet" and spec.get("replicas", 1) > 1 and spec.get("volumeClaimTemplates"):
+            env_names = {e.get("name") for c in pod.get("containers", []) for e in c.get("env") or []}
+            if "CONCORD_REGISTRY_DATABASE_URL" not in env_names:
+                err(where, f"{wname}: more than 1 replica on per-pod SQLite volumes")
+        # pod-level security
+        psc = pod.get("securityContext") or {}
+        if psc.get("runAsNonRoot") is not True:
+            err(where, f"{wname}: pod securityContext.runAsNonRoot must be true")
+        if (psc.get("seccompProfile") or {}).get("type") != "RuntimeDefault":
+            err(where, f"{wname}: pod seccompProfile must be RuntimeDefault")
+        # shutdown budget vs. drain settings
+        env_cfg = {}
+        for c in pod.get("containers") or []:
+            for ef in c.get("envFrom") or []:
+                ref = (ef.get("configMapRef") or {}).get("name")
+                if ref is not None:
+                    if ref not in configmaps:
+                        err(where, f"{wname}: envFrom ConfigMap {ref!r} not found")
+                    env_cfg.update(configmaps.get(ref, {}))
+        grace = parse_duration(env_cfg.get("CONCORD_DRAIN_GRACE", "5s"))
+        drain = parse_duration(env_cfg.get("CONCORD_DRAIN_TIMEOUT", "30s"))
+        if grace is None or drain is None:
+            err(where, f"{wname}: CONCORD_DRAIN_GRACE/TIMEOUT are not durations like 5s")
+        else:
+            tgps = pod.get("terminationGracePeriodSeconds", 30)
+            if not tgps > grace + drain:
+                err(where, f"{wname}: terminationGracePeriodSeconds {tgps} must exceed "
+                           f"drain grace + timeout ({grace:g}s + {drain:g}s)")
+        volumes = {v["name"] for v in pod.get("volumes") or []}
+        volumes |= {t["metadata"]["name"] for t in spec.get("volumeClaimTemplates") or []}
+        all_ports = []
+        for c in pod.get("containers") or []:
+            cname = f"{wname} container {c.get('name')}"
+            if not c.get("image"):
+                err(where, f"{cname}: no image")
+            ports = c.get("ports") or []
+            all_ports += ports
+            by_name = {p.get("name"): p["containerPort"] for p in ports if "containerPort" in p}
+            grpc_port = by_name.get("grpc")
+            if grpc_port is None:
+                err(where, f"{cname}: no container port named 'grpc'")
+            for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+                pr = c.get(probe)
+                if not pr:
+                    err(where, f"{cname}: no {probe}")
+                    continue
+                if "grpc" not in pr:
+                    err(where, f"{cname}: {probe} is not a native gRPC probe")
+                    continue
+                port = pr["grpc"].get("port")
+                if not isinstance(port, int):
+                    err(where, f"{cname}: {probe}.grpc.port must be a number (got {port!r})")
+                elif port != grpc_port:
+                    err(where, f"{cname}: {probe}.grpc.port {port} is not the grpc port {grpc_port}")
+            res = c.get("resources") or {}
+            for part in ("requests", "limits"):
+                for r in ("cpu", "memory"):
+                    if r not in (res.get(part) or {}):
+                        err(where, f"{cname}: resources.{part}.{r} missing")
+            sc = c.get("securityContext") or {}
+            if sc.get("readOnlyRootFilesystem") is not True:
+                err(where, f"{cname}: readOnlyRootFilesystem must be true")
+            if sc.get("allowPrivilegeEscalation") is not False:
+                err(where, f"{cname}: allowPrivilegeEscalation must be false")
+            if "ALL" not in ((sc.get("capabilities") or {}).get("drop") or []):
+                err(where, f"{cname}: capabilities must drop ALL")
+            for vm in c.get("volumeMounts") or []:
+                if vm["name"] not in volumes:
+                    err(where, f"{cname}: volumeMount {vm['name']!r} has no volume")
+            for e in c.get("env") or []:
+                ref = (e.get("valueFrom") or {}).get("secretKeyRef")
+                if ref is not None and not (ref.get("name") and ref.get("key")):
+                    err(where, f"{cname}: secretKeyRef for {e.get('name')} needs name and key")
+        pods.append((wname, labels, pod, all_ports))
+
+    def matching_pods(kind_name, selector):
+        found = [p for p in pods if selects(selector, p[1])]
+        if not found:
+            err(where, f"{kind_name}: selector matches no workload")
+        return found
+
+    for s in by_kind.get("Service", []):
+        sname = f"Service/{s['metadata']['name']}"
+        spec = s.get("spec") or {}
+        if spec.get("type", "ClusterIP") != "ClusterIP":
+            err(where, f"{sname}: type must be ClusterIP")
+        for wname, _, _, ports in matching_pods(sname, spec.get("selector")):
+            names = {p.get("name") for p in ports}
+            numbers = {p.get("containerPort") for p in ports}
+            for sp in spec.get("ports") or []:
+                tp = sp.get("targetPort", sp.get("port"))
+                if (isinstance(tp, int) and tp not in numbers) or (isinstance(tp, str) and tp not in names):
+                    err(where, f"{sname}: targetPort {tp!r} is not a container port of {wname}")
+                if sp.get("name") != "grpc" or sp.get("appProtocol") != "grpc":
+                    err(where, f"{sname}: port must be named grpc with appProtocol grpc")
+    for pdb in by_kind.get("PodDisruptionBudget", []):
+        matching_pods(f"PodDisruptionBudget/{pdb['metadata']['name']}", pdb["spec"].get("selector"))
+    for np in by_kind.get("NetworkPolicy", []):
+        npname = f"NetworkPolicy/{np['metadata']['name']}"
+        for wname, _, _, ports in matching_pods(npname, np["spec"].get("podSelector")):
+            numbers = {p.get("containerPort") for p in ports}
+            for rule in np["spec"].get("ingress") or []:
+                for p in rule.get("ports") or []:
+                    if p.get("port") not in numbers:
+                        err(where, f"{npname}: port {p.get('port')} is not a container port of {wname}")
+    if not by_kind.get("Service"):
+        err(where, "no Service")
+    return by_kind
+
+
+base_grpc_ports = set()
+for kdir, kust in sorted(kustomizations.items()):
+    refs = [r for k, r in kustomization_files(kdir, kust) if k == "resource"]
+    if all(os.path.isfile(r) for r in refs):  # a base: its files are the whole set
+        objs = [d for r in refs for d in docs_by_file.get(r, [])]
+        by_kind = check_set(rel(kdir), objs)
+        for w in (o for k in WORKLOAD_KINDS for o in by_kind.get(k, [])):
+            for c in w["spec"]["template"]["spec"].get("containers") or []:
+                base_grpc_ports |= {p["containerPort"] for p in c.get("ports") or [] if p.get("name") == "grpc"}
+
+for item in rendered:
+    kdir, out = item.split("=", 1)
+    try:
+        objs = load_yaml(out)
+    except yaml.YAMLError as e:
+        err(f"rendered {kdir}", f"does not parse: {e}")
+        continue
+    for i, o in enumerate(objs):
+        check_manifest(f"rendered {kdir}[{i}]", o)
+        if o.get("kind") not in NAMESPACED_EXEMPT and not o.get("metadata", {}).get("namespace"):
+            err(f"rendered {kdir}", f"{o.get('kind')}/{o['metadata'].get('name')} has no namespace")
+    check_set(f"rendered {kdir}", objs)
+
+
+# ---- 5. Dockerfile and its .dockerignore ----------------------------------------------------
+def dockerfile_instructions(path):
+    out, buf = [], ""
+    with open(path, encoding="utf-8") as f:
+        for raw in f:
+            line = raw.rstrip("\n")
+            if not buf and (not line.strip() or line.lstrip().startswith("#")):
+                continue
+            if buf and line.lstrip().startswith("#"):
+                continue  # comment inside a continuation
+            if line.endswith("\\"):
+                buf += line[:-1] + " "
+                continue
+            buf += line
+            instr, _, rest = buf.strip().partition(" ")
+            out.append((instr.upper(), rest.strip()))
+            buf = ""
+    return out
+
+
+def ignore_regex(pattern):
+    """A .dockerignore pattern as a regex: * and ? stay within a folder, ** spans folders."""
+    out, i = "", 0
+    while i < len(pattern):
+        if pattern.startswith("**/", i):
+            out, i = out + "(?:.*/)?", i + 3
+        elif pattern.startswith("**", i):
+            out, i = out + ".*", i + 2
+        elif pattern[i] == "*":
+            out, i = out + "[^/]*", i + 1
+        elif pattern[i] == "?":
+            out, i = out + "[^/]", i + 1
+        else:
+            out, i = out + re.escape(pattern[i]), i + 1
+    return re.compile(out + r"\Z")
+
+
+def dockerignore_excludes(patterns, path):
+    """Docker semantics: the last pattern matching the path or one of its parents wins."""
+    parts = path.strip("/").split("/")
+    candidates = ["/".join(parts[: i + 1]) for i in range(len(parts))]
+    excluded = False
+    for pat in patterns:
+        neg = pat.startswith("!")
+        rx = ignore_regex((pat[1:] if neg else pat).strip().strip("/"))
+        if any(rx.match(c) for c in candidates):
+            excluded = not neg
+    return excluded
+
+
+dockerfile = os.path.join(deploy, "Dockerfile")
+ignore_file = dockerfile + ".dockerignore"
+expose = set()
+if not os.path.isfile(dockerfile):
+    err("Dockerfile", "missing")
+else:
+    validated.add(dockerfile)
+    ins = dockerfile_instructions(dockerfile)
+    kinds = [i for i, _ in ins]
+    froms = [a for i, a in ins if i == "FROM"]
+    stages = [re.split(r"\s+as\s+", a, flags=re.I)[1].strip() for a in froms if re.search(r"\s+as\s+", a, re.I)]
+    if len(froms) < 2:
+        err("Dockerfile", "expected a multi-stage build (two or more FROM lines)")
+    if "ENTRYPOINT" not in kinds:
+        err("Dockerfile", "no ENTRYPOINT")
+    last_from = max(i for i, k in enumerate(kinds) if k == "FROM") if froms else 0
+    final = ins[last_from:]
+    users = [a for i, a in final if i == "USER"]
+    if not users or users[-1].split(":")[0] in {"root", "0"}:
+        err("Dockerfile", "final stage must switch to a non-root USER")
+    for i, a in final:
+        if i == "ENTRYPOINT":
+            try:
+                ep = json.loads(a)
+            except ValueError:
+                err("Dockerfile", "ENTRYPOINT must use the JSON (exec) form so SIGTERM reaches concord")
+            else:
+                if ep != ["concord"]:
+                    err("Dockerfile", f"ENTRYPOINT is {ep}, expected ['concord']")
+        if i == "EXPOSE":
+            expose |= {int(p.split("/")[0]) for p in a.split()}
+        if i == "VOLUME" and "/data" not in a:
+            err("Dockerfile", "VOLUME should be /data")
+    if not expose:
+        err("Dockerfile", "no EXPOSE")
+    if base_grpc_ports and not base_grpc_ports <= expose:
+        err("Dockerfile", f"EXPOSE {sorted(expose)} misses the Kubernetes grpc port(s) {sorted(base_grpc_ports)}")
+    ignore = []
+    if os.path.isfile(ignore_file):
+        validated.add(ignore_file)
+        with open(ignore_file, encoding="utf-8") as f:
+            ignore = [l.strip() for l in f if l.strip() and not l.lstrip().startswith("#")]
+    else:
+        err("Dockerfile.dockerignore", "missing: target/ and .git would be sent to the builder")
+    for i, a in ins:
+        if i not in ("COPY", "ADD"):
+            continue
+        words = shlex.split(a)
+        flags = [w for w in words if w.startswith("--")]
+        args = [w for w in words if not w.startswith("--")]
+        src_from = [f.split("=", 1)[1] for f in flags if f.startswith("--from=")]
+        if src_from:
+            if src_from[0] not in stages:
+                err("Dockerfile", f"COPY --from={src_from[0]} names no earlier stage")
+            continue
+        for src in args[:-1]:
+            if not os.path.exists(os.path.join(repo, src)):
+                err("Dockerfile", f"COPY source {src} does not exist at the repository root")
+            elif dockerignore_excludes(ignore, src):
+                err("Dockerfile", f"COPY source {src} is excluded by Dockerfile.dockerignore")
+    for must_skip in ("target", ".git"):
+        if not dockerignore_excludes(ignore, must_skip):
+            err("Dockerfile.dockerignore", f"{must_skip} is not excluded from the build context")
+
+# ---- 6. compose.yaml ---------------------------------------------------------------------------
+compose = os.path.join(deploy, "compose.yaml")
+if compose not in docs_by_file:
+    err("compose.yaml", "missing or unparsable")
+else:
+    c = docs_by_file[compose][0]
+    services = c.get("services") or {}
+    declared_volumes = set((c.get("volumes") or {}).keys())
+    if "concord" not in services:
+        err("compose.yaml", "no 'concord' service")
+    for name, svc in services.items():
+        where = f"compose.yaml service {name}"
+        if not (svc.get("image") or svc.get("build")):
+            err(where, "needs image or build")
+        b = svc.get("build")
+        if isinstance(b, dict):
+            ctx = os.path.normpath(os.path.join(deploy, b.get("context", ".")))
+            if not os.path.isdir(ctx):
+                err(where, f"build context {b.get('context')} does not exist")
+            elif not os.path.isfile(os.path.join(ctx, b.get("dockerfile", "Dockerfile"))):
+                err(where, f"dockerfile {b.get('dockerfile')} not found in the build context")
+        for v in svc.get("volumes") or []:
+            src = v.split(":")[0] if isinstance(v, str) else v.get("source", "")
+            if src.startswith((".", "/")):
+                if not os.path.exists(os.path.normpath(os.path.join(deploy, src))):
+                    err(where, f"bind-mounted {src} does not exist")
+            elif src and src not in declared_volumes:
+                err(where, f"named volume {src} is not declared under top-level volumes")
+        for p in svc.get("ports") or []:
+            target = int(str(p).split(":")[-1].split("/")[0]) if not isinstance(p, dict) else p["target"]
+            if name == "concord" and expose and target not in expose:
+                err(where, f"port {p} targets {target}, which the Dockerfile does not EXPOSE")
+        if name != "concord" and not svc.get("profiles"):
+            err(where, "optional services must sit behind a profile")
+    concord = services.get("concord") or {}
+    env = concord.get("environment") or {}
+    if isinstance(env, dict):
+        grace = parse_duration(env.get("CONCORD_DRAIN_GRACE", "5s"))
+        drain = parse_duration(env.get("CONCORD_DRAIN_TIMEOUT", "30s"))
+        stop = parse_duration(concord.get("stop_grace_period", "10s"))
+        if None not in (grace, drain, stop) and not stop >= grace + drain:
+            err("compose.yaml service concord",
+                f"stop_grace_period {stop:g}s is shorter than drain grace + timeout ({grace + drain:g}s)")
+        if not str(env.get("CONCORD_REGISTRY_ADDR", "")).startswith("0.0.0.0:"):
+            err("compose.yaml service concord", "CONCORD_REGISTRY_ADDR must listen on 0.0.0.0")
+    for profile in ("postgres", "otel"):
+        if not any(profile in (s.get("profiles") or []) for s in services.values()):
+            err("compose.yaml", f"no service in profile {profile!r}")
+
+# ---- 7. README mentions every file ----------------------------------------------------------
+readme = os.path.join(deploy, "README.md")
+if not os.path.isfile(readme):
+    err("README.md", "missing")
+else:
+    validated.add(readme)
+    text = open(readme, encoding="utf-8").read()
+    for root, dirs, files in os.walk(deploy):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        for name in files:
+            r = rel(os.path.join(root, name))
+            if name != "README.md" and r not in text and name not in text:
+                err("README.md", f"does not mention {r}")
+
+validate_sh = os.path.join(deploy, "validate.sh")
+if not os.access(validate_sh, os.X_OK):
+    err("validate.sh", "not executable (chmod +x)")
+validated.add(validate_sh)
+
+for e in errors:
+    print(f"FAIL: {e}", file=sys.stderr)
+with open(count_file, "w") as f:
+    f.write(str(len(validated)))
+print(f"  structural checks: {len(errors)} problem(s) in {len(validated)} files")
+sys.exit(1 if errors else 0)
+PY
+then
+  failures=$((failures + 1))
+fi
+
+# --- optional external validators -----------------------------------------------------------
+if command -v kubernetes-validate >/dev/null 2>&1 && ((${#RENDERED[@]})); then
+  for item in "${RENDERED[@]}"; do
+    if kubernetes-validate --strict --quiet "${item#*=}" >"$WORK/kv.out" 2>&1; then
+      note "kubernetes-validate ${item%%=*}: ok"
+    else
+      fail "kubernetes-validate ${item%%=*}: $(cat "$WORK/kv.out")"
+    fi
+  done
+else
+  note "kubernetes-validate not found (or nothing rendered): skipping schema check"
+fi
+
+if command -v hadolint >/dev/null 2>&1; then
+  if hadolint "$DEPLOY_DIR/Dockerfile" >"$WORK/hadolint.out" 2>&1; then
+    note "hadolint Dockerfile: ok"
+  else
+    fail "hadolint Dockerfile: $(cat "$WORK/hadolint.out")"
+  fi
+else
+  note "hadolint not found: skipping Dockerfile lint"
+fi
+
+# `docker compose config` parses and resolves the file without talking to an engine.
+if docker compose version >/dev/null 2>&1; then
+  if docker compose -f "$DEPLOY_DIR/compose.yaml" config --quiet 2>"$WORK/compose.err"; then
+    note "docker compose config: ok"
+  else
+    fail "docker compose config: $(cat "$WORK/compose.err")"
+  fi
+else
+  note "docker compose not found: skipping compose config check"
+fi
+
+if ((failures)); then
+  echo "deploy: validation FAILED ($failures failing check group(s))" >&2
+  exit 1
+fi
+echo "deploy: $(cat "$WORK/count") files validated"

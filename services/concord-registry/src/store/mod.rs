@@ -1,0 +1,101 @@
+//! The registry's storage: every SQL statement of the service, and every transaction.
+//!
+//! Each query of people takes the caller's [`Scope`] and puts it in the SQL, so that paging,
+//! counts and search ranks never see records the caller may not see.
+
+mod custody;
+mod duplicates;
+mod persons;
+mod records;
+mod search;
+
+pub use persons::{InsertOutcome, NewPerson};
+pub use records::{Household, Record, RecordKind};
+pub use search::SearchHit;
+
+use concord_platform::auth::Scope;
+use concord_platform::error::{Error, Result};
+use concord_platform::sql::{Sql, SqlValue};
+use concord_platform::storage::{Db, Migrations, SqlxResultExt};
+use sqlx::any::AnyRow;
+use sqlx::Row;
+
+use crate::domain::{CustodyStatus, Disposition, Person, PersonData};
+
+static SQLITE: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+static POSTGRES: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+
+/// The registry's migrations, for [`Db::connect`].
+pub const MIGRATIONS: Migrations = Migrations { sqlite: &SQLITE, postgres: &POSTGRES };
+
+/// The registry's storage.
+#[derive(Debug, Clone)]
+pub struct Store {
+    db: Db,
+}
+
+/// Columns of `persons` read into a [`Person`], prefixed with `p.`.
+const PERSON_COLUMNS: &str = "p.id, p.doc, p.custody_status, p.facility_id, p.section_id, p.merged_into, \
+     p.receiving_state, p.disposition, p.version, p.create_time, p.update_time";
+
+impl Store {
+    /// Wraps a connected database.
+    pub fn new(db: Db) -> Self {
+        Self { db }
+    }
+
+    /// The database.
+    pub fn db(&self) -> &Db {
+        &self.db
+    }
+}
+
+/// `TRUE` for everyone, or the nationality test for a state-scoped caller; `alias` is the
+/// persons table's alias in the surrounding query.
+pub(crate) fn scope_sql(scope: &Scope, alias: &str) -> Sql {
+    match scope {
+        Scope::All => Sql::new("1 = 1"),
+        Scope::States(states) => {
+            let mut sql = Sql::new(format!(
+                "EXISTS (SELECT 1 FROM person_nationalities sn WHERE sn.person_id = {alias}.id AND sn.state IN "
+            ));
+            sql.bind_list(states.iter().map(|s| SqlValue::Text(s.clone()))).push(")");
+            sql
+        }
+    }
+}
+
+pub(crate) fn person_from_row(row: &AnyRow) -> Result<Person> {
+    let doc: String = row.try_get("doc").db()?;
+    let data: PersonData = serde_json::from_str(&doc).map_err(Error::internal)?;
+    let status: String = row.try_get("custody_status").db()?;
+    let disposition: String = row.try_get("disposition").db()?;
+    Ok(Person {
+        id: row.try_get("id").db()?,
+        data,
+        custody_status: CustodyStatus::parse(&status)
+            .ok_or_else(|| Error::internal(anyhow::anyhow!("stored custody status '{status}'")))?,
+        facility_id: row.try_get("facility_id").db()?,
+        section_id: row.try_get("section_id").db()?,
+        merged_into: row.try_get("merged_into").db()?,
+        receiving_state: row.try_get("receiving_state").db()?,
+        disposition: Disposition::parse(&disposition),
+        version: row.try_get("version").db()?,
+        create_time: row.try_get("create_time").db()?,
+        update_time: row.try_get("update_time").db()?,
+    })
+}
+
+/// Fetches one person inside the scope, in a transaction or not.
+pub(crate) async fn fetch_person<'c, E>(exec: E, scope: &Scope, id: &str) -> Result<Person>
+where
+    E: sqlx::Executor<'c, Database = sqlx::Any>,
+{
+    let mut sql = Sql::new(format!("SELECT {PERSON_COLUMNS} FROM persons p WHERE p.id = "));
+    sql.bind_text(id).push(" AND ").append(&scope_sql(scope, "p"));
+    let row = sql.query().fetch_optional(exec).await.db()?;
+    match row {
+        Some(r) => person_from_row(&r),
+        None => Err(Error::NotFound(format!("persons/{id}"))),
+    }
+}

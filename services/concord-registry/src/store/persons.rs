@@ -1,0 +1,313 @@
+//! Creating, reading, listing and updating people. Creation is batched: a single create is a
+//! batch of one, and an import sends hundreds of rows per statement.
+
+use std::collections::HashMap;
+
+use concord_platform::auth::{Principal, Scope};
+use concord_platform::error::{Error, Result};
+use concord_platform::idempotency;
+use concord_platform::outbox;
+use concord_platform::sql::{insert_rows, Sql, SqlValue};
+use concord_platform::storage::{SqlxResultExt, Tx};
+use concord_platform::time::now_micros;
+
+use super::{fetch_person, person_from_row, scope_sql, Store, PERSON_COLUMNS};
+use crate::domain::{CustodyStatus, Person, PersonData};
+use crate::{events, search_keys};
+
+/// A person to create.
+#[derive(Debug, Clone)]
+pub struct NewPerson {
+    /// Validated fields.
+    pub data: PersonData,
+    /// Request id and request fingerprint, if the caller sent a request id.
+    pub request_id: Option<(String, String)>,
+}
+
+/// What happened to one row of a batch.
+#[derive(Debug)]
+pub enum InsertOutcome {
+    /// Stored now.
+    Created(Person),
+    /// Stored by an earlier call with the same request id: its resource name.
+    Replayed(String),
+    /// Refused (a request id reused for a different request).
+    Rejected(Error),
+}
+
+impl Store {
+    /// Creates people in one transaction, runs duplicate detection on them, and appends one
+    /// outbox event each.
+    pub async fn insert_persons(&self, principal: &Principal, rows: Vec<NewPerson>, method: &str) -> Result<Vec<InsertOutcome>> {
+        let mut tx = self.db.begin().await?;
+        let mut outcomes = Vec::with_capacity(rows.len());
+        let mut to_create: Vec<(usize, Person, Option<String>)> = Vec::new();
+        let now = now_micros();
+        // Claim request ids first: a retried row finds its earlier result.
+        let claimed = claim_all(&mut tx, principal, &rows, method).await?;
+        for (i, row) in rows.into_iter().enumerate() {
+            match claimed.get(&i) {
+                Some(Err(e)) => outcomes.push(Some(InsertOutcome::Rejected(clone_error(e)))),
+                Some(Ok(Some(name))) => outcomes.push(Some(InsertOutcome::Replayed(name.clone()))),
+                _ => {
+                    let person = Person {
+                        id: uuid::Uuid::now_v7().to_string(),
+                        data: row.data,
+                        custody_status: CustodyStatus::Registered,
+                        facility_id: String::new(),
+                        section_id: String::new(),
+                        merged_into: String::new(),
+                        receiving_state: String::new(),
+                        disposition: None,
+                        create_time: now,
+                        update_time: now,
+                        version: 1,
+                    };
+                    to_create.push((i, person, row.request_id.map(|r| r.0)));
+                    outcomes.push(None);
+                }
+            }
+        }
+        let persons: Vec<&Person> = to_create.iter().map(|(_, p, _)| p).collect();
+        write_person_rows(&mut tx, &persons).await?;
+        write_index_rows(&mut tx, &persons).await?;
+        super::duplicates::detect(&mut tx, &persons).await?;
+        let completions: Vec<(String, String)> = to_create
+            .iter()
+            .filter_map(|(_, p, rid)| rid.as_ref().map(|r| (r.clone(), p.name())))
+            .collect();
+        complete_all(&mut tx, principal, &completions).await?;
+        outbox::append_many(&mut tx, persons.iter().map(|p| events::person("person.created", p)).collect()).await?;
+        tx.commit().await?;
+        for (i, p, _) in to_create {
+            outcomes[i] = Some(InsertOutcome::Created(p));
+        }
+        Ok(outcomes.into_iter().map(|o| o.unwrap_or(InsertOutcome::Rejected(Error::internal(anyhow::anyhow!("row without outcome"))))).collect())
+    }
+
+    /// One person in the caller's scope.
+    pub async fn get_person(&self, scope: &Scope, id: &str) -> Result<Person> {
+        fetch_person(self.db.reader(), scope, id).await
+    }
+
+    /// People in scope matching `filter`, ordered by id (creation order), after `after`.
+    pub async fn list_persons(&self, scope: &Scope, filter: Option<&Sql>, after: Option<&str>, limit: i64) -> Result<Vec<Person>> {
+        let mut sql = Sql::new(format!("SELECT {PERSON_COLUMNS} FROM persons p WHERE "));
+        sql.append(&scope_sql(scope, "p"));
+        if let Some(f) = filter {
+            sql.push(" AND ").append(f);
+        }
+        if let Some(a) = after {
+            sql.push(" AND p.id > ").bind_text(a);
+        }
+        sql.push(" ORDER BY p.id LIMIT ").bind_int(limit);
+        let rows = sql.query().fetch_all(self.db.reader()).await.db()?;
+        rows.iter().map(person_from_row).collect()
+    }
+
+    /// Applies `change` to the current fields of a person in scope, if `expected_version`
+    /// matches, and re-runs duplicate detection.
+    pub async fn update_person<F>(
+        &self,
+        principal: &Principal,
+        id: &str,
+        expected_version: Option<i64>,
+        request_id: Option<(String, String)>,
+        change: F,
+    ) -> Result<Person>
+    where
+        F: FnOnce(&PersonData) -> Result<PersonData>,
+    {
+        let mut tx = self.db.begin().await?;
+        let scope = principal.scope();
+        if let Some((rid, fp)) = &request_id {
+            if let idempotency::Claim::Replay(_) = idempotency::claim(&mut tx, &principal.agency, rid, "UpdatePerson", fp).await? {
+                drop(tx);
+                return self.get_person(&scope, id).await;
+            }
+        }
+        let mut person = fetch_person(tx.conn(), &scope, id).await?;
+        check_version(&person, expected_version)?;
+        person.data = change(&person.data)?;
+        person.version += 1;
+        person.update_time = now_micros();
+        let mut sql = Sql::new("UPDATE persons SET ");
+        push_person_columns(&mut sql, &person);
+        sql.push(" WHERE id = ").bind_text(&person.id).push(" AND version = ").bind_int(person.version - 1);
+        if sql.query().execute(tx.conn()).await.db()?.rows_affected() != 1 {
+            return Err(Error::Aborted(format!("{} changed concurrently; read it again", person.name())));
+        }
+        for table in ["person_nationalities", "person_name_keys", "person_match_keys"] {
+            sqlx::query(&format!("DELETE FROM {table} WHERE person_id = $1"))
+                .bind(&person.id)
+                .execute(tx.conn())
+                .await
+                .db()?;
+        }
+        write_index_rows(&mut tx, &[&person]).await?;
+        super::duplicates::detect(&mut tx, &[&person]).await?;
+        if let Some((rid, _)) = &request_id {
+            idempotency::complete(&mut tx, &principal.agency, rid, &person.name()).await?;
+        }
+        outbox::append(&mut tx, events::person("person.updated", &person)).await?;
+        tx.commit().await?;
+        Ok(person)
+    }
+}
+
+/// ABORTED when the caller's etag is stale (AIP-154).
+pub(crate) fn check_version(person: &Person, expected: Option<i64>) -> Result<()> {
+    match expected {
+        Some(v) if v != person.version => Err(Error::Aborted(format!(
+            "etag mismatch: {} is at etag {}, the request carried \"{v}\"; read it again and retry",
+            person.name(),
+            person.etag()
+        ))),
+        _ => Ok(()),
+    }
+}
+
+fn clone_error(e: &Error) -> Error {
+    match e {
+        Error::InvalidArgument(v) => Error::InvalidArgument(v.clone()),
+        other => Error::internal(anyhow::anyhow!("{other}")),
+    }
+}
+
+/// Claims every row's request id; per row index: `Ok(None)` new, `Ok(Some(name))` replay,
+/// `Err` reused for a different request. Rows without a request id are absent.
+async fn claim_all(
+    tx: &mut Tx,
+    principal: &Principal,
+    rows: &[NewPerson],
+    method: &str,
+) -> Result<HashMap<usize, Result<Option<String>>>> {
+    let mut out = HashMap::new();
+    for (i, row) in rows.iter().enumerate() {
+        if let Some((rid, fp)) = &row.request_id {
+            // The same request id twice in one batch: the second is a replay of the first.
+            if let Some(j) = rows[..i].iter().position(|r| r.request_id.as_ref().map(|x| &x.0) == Some(rid)) {
+                let same = rows[j].request_id.as_ref().map(|x| &x.1) == Some(fp);
+                out.insert(i, if same { Ok(Some(String::new())) } else {
+                    Err(Error::invalid("request_id", format!("'{rid}' is used twice in this import for different rows")))
+                });
+                continue;
+            }
+            let claim = idempotency::claim(tx, &principal.agency, rid, method, fp).await;
+            out.insert(i, match claim {
+                Ok(idempotency::Claim::New) => Ok(None),
+                Ok(idempotency::Claim::Replay(name)) => Ok(Some(name)),
+                Err(e @ Error::InvalidArgument(_)) => Err(e),
+                Err(e) => return Err(e),
+            });
+        }
+    }
+    Ok(out)
+}
+
+async fn complete_all(tx: &mut Tx, principal: &Principal, done: &[(String, String)]) -> Result<()> {
+    for (rid, name) in done {
+        idempotency::complete(tx, &principal.agency, rid, name).await?;
+    }
+    Ok(())
+}
+
+fn push_person_columns(sql: &mut Sql, p: &Person) {
+    let doc = serde_json::to_string(&p.data).unwrap_or_default();
+    let d = &p.data;
+    sql.push("doc = ").bind_text(doc);
+    sql.push(", display_name = ").bind_text(d.display_name());
+    sql.push(", category = ").bind_text(d.category.as_str());
+    sql.push(", sex = ").bind_text(d.sex.as_str());
+    sql.push(", legal_status = ").bind_text(d.legal_status.map_or("", |l| l.as_str()));
+    sql.push(", identity_confidence = ").bind_text(d.identity_confidence.as_str());
+    sql.push(", birth_year = ").bind(birth_year(p));
+    sql.push(", custody_status = ").bind_text(p.custody_status.as_str());
+    sql.push(", facility_id = ").bind_text(&p.facility_id);
+    sql.push(", section_id = ").bind_text(&p.section_id);
+    sql.push(", merged_into = ").bind_text(&p.merged_into);
+    sql.push(", receiving_state = ").bind_text(&p.receiving_state);
+    sql.push(", disposition = ").bind_text(p.disposition.map_or("", |x| x.as_str()));
+    sql.push(", version = ").bind_int(p.version);
+    sql.push(", update_time = ").bind_int(p.update_time);
+}
+
+fn birth_year(p: &Person) -> SqlValue {
+    p.data.birth_date.map_or(SqlValue::NullInt, |b| SqlValue::Int(i64::from(b.year)))
+}
+
+/// Writes the person rows themselves.
+async fn write_person_rows(tx: &mut Tx, persons: &[&Person]) -> Result<()> {
+    let rows: Vec<Vec<SqlValue>> = persons
+        .iter()
+        .map(|p| {
+            let d = &p.data;
+            vec![
+                SqlValue::Text(p.id.clone()),
+                SqlValue::Text(serde_json::to_string(d).unwrap_or_default()),
+                SqlValue::Text(d.display_name().to_string()),
+                SqlValue::Text(d.category.as_str().into()),
+                SqlValue::Text(d.sex.as_str().into()),
+                SqlValue::Text(d.legal_status.map_or("", |l| l.as_str()).into()),
+                SqlValue::Text(d.identity_confidence.as_str().into()),
+                birth_year(p),
+                SqlValue::Text(p.custody_status.as_str().into()),
+                SqlValue::Text(p.facility_id.clone()),
+                SqlValue::Text(p.section_id.clone()),
+                SqlValue::Text(p.merged_into.clone()),
+                SqlValue::Text(p.receiving_state.clone()),
+                SqlValue::Text(p.disposition.map_or("", |x| x.as_str()).into()),
+                SqlValue::Int(p.version),
+                SqlValue::Int(p.create_time),
+                SqlValue::Int(p.update_time),
+            ]
+        })
+        .collect();
+    for stmt in insert_rows(
+        "INSERT INTO persons (id, doc, display_name, category, sex, legal_status, identity_confidence, birth_year, \
+         custody_status, facility_id, section_id, merged_into, receiving_state, disposition, version, create_time, update_time) VALUES ",
+        &rows,
+        "",
+    ) {
+        stmt.query().execute(tx.conn()).await.db()?;
+    }
+    Ok(())
+}
+
+/// Writes the rows derived from a person's fields: nationalities (scope), name keys (search)
+/// and match keys (duplicate detection).
+pub(crate) async fn write_index_rows(tx: &mut Tx, persons: &[&Person]) -> Result<()> {
+    let mut nats = Vec::new();
+    let mut keys = Vec::new();
+    let mut matches = Vec::new();
+    for p in persons {
+        for s in p.scope_states() {
+            nats.push(vec![SqlValue::Text(p.id.clone()), SqlValue::Text(s)]);
+        }
+        let mut seen = std::collections::HashSet::new();
+        for n in &p.data.names {
+            for t in search_keys::tokens(&n.full_name) {
+                if seen.insert((t.skeleton.clone(), t.folded.clone())) {
+                    keys.push(vec![SqlValue::Text(t.skeleton), SqlValue::Text(p.id.clone()), SqlValue::Text(t.folded)]);
+                }
+            }
+        }
+        for k in super::duplicates::match_keys(p) {
+            matches.push(vec![SqlValue::Text(k), SqlValue::Text(p.id.clone())]);
+        }
+    }
+    let tables = [
+        ("INSERT INTO person_nationalities (person_id, state) VALUES ", nats),
+        ("INSERT INTO person_name_keys (skeleton, person_id, folded) VALUES ", keys),
+        ("INSERT INTO person_match_keys (match_key, person_id) VALUES ", matches),
+    ];
+    for (head, rows) in tables {
+        if rows.is_empty() {
+            continue;
+        }
+        for stmt in insert_rows(head, &rows, "ON CONFLICT DO NOTHING") {
+            stmt.query().execute(tx.conn()).await.db()?;
+        }
+    }
+    Ok(())
+}
