@@ -26,7 +26,10 @@ REPO_ROOT="$(dirname "$DEPLOY_DIR")"
 
 if ! python3 -c 'import yaml' 2>/dev/null; then
   echo "validate: installing PyYAML" >&2
-  python3 -m pip install --quiet pyyaml
+  python3 -m pip install --quiet pyyaml || {
+    echo "FAIL: PyYAML missing and pip could not install it (try: apt-get install python3-yaml)" >&2
+    exit 1
+  }
 fi
 
 WORK="$(mktemp -d)"

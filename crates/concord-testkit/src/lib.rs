@@ -1,1 +1,128 @@
-//! stub
+//! Test support: a fresh database per test on SQLite (always) or PostgreSQL (when
+//! `CONCORD_TEST_BACKEND=postgres`), servers started on `127.0.0.1:0`, and principals.
+//!
+//! PostgreSQL tests connect to `CONCORD_TEST_POSTGRES_URL` (default
+//! `postgres://postgres@127.0.0.1:5432/postgres`) and create a database per test, so tests
+//! never share state. Logs are printed only when `TEST_LOG` is set.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use concord_platform::auth::{AgencyKind, HeaderAuthenticator, Principal};
+use concord_platform::config::{ServerConfig, TelemetryConfig};
+use concord_platform::server::{self, Services, Shutdown, ShutdownTrigger};
+use sqlx::Connection;
+
+/// Which database the storage tests run against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// A SQLite file in a temporary folder.
+    Sqlite,
+    /// A fresh database on the PostgreSQL server.
+    Postgres,
+}
+
+/// The backend selected by `CONCORD_TEST_BACKEND` (sqlite when unset).
+pub fn backend() -> Backend {
+    match std::env::var("CONCORD_TEST_BACKEND").as_deref() {
+        Ok("postgres") => Backend::Postgres,
+        _ => Backend::Sqlite,
+    }
+}
+
+/// A database for one test; a SQLite folder is removed when dropped.
+#[derive(Debug)]
+pub struct TestDb {
+    /// URL to connect to.
+    pub url: String,
+    _dir: Option<tempfile::TempDir>,
+}
+
+/// Creates a fresh, empty database on the selected backend.
+pub async fn database() -> anyhow::Result<TestDb> {
+    init_logs();
+    match backend() {
+        Backend::Sqlite => {
+            let dir = tempfile::tempdir()?;
+            let url = format!("sqlite://{}", dir.path().join("test.db").display());
+            Ok(TestDb { url, _dir: Some(dir) })
+        }
+        Backend::Postgres => {
+            let admin = std::env::var("CONCORD_TEST_POSTGRES_URL")
+                .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+            let name = format!("concord_test_{}", uuid::Uuid::new_v4().simple());
+            let mut conn = sqlx::PgConnection::connect(&admin).await?;
+            sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut conn).await?;
+            let base = admin.rsplit_once('/').map_or(admin.as_str(), |(b, _)| b).to_string();
+            Ok(TestDb { url: format!("{base}/{name}"), _dir: None })
+        }
+    }
+}
+
+fn init_logs() {
+    if std::env::var("TEST_LOG").is_ok() {
+        let _ = concord_platform::telemetry::init(
+            "test",
+            &TelemetryConfig { log_filter: "debug,sqlx=warn,h2=warn,tower=warn,hyper=warn".into(), ..Default::default() },
+        );
+    }
+}
+
+/// Server settings for tests: no drain grace.
+pub fn server_config() -> ServerConfig {
+    ServerConfig { drain_grace: std::time::Duration::ZERO, ..ServerConfig::default() }
+}
+
+/// A server running in the background; shuts down when dropped.
+#[derive(Debug)]
+pub struct TestServer {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    trigger: Option<ShutdownTrigger>,
+    handle: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl TestServer {
+    /// Starts `services` on `127.0.0.1:0` with the development authenticator; the shutdown
+    /// signal is the one the services were built with.
+    pub async fn start(services: Services, trigger: ShutdownTrigger, shutdown: Shutdown, cfg: ServerConfig) -> anyhow::Result<Self> {
+        let listener = server::bind("127.0.0.1:0".parse()?).await?;
+        let addr = listener.local_addr()?;
+        let handle = tokio::spawn(async move { server::serve(listener, services, Arc::new(HeaderAuthenticator), &cfg, shutdown).await });
+        Ok(Self { addr, trigger: Some(trigger), handle: Some(handle) })
+    }
+
+    /// `http://addr`.
+    pub fn uri(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Shuts down and waits for the server to stop.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        if let Some(t) = self.trigger.take() {
+            t.trigger();
+        }
+        if let Some(h) = self.handle.take() {
+            h.await??;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(t) = self.trigger.take() {
+            t.trigger();
+        }
+    }
+}
+
+/// The coalition coordination cell.
+pub fn coordinator() -> Principal {
+    Principal { agency: "coalition-cell".into(), state: None, kind: AgencyKind::Coordinator, roles: vec![] }
+}
+
+/// A state's ministry of foreign affairs.
+pub fn ministry(state: &str) -> Principal {
+    Principal { agency: format!("{}-mfa", state.to_lowercase()), state: Some(state.into()), kind: AgencyKind::StateMinistry, roles: vec![] }
+}

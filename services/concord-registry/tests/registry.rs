@@ -1,0 +1,503 @@
+//! Integration tests: the registry as a real server on 127.0.0.1:0, called with the generated
+//! client. The storage runs on SQLite, or PostgreSQL with CONCORD_TEST_BACKEND=postgres.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use concord_platform::auth::{HeaderCredentials, Principal};
+use concord_platform::server::{Services, Shutdown};
+use concord_proto::r#type::v1 as tpb;
+use concord_proto::registry::v1 as pb;
+use concord_proto::registry::v1::registry_service_client::RegistryServiceClient;
+use concord_testkit::{coordinator, ministry, TestServer};
+use futures::StreamExt;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
+use tonic::Code;
+use tonic_types::StatusExt;
+
+type Client = RegistryServiceClient<InterceptedService<Channel, HeaderCredentials>>;
+
+struct Harness {
+    server: TestServer,
+    _db: concord_testkit::TestDb,
+}
+
+impl Harness {
+    async fn start() -> Harness {
+        let db = concord_testkit::database().await.unwrap();
+        let (trigger, shutdown) = Shutdown::new();
+        let cfg = concord_testkit::server_config();
+        let (svc, _db) = concord_registry::build(&db.url, &cfg, shutdown.clone()).await.unwrap();
+        let server = TestServer::start(Services::new().add(svc), trigger, shutdown, cfg).await.unwrap();
+        Harness { server, _db: db }
+    }
+
+    async fn client(&self, p: Principal) -> Client {
+        let channel = Channel::from_shared(self.server.uri()).unwrap().connect().await.unwrap();
+        RegistryServiceClient::with_interceptor(channel, HeaderCredentials(p))
+    }
+}
+
+fn person(name: &str, state: &str, year: i32) -> pb::Person {
+    pb::Person {
+        names: vec![pb::PersonName { full_name: name.into(), ..Default::default() }],
+        sex: pb::Sex::Male as i32,
+        category: pb::PersonCategory::AdultMale as i32,
+        birth_date: Some(tpb::ApproximateDate { year, precision: tpb::DatePrecision::Year as i32, ..Default::default() }),
+        nationalities: vec![pb::Nationality { state: state.into(), basis: pb::NationalityBasis::Claimed as i32, ..Default::default() }],
+        ..Default::default()
+    }
+}
+
+async fn create(c: &mut Client, p: pb::Person) -> pb::Person {
+    c.create_person(pb::CreatePersonRequest { person: Some(p), request_id: String::new() }).await.unwrap().into_inner()
+}
+
+fn violations(s: &tonic::Status) -> Vec<String> {
+    s.get_error_details().bad_request().map(|b| b.field_violations.iter().map(|v| v.field.clone()).collect()).unwrap_or_default()
+}
+
+fn transition(reason: &str) -> Option<pb::CustodyTransition> {
+    Some(pb::CustodyTransition { reason: reason.into(), source: "test".into(), ..Default::default() })
+}
+
+async fn count(c: &mut Client) -> usize {
+    c.list_persons(pb::ListPersonsRequest { page_size: 1000, ..Default::default() }).await.unwrap().into_inner().persons.len()
+}
+
+#[tokio::test]
+async fn create_get_and_bad_input_stores_nothing() {
+    let h = Harness::start().await;
+    let mut c = h.client(coordinator()).await;
+    let p = create(&mut c, person("Ahmed Yusuf", "FR", 1990)).await;
+    assert_eq!(p.custody_status, pb::CustodyStatus::Registered as i32);
+    let got = c.get_person(pb::GetPersonRequest { name: p.name.clone() }).await.unwrap().into_inner();
+    assert_eq!(got, p);
+
+    let mut bad = person("", "France", 1990);
+    bad.birth_date = Some(tpb::ApproximateDate { year: 2003, month: 2, day: 29, precision: tpb::DatePrecision::Exact as i32 });
+    bad.sex = 42;
+    let err = c.create_person(pb::CreatePersonRequest { person: Some(bad), request_id: String::new() }).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    let fields = violations(&err);
+    for f in ["person.names[0].full_name", "person.nationalities[0].state", "person.birth_date.day", "person.sex"] {
+        assert!(fields.iter().any(|x| x == f), "{f} missing in {fields:?}");
+    }
+    let long = "x".repeat(201);
+    let err = c.create_person(pb::CreatePersonRequest { person: Some(person(&long, "FR", 1990)), request_id: String::new() }).await.unwrap_err();
+    assert_eq!(violations(&err), vec!["person.names[0].full_name"]);
+    assert_eq!(count(&mut c).await, 1, "nothing stored by bad requests");
+
+    let err = c.get_person(pb::GetPersonRequest { name: "persons/not-a-uuid".into() }).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    let err = c.get_person(pb::GetPersonRequest { name: format!("persons/{}", uuid::Uuid::now_v7()) }).await.unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+}
+
+#[tokio::test]
+async fn create_is_idempotent_on_request_id() {
+    let h = Harness::start().await;
+    let mut c = h.client(coordinator()).await;
+    let req = pb::CreatePersonRequest { person: Some(person("Omar Khaled", "DE", 1985)), request_id: "9f1c-1".into() };
+    let a = c.create_person(req.clone()).await.unwrap().into_inner();
+    let b = c.create_person(req.clone()).await.unwrap().into_inner();
+    assert_eq!(a.name, b.name);
+    assert_eq!(count(&mut c).await, 1);
+    let mut other = req;
+    other.person = Some(person("Someone Else", "DE", 1985));
+    let err = c.create_person(other).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert_eq!(violations(&err), vec!["request_id"]);
+}
+
+#[tokio::test]
+async fn list_pages_filters_and_caps() {
+    let h = Harness::start().await;
+    let mut c = h.client(coordinator()).await;
+    for i in 0..7 {
+        let mut p = person(&format!("Walid Number{i}"), if i % 2 == 0 { "FR" } else { "BE" }, 1980 + i);
+        if i == 6 {
+            p.category = pb::PersonCategory::Child as i32;
+        }
+        create(&mut c, p).await;
+    }
+    let mut seen = Vec::new();
+    let mut token = String::new();
+    loop {
+        let r = c.list_persons(pb::ListPersonsRequest { page_size: 3, page_token: token.clone(), filter: String::new() }).await.unwrap().into_inner();
+        seen.extend(r.persons.into_iter().map(|p| p.name));
+        if r.next_page_token.is_empty() {
+            break;
+        }
+        token = r.next_page_token;
+    }
+    assert_eq!(seen.len(), 7);
+    let mut dedup = seen.clone();
+    dedup.dedup();
+    assert_eq!(dedup.len(), 7);
+
+    let r = c
+        .list_persons(pb::ListPersonsRequest { page_size: 100, filter: r#"nationality = "FR" AND birth_year >= 1982"#.into(), ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.persons.len(), 3, "FR born 1982, 1984, 1986");
+    let r = c.list_persons(pb::ListPersonsRequest { filter: "category = CHILD".into(), ..Default::default() }).await.unwrap().into_inner();
+    assert_eq!(r.persons.len(), 1);
+
+    let err = c.list_persons(pb::ListPersonsRequest { page_size: 5000, ..Default::default() }).await.unwrap_err();
+    assert_eq!(violations(&err), vec!["page_size"]);
+    let err = c.list_persons(pb::ListPersonsRequest { filter: "category = ".into(), ..Default::default() }).await.unwrap_err();
+    assert_eq!(violations(&err), vec!["filter"]);
+    let err = c.list_persons(pb::ListPersonsRequest { filter: "shoe_size = 3".into(), ..Default::default() }).await.unwrap_err();
+    assert!(err.message().contains("shoe_size"), "{}", err.message());
+    let first = c.list_persons(pb::ListPersonsRequest { page_size: 2, ..Default::default() }).await.unwrap().into_inner();
+    let err = c
+        .list_persons(pb::ListPersonsRequest { page_size: 2, page_token: first.next_page_token, filter: "category = CHILD".into() })
+        .await
+        .unwrap_err();
+    assert_eq!(violations(&err), vec!["page_token"]);
+}
+
+#[tokio::test]
+async fn search_tolerates_transliteration_and_ranks_exact_spellings_first() {
+    let h = Harness::start().await;
+    let mut c = h.client(coordinator()).await;
+    let arabic = create(&mut c, person("محمد عبد الرحمن الحسن", "IQ", 1990)).await;
+    let muhammad = create(&mut c, person("Muhammad Abd al-Rahman Hassan", "FR", 1991)).await;
+    let mohammed = create(&mut c, person("Mohammed Abdulrahman", "FR", 1992)).await;
+    let other = create(&mut c, person("Khaled Walid", "FR", 1992)).await;
+
+    let r = c.search_persons(pb::SearchPersonsRequest { query: "Mohammed Abdul Rahman al-Hassan".into(), ..Default::default() }).await.unwrap().into_inner();
+    let names: Vec<_> = r.results.iter().map(|x| x.person.as_ref().unwrap().name.clone()).collect();
+    assert_eq!(names.len(), 3, "{names:?}");
+    assert!(!names.contains(&other.name));
+    // Three skeletons matched by both full names; the exact spellings rank Mohammed first
+    // among the Latin records.
+    assert!(names.contains(&arabic.name) && names.contains(&muhammad.name) && names.contains(&mohammed.name));
+    let scores: Vec<f64> = r.results.iter().map(|x| x.score).collect();
+    assert!(scores.windows(2).all(|w| w[0] >= w[1]), "ranked: {scores:?}");
+
+    let r = c.search_persons(pb::SearchPersonsRequest { query: "محمد".into(), filter: r#"nationality = "FR""#.into(), ..Default::default() }).await.unwrap().into_inner();
+    assert_eq!(r.results.len(), 2);
+
+    // Paging walks every result exactly once.
+    let mut token = String::new();
+    let mut all = Vec::new();
+    loop {
+        let r = c.search_persons(pb::SearchPersonsRequest { query: "Muhammad".into(), page_size: 1, page_token: token.clone(), ..Default::default() }).await.unwrap().into_inner();
+        all.extend(r.results.into_iter().map(|x| x.person.unwrap().name));
+        if r.next_page_token.is_empty() {
+            break;
+        }
+        token = r.next_page_token;
+    }
+    all.sort();
+    all.dedup();
+    assert_eq!(all.len(), 3);
+
+    let err = c.search_persons(pb::SearchPersonsRequest { query: "  -- ".into(), ..Default::default() }).await.unwrap_err();
+    assert_eq!(violations(&err), vec!["query"]);
+}
+
+#[tokio::test]
+async fn a_state_sees_only_its_nationals() {
+    let h = Harness::start().await;
+    let mut cell = h.client(coordinator()).await;
+    let fr = create(&mut cell, person("Yusuf Ahmad", "FR", 1990)).await;
+    let de = create(&mut cell, person("Youssef Ahmed", "DE", 1990)).await;
+    let mut france = h.client(ministry("FR")).await;
+    assert!(france.get_person(pb::GetPersonRequest { name: fr.name.clone() }).await.is_ok());
+    let err = france.get_person(pb::GetPersonRequest { name: de.name.clone() }).await.unwrap_err();
+    assert_eq!(err.code(), Code::NotFound, "existence must not leak");
+    assert_eq!(count(&mut france).await, 1);
+    let r = france.search_persons(pb::SearchPersonsRequest { query: "Yusuf".into(), ..Default::default() }).await.unwrap().into_inner();
+    assert_eq!(r.results.len(), 1);
+    let err = france
+        .record_escape(pb::RecordEscapeRequest { name: de.name.clone(), transition: transition("x"), ..Default::default() })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+
+    let channel = Channel::from_shared(h.server.uri()).unwrap().connect().await.unwrap();
+    let mut anonymous = RegistryServiceClient::new(channel);
+    let err = anonymous.get_person(pb::GetPersonRequest { name: fr.name }).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated);
+}
+
+#[tokio::test]
+async fn custody_follows_the_state_machine_with_a_timeline() {
+    let h = Harness::start().await;
+    let mut c = h.client(coordinator()).await;
+    let p = create(&mut c, person("Hussein Ali", "TN", 1988)).await;
+    let err = c
+        .record_escape(pb::RecordEscapeRequest { name: p.name.clone(), transition: transition("night"), ..Default::default() })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    assert!(err.message().contains("REGISTERED"), "names the current state: {}", err.message());
+
+    let admitted = c
+        .admit_person(pb::AdmitPersonRequest { name: p.name.clone(), facility_id: "hasakah-prison".into(), transition: transition("admitted"), ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(admitted.custody_status, pb::CustodyStatus::InCustody as i32);
+    assert_eq!(admitted.facility_id, "hasakah-prison");
+
+    // A stale etag loses.
+    let mut stale = transition("escape");
+    stale.as_mut().unwrap().etag = p.etag.clone();
+    let err = c.record_escape(pb::RecordEscapeRequest { name: p.name.clone(), transition: stale, ..Default::default() }).await.unwrap_err();
+    assert_eq!(err.code(), Code::Aborted);
+
+    // A retried transition with the same request id applies once.
+    let mut t = transition("attack on the prison");
+    t.as_mut().unwrap().request_id = "escape-1".into();
+    let req = pb::RecordEscapeRequest { name: p.name.clone(), incident_id: "incident-7".into(), transition: t };
+    c.record_escape(req.clone()).await.unwrap();
+    let again = c.record_escape(req).await.unwrap().into_inner();
+    assert_eq!(again.custody_status, pb::CustodyStatus::Escaped as i32);
+    c.record_recapture(pb::RecordRecaptureRequest { name: p.name.clone(), transition: transition("found") }).await.unwrap();
+    c.admit_person(pb::AdmitPersonRequest { name: p.name.clone(), facility_id: "hasakah-prison".into(), transition: transition("back"), ..Default::default() })
+        .await
+        .unwrap();
+    let handed = c
+        .record_hand_over(pb::RecordHandOverRequest {
+            name: p.name.clone(),
+            receiving_state: "TN".into(),
+            disposition: pb::Disposition::ProsecutionAtHome as i32,
+            diplomatic_request: "requests/1".into(),
+            transition: transition("repatriated"),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(handed.custody_status, pb::CustodyStatus::HandedOver as i32);
+    assert_eq!(handed.receiving_state, "TN");
+    let err = c.record_death(pb::RecordDeathRequest { name: p.name.clone(), transition: transition("x") }).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+
+    let events = c.list_custody_events(pb::ListCustodyEventsRequest { parent: p.name.clone(), ..Default::default() }).await.unwrap().into_inner().custody_events;
+    let steps: Vec<(i32, i32)> = events.iter().map(|e| (e.from_status, e.to_status)).collect();
+    use pb::CustodyStatus as S;
+    assert_eq!(
+        steps,
+        vec![
+            (S::Registered as i32, S::InCustody as i32),
+            (S::InCustody as i32, S::Escaped as i32),
+            (S::Escaped as i32, S::Recaptured as i32),
+            (S::Recaptured as i32, S::InCustody as i32),
+            (S::InCustody as i32, S::HandedOver as i32),
+        ]
+    );
+    assert_eq!(events[1].reference, "incident-7");
+    assert_eq!(events[1].recorded_by, "coalition-cell");
+
+    let err = c.admit_person(pb::AdmitPersonRequest { name: p.name.clone(), transition: None, ..Default::default() }).await.unwrap_err();
+    assert_eq!(violations(&err), vec!["transition.reason", "transition.source"]);
+}
+
+#[tokio::test]
+async fn update_uses_field_masks_and_etags() {
+    let h = Harness::start().await;
+    let mut c = h.client(coordinator()).await;
+    let p = create(&mut c, person("Fatima Omar", "NL", 1995)).await;
+    let mut change = p.clone();
+    change.legal_status = pb::LegalStatus::Investigated as i32;
+    change.sex = pb::Sex::Female as i32;
+    let updated = c
+        .update_person(pb::UpdatePersonRequest {
+            person: Some(change.clone()),
+            update_mask: Some(prost_types::FieldMask { paths: vec!["legal_status".into()] }),
+            request_id: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(updated.legal_status, pb::LegalStatus::Investigated as i32);
+    assert_eq!(updated.sex, pb::Sex::Male as i32, "fields outside the mask are kept");
+    assert_ne!(updated.etag, p.etag);
+    let err = c
+        .update_person(pb::UpdatePersonRequest { person: Some(change.clone()), update_mask: Some(prost_types::FieldMask { paths: vec!["sex".into()] }), request_id: String::new() })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Aborted, "old etag");
+    let mut fresh = updated.clone();
+    fresh.custody_status = pb::CustodyStatus::Released as i32;
+    let err = c
+        .update_person(pb::UpdatePersonRequest { person: Some(fresh), update_mask: Some(prost_types::FieldMask { paths: vec!["custody_status".into()] }), request_id: String::new() })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("custody methods"), "{}", err.message());
+}
+
+#[tokio::test]
+async fn import_reports_bad_rows_and_retries_store_nothing_twice() {
+    let h = Harness::start().await;
+    let mut c = h.client(coordinator()).await;
+    let rows: Vec<pb::ImportPersonsRequest> = (0..25)
+        .map(|i| {
+            let mut p = person(&format!("Tariq Jamal{i}"), "KZ", 2000);
+            if i == 3 {
+                p.birth_date.as_mut().unwrap().month = 13;
+                p.birth_date.as_mut().unwrap().precision = tpb::DatePrecision::Month as i32;
+            }
+            if i == 7 {
+                p.names.clear();
+            }
+            pb::ImportPersonsRequest { person: Some(p), request_id: format!("import-{i}") }
+        })
+        .collect();
+    let r = c.import_persons(futures::stream::iter(rows.clone())).await.unwrap().into_inner();
+    assert_eq!(r.created_count, 23);
+    let bad: Vec<(i64, String)> = r.errors.iter().map(|e| (e.index, e.field.clone())).collect();
+    assert_eq!(bad, vec![(3, "person.birth_date.month".to_string()), (7, "person.names".to_string())]);
+    let again = c.import_persons(futures::stream::iter(rows)).await.unwrap().into_inner();
+    assert_eq!(again.created_count, 0);
+    assert_eq!(again.already_present_count, 23);
+    assert_eq!(count(&mut c).await, 23);
+}
+
+#[tokio::test]
+async fn duplicates_are_found_merged_and_unmerged() {
+    let h = Harness::start().await;
+    let mut c = h.client(coordinator()).await;
+    let a = create(&mut c, person("Abdullah Hussein", "UZ", 1990)).await;
+    let b = create(&mut c, person("عبدالله حسين", "UZ", 1991)).await;
+    create(&mut c, person("Abdullah Hussein", "UZ", 1960)).await; // same name, 30 years apart
+    let list = c.list_duplicate_candidates(pb::ListDuplicateCandidatesRequest::default()).await.unwrap().into_inner().duplicate_candidates;
+    assert_eq!(list.len(), 1, "{list:?}");
+    let cand = &list[0];
+    assert_eq!((cand.person.as_str(), cand.other_person.as_str()), (b.name.as_str(), a.name.as_str()));
+    assert!(cand.reasons.contains(&"name".to_string()) && cand.reasons.contains(&"birth_date".to_string()));
+
+    let merged = c
+        .merge_duplicate_candidate(pb::MergeDuplicateCandidateRequest { name: cand.name.clone(), surviving_person: a.name.clone(), reason: "same person".into(), etag: cand.etag.clone() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(merged.state, pb::DuplicateState::Merged as i32);
+    let dup = c.get_person(pb::GetPersonRequest { name: b.name.clone() }).await.unwrap().into_inner();
+    assert_eq!(dup.merged_into, a.name);
+    let err = c
+        .reject_duplicate_candidate(pb::RejectDuplicateCandidateRequest { name: cand.name.clone(), reason: "x".into(), etag: String::new() })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    let open = c
+        .unmerge_duplicate_candidate(pb::UnmergeDuplicateCandidateRequest { name: cand.name.clone(), reason: "DNA says otherwise".into(), etag: String::new() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(open.state, pb::DuplicateState::Open as i32);
+    let dup = c.get_person(pb::GetPersonRequest { name: b.name.clone() }).await.unwrap().into_inner();
+    assert_eq!(dup.merged_into, "");
+}
+
+#[tokio::test]
+async fn watch_resumes_from_a_cursor_within_scope() {
+    let h = Harness::start().await;
+    let mut c = h.client(coordinator()).await;
+    let fr = create(&mut c, person("Ziad Karim", "FR", 1990)).await;
+    create(&mut c, person("Ziyad Kareem", "DE", 1990)).await;
+    let mut france = h.client(ministry("FR")).await;
+    let mut stream = france.watch_changes(pb::WatchChangesRequest::default()).await.unwrap().into_inner();
+    let first = stream.next().await.unwrap().unwrap().event.unwrap();
+    assert!(first.bookmark);
+    let ev = stream.next().await.unwrap().unwrap().event.unwrap();
+    assert_eq!(ev.resource_name, fr.name);
+    assert_eq!(ev.event_type, "person.created");
+    let cursor = ev.cursor.clone();
+    drop(stream);
+
+    c.admit_person(pb::AdmitPersonRequest { name: fr.name.clone(), facility_id: "roj".into(), transition: transition("in"), ..Default::default() }).await.unwrap();
+    let mut resumed = france.watch_changes(pb::WatchChangesRequest { cursor, ..Default::default() }).await.unwrap().into_inner();
+    let mut got = None;
+    while let Some(msg) = resumed.next().await {
+        let e = msg.unwrap().event.unwrap();
+        if !e.bookmark {
+            got = Some(e);
+            break;
+        }
+    }
+    let e = got.unwrap();
+    assert_eq!(e.event_type, "person.custody_changed");
+    let person: pb::Person = prost::Message::decode(e.resource.unwrap().value.as_slice()).unwrap();
+    assert_eq!(person.facility_id, "roj");
+
+    let err = france.watch_changes(pb::WatchChangesRequest { cursor: "not-a-cursor".into(), ..Default::default() }).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+}
+
+#[tokio::test]
+async fn family_and_identity_records_respect_scope() {
+    let h = Harness::start().await;
+    let mut c = h.client(coordinator()).await;
+    let mother = create(&mut c, person("Amina Saleh", "SE", 1992)).await;
+    let child = create(&mut c, person("Yahya Saleh", "SE", 2016)).await;
+    c.create_relationship(pb::CreateRelationshipRequest {
+        relationship: Some(pb::Relationship { person: child.name.clone(), related_person: mother.name.clone(), kind: pb::RelationshipKind::Parent as i32, ..Default::default() }),
+        request_id: String::new(),
+    })
+    .await
+    .unwrap();
+    let hh = c
+        .create_household(pb::CreateHouseholdRequest {
+            household: Some(pb::Household { head: mother.name.clone(), members: vec![mother.name.clone(), child.name.clone()], ..Default::default() }),
+            request_id: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    c.create_consent_record(pb::CreateConsentRecordRequest {
+        parent: child.name.clone(),
+        consent_record: Some(pb::ConsentRecord { purpose: "repatriation".into(), granted: true, given_by: mother.name.clone(), ..Default::default() }),
+        request_id: String::new(),
+    })
+    .await
+    .unwrap();
+    let doc = pb::IdentityDocument { kind: pb::DocumentKind::Passport as i32, issuing_state: "SE".into(), number: "X123".into(), ..Default::default() };
+    c.create_identity_document(pb::CreateIdentityDocumentRequest { parent: mother.name.clone(), identity_document: Some(doc.clone()), request_id: String::new() }).await.unwrap();
+
+    let mut sweden = h.client(ministry("SE")).await;
+    let rel = sweden.list_relationships(pb::ListRelationshipsRequest { parent: mother.name.clone() }).await.unwrap().into_inner().relationships;
+    assert_eq!(rel.len(), 1);
+    assert_eq!(sweden.get_household(pb::GetHouseholdRequest { name: hh.name.clone() }).await.unwrap().into_inner().members.len(), 2);
+    let consents = sweden.list_consent_records(pb::ListConsentRecordsRequest { parent: child.name.clone() }).await.unwrap().into_inner().consent_records;
+    assert_eq!(consents.len(), 1);
+    let docs = sweden.list_identity_documents(pb::ListIdentityDocumentsRequest { parent: mother.name.clone() }).await.unwrap().into_inner().identity_documents;
+    assert_eq!(docs[0].number, "X123");
+
+    let mut norway = h.client(ministry("NO")).await;
+    assert_eq!(norway.get_household(pb::GetHouseholdRequest { name: hh.name }).await.unwrap_err().code(), Code::NotFound);
+    assert_eq!(norway.list_relationships(pb::ListRelationshipsRequest { parent: mother.name.clone() }).await.unwrap_err().code(), Code::NotFound);
+
+    let err = c
+        .create_identity_document(pb::CreateIdentityDocumentRequest { parent: mother.name, identity_document: Some(pb::IdentityDocument { issuing_state: "Sweden".into(), ..doc }), request_id: String::new() })
+        .await
+        .unwrap_err();
+    assert_eq!(violations(&err), vec!["identity_document.issuing_state"]);
+}
+
+#[tokio::test]
+async fn oversize_messages_are_refused() {
+    let db = concord_testkit::database().await.unwrap();
+    let (trigger, shutdown) = Shutdown::new();
+    let mut cfg = concord_testkit::server_config();
+    cfg.max_message_bytes = 4 * 1024;
+    let (svc, _db) = concord_registry::build(&db.url, &cfg, shutdown.clone()).await.unwrap();
+    let server = TestServer::start(Services::new().add(svc), trigger, shutdown, cfg).await.unwrap();
+    let channel = Channel::from_shared(server.uri()).unwrap().connect().await.unwrap();
+    let mut c = RegistryServiceClient::with_interceptor(channel, HeaderCredentials(coordinator()));
+    let mut p = person("Big Record", "FR", 1990);
+    p.names = (0..30).map(|i| pb::PersonName { full_name: format!("{}{i}", "n".repeat(190)), ..Default::default() }).collect();
+    p.biometric_references = (0..30).map(|i| pb::BiometricReference { system: "s".repeat(100), reference: format!("{}{i}", "r".repeat(190)), modality: 1 }).collect();
+    let Err(err) = c.create_person(pb::CreatePersonRequest { person: Some(p), request_id: String::new() }).await else {
+        panic!("an oversize message was accepted");
+    };
+    assert_eq!(err.code(), Code::OutOfRange, "{}", err.message());
+    assert_eq!(count(&mut c).await, 0);
+    assert!(err.message().contains("message length too large") || err.message().contains("too large"), "{}", err.message());
+}
