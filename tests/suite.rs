@@ -1,1 +1,119 @@
+//! End-to-end tests: the suite assembled by `concord::start`, as `concord serve` runs it, on
+//! ports chosen by the OS, called over gRPC.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::Duration;
+
+use concord_platform::auth::HeaderCredentials;
+use concord_platform::config::TelemetryConfig;
+use concord_platform::server::Shutdown;
+use concord_proto::registry::v1 as pb;
+use concord_proto::registry::v1::registry_service_client::RegistryServiceClient;
+use futures::StreamExt;
+use tonic::transport::Channel;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_types::StatusExt;
+
+async fn suite(
+    drain_grace: Duration,
+) -> (
+    concord::Running,
+    concord_platform::server::ShutdownTrigger,
+    tokio::task::JoinHandle<anyhow::Result<()>>,
+    concord_testkit::TestDb,
+) {
+    let db = concord_testkit::database().await.unwrap();
+    let cfg = concord::Config {
+        target: concord::Target::All,
+        data_dir: std::env::temp_dir(),
+        registry_addr: "127.0.0.1:0".parse().unwrap(),
+        registry_database_url: Some(db.url.clone()),
+        server: concord_platform::config::ServerConfig { drain_grace, ..Default::default() },
+        telemetry: TelemetryConfig::default(),
+    };
+    let (trigger, shutdown) = Shutdown::new();
+    let (running, served) = concord::start(&cfg, shutdown).await.unwrap();
+    (running, trigger, tokio::spawn(served), db)
+}
+
+#[tokio::test]
+async fn serve_answers_health_and_traces_errors_with_the_callers_trace_id() {
+    // Install the real subscriber so spans carry OpenTelemetry ids, as in production.
+    let _guard = concord_platform::telemetry::init(
+        "e2e",
+        &TelemetryConfig { log_filter: "warn".into(), ..Default::default() },
+    )
+    .unwrap();
+    let (running, trigger, handle, _db) = suite(Duration::ZERO).await;
+    let uri = format!("http://{}", running.registry.unwrap());
+    let channel = Channel::from_shared(uri).unwrap().connect().await.unwrap();
+
+    let mut health = HealthClient::new(channel.clone());
+    let status = health
+        .check(HealthCheckRequest { service: "concord.registry.v1.RegistryService".into() })
+        .await
+        .unwrap()
+        .into_inner()
+        .status;
+    assert_eq!(status, tonic_health::pb::health_check_response::ServingStatus::Serving as i32);
+
+    let mut c = RegistryServiceClient::with_interceptor(
+        channel,
+        HeaderCredentials(concord_testkit::coordinator()),
+    );
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let mut req = tonic::Request::new(pb::GetPersonRequest { name: "persons/nope".into() });
+    req.metadata_mut()
+        .insert("traceparent", format!("00-{trace_id}-00f067aa0ba902b7-01").parse().unwrap());
+    let err = c.get_person(req).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    let info = err.get_error_details().error_info().cloned().unwrap();
+    assert_eq!(
+        info.metadata.get("trace_id").map(String::as_str),
+        Some(trace_id),
+        "the server continued the caller's trace"
+    );
+
+    trigger.trigger();
+    handle.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn shutdown_reports_not_serving_then_drains_and_ends_watch_streams() {
+    let (running, trigger, handle, _db) = suite(Duration::from_millis(600)).await;
+    let uri = format!("http://{}", running.registry.unwrap());
+    let channel = Channel::from_shared(uri).unwrap().connect().await.unwrap();
+    let mut c = RegistryServiceClient::with_interceptor(
+        channel.clone(),
+        HeaderCredentials(concord_testkit::coordinator()),
+    );
+    let mut watch = c.watch_changes(pb::WatchChangesRequest::default()).await.unwrap().into_inner();
+    assert!(watch.next().await.unwrap().unwrap().event.unwrap().bookmark);
+
+    trigger.trigger();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut health = HealthClient::new(channel.clone());
+    let status = health
+        .check(HealthCheckRequest { service: String::new() })
+        .await
+        .unwrap()
+        .into_inner()
+        .status;
+    assert_eq!(status, tonic_health::pb::health_check_response::ServingStatus::NotServing as i32);
+    // Still answering during the grace period, so in-flight work and late requests succeed.
+    c.list_persons(pb::ListPersonsRequest::default()).await.unwrap();
+
+    // The watch stream ends by itself, and the server stops within the drain timeout.
+    let ended = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(m) = watch.next().await {
+            if m.is_err() {
+                break;
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "watch stream ended on shutdown");
+    tokio::time::timeout(Duration::from_secs(10), handle).await.unwrap().unwrap().unwrap();
+}

@@ -136,15 +136,17 @@ pub mod headers {
 
 impl Authenticator for HeaderAuthenticator {
     fn authenticate(&self, h: &http::HeaderMap) -> Result<Principal> {
-        let get = |k: &str| h.get(k).and_then(|v| v.to_str().ok()).map(str::trim).filter(|v| !v.is_empty());
-        let agency = get(headers::AGENCY)
-            .ok_or_else(|| Error::Unauthenticated(format!("missing {} metadata", headers::AGENCY)))?;
+        let get = |k: &str| {
+            h.get(k).and_then(|v| v.to_str().ok()).map(str::trim).filter(|v| !v.is_empty())
+        };
+        let agency = get(headers::AGENCY).ok_or_else(|| {
+            Error::Unauthenticated(format!("missing {} metadata", headers::AGENCY))
+        })?;
         let kind_s = get(headers::AGENCY_KIND).ok_or_else(|| {
             Error::Unauthenticated(format!("missing {} metadata", headers::AGENCY_KIND))
         })?;
-        let kind = AgencyKind::parse(kind_s).ok_or_else(|| {
-            Error::Unauthenticated(format!("unknown agency kind '{kind_s}'"))
-        })?;
+        let kind = AgencyKind::parse(kind_s)
+            .ok_or_else(|| Error::Unauthenticated(format!("unknown agency kind '{kind_s}'")))?;
         let state = get(headers::STATE).map(str::to_ascii_uppercase);
         if matches!(kind, AgencyKind::StateMinistry | AgencyKind::Justice) && state.is_none() {
             return Err(Error::Unauthenticated(format!(
@@ -230,10 +232,19 @@ mod tests {
 
     #[test]
     fn refuses_missing_or_unknown_identity() {
-        assert!(matches!(HeaderAuthenticator.authenticate(&headers(&[])), Err(Error::Unauthenticated(_))));
+        assert!(matches!(
+            HeaderAuthenticator.authenticate(&headers(&[])),
+            Err(Error::Unauthenticated(_))
+        ));
         let unknown = headers(&[(headers::AGENCY, "x"), (headers::AGENCY_KIND, "pirate")]);
-        assert!(matches!(HeaderAuthenticator.authenticate(&unknown), Err(Error::Unauthenticated(_))));
+        assert!(matches!(
+            HeaderAuthenticator.authenticate(&unknown),
+            Err(Error::Unauthenticated(_))
+        ));
         let stateless = headers(&[(headers::AGENCY, "x"), (headers::AGENCY_KIND, "justice")]);
-        assert!(matches!(HeaderAuthenticator.authenticate(&stateless), Err(Error::Unauthenticated(_))));
+        assert!(matches!(
+            HeaderAuthenticator.authenticate(&stateless),
+            Err(Error::Unauthenticated(_))
+        ));
     }
 }

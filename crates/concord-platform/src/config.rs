@@ -72,7 +72,8 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         Some(i) => s.split_at(i),
         None => (s, "s"),
     };
-    let n: u64 = num.parse().map_err(|_| format!("'{s}' is not a duration like 250ms, 5s or 2m"))?;
+    let n: u64 =
+        num.parse().map_err(|_| format!("'{s}' is not a duration like 250ms, 5s or 2m"))?;
     match unit {
         "ms" => Ok(Duration::from_millis(n)),
         "s" => Ok(Duration::from_secs(n)),

@@ -84,10 +84,22 @@ fn lex(s: &str) -> Result<Vec<(usize, Tok)>> {
         let (pos, c) = chars[i];
         match c {
             c if c.is_whitespace() => i += 1,
-            '(' => { out.push((pos, Tok::LParen)); i += 1; }
-            ')' => { out.push((pos, Tok::RParen)); i += 1; }
-            ':' => { out.push((pos, Tok::Op(Op::Has))); i += 1; }
-            '=' => { out.push((pos, Tok::Op(Op::Eq))); i += 1; }
+            '(' => {
+                out.push((pos, Tok::LParen));
+                i += 1;
+            }
+            ')' => {
+                out.push((pos, Tok::RParen));
+                i += 1;
+            }
+            ':' => {
+                out.push((pos, Tok::Op(Op::Has)));
+                i += 1;
+            }
+            '=' => {
+                out.push((pos, Tok::Op(Op::Eq)));
+                i += 1;
+            }
             '!' | '<' | '>' => {
                 let next_eq = chars.get(i + 1).map(|x| x.1) == Some('=');
                 let op = match (c, next_eq) {
@@ -96,12 +108,16 @@ fn lex(s: &str) -> Result<Vec<(usize, Tok)>> {
                     ('>', true) => Op::Ge,
                     ('<', false) => Op::Lt,
                     ('>', false) => Op::Gt,
-                    _ => return Err(filter_error(format!("unexpected '!' at position {pos}; did you mean '!='?"))),
+                    _ => {
+                        return Err(filter_error(format!(
+                            "unexpected '!' at position {pos}; did you mean '!='?"
+                        )))
+                    }
                 };
                 out.push((pos, Tok::Op(op)));
                 i += if next_eq { 2 } else { 1 };
             }
-            '-' if out.last().map_or(true, |(_, t)| !matches!(t, Tok::Op(_))) => {
+            '-' if out.last().is_none_or(|(_, t)| !matches!(t, Tok::Op(_))) => {
                 out.push((pos, Tok::Minus));
                 i += 1;
             }
@@ -111,7 +127,9 @@ fn lex(s: &str) -> Result<Vec<(usize, Tok)>> {
                 i += 1;
                 loop {
                     let Some(&(_, ch)) = chars.get(i) else {
-                        return Err(filter_error(format!("unterminated string starting at position {pos}")));
+                        return Err(filter_error(format!(
+                            "unterminated string starting at position {pos}"
+                        )));
                     };
                     i += 1;
                     if ch == '\\' {
@@ -129,16 +147,22 @@ fn lex(s: &str) -> Result<Vec<(usize, Tok)>> {
             }
             _ => {
                 let start = i;
-                while i < chars.len() && !chars[i].1.is_whitespace() && !"()=!<>:\"'".contains(chars[i].1) {
+                while i < chars.len()
+                    && !chars[i].1.is_whitespace()
+                    && !"()=!<>:\"'".contains(chars[i].1)
+                {
                     i += 1;
                 }
                 let word: String = chars[start..i].iter().map(|x| x.1).collect();
-                out.push((pos, match word.as_str() {
-                    "AND" => Tok::And,
-                    "OR" => Tok::Or,
-                    "NOT" => Tok::Not,
-                    _ => Tok::Word(word),
-                }));
+                out.push((
+                    pos,
+                    match word.as_str() {
+                        "AND" => Tok::And,
+                        "OR" => Tok::Or,
+                        "NOT" => Tok::Not,
+                        _ => Tok::Word(word),
+                    },
+                ));
             }
         }
     }
@@ -224,7 +248,12 @@ impl Parser {
         let value = match self.peek().cloned() {
             Some(Tok::Word(w)) => w,
             Some(Tok::Quoted(q)) => q,
-            _ => return Err(filter_error(format!("expected a value after '{field}' at {}", self.pos()))),
+            _ => {
+                return Err(filter_error(format!(
+                    "expected a value after '{field}' at {}",
+                    self.pos()
+                )))
+            }
         };
         self.i += 1;
         Ok(Expr::Cmp { field, op, value })
@@ -324,7 +353,10 @@ fn write(expr: &Expr, schema: &[Field], sql: &mut Sql) -> Result<()> {
                     }
                     let short = value.strip_prefix(prefix).unwrap_or(value);
                     let v = values.iter().find(|v| **v == short).ok_or_else(|| {
-                        filter_error(format!("'{value}' is not a value of '{field}'; use one of: {}", values.join(", ")))
+                        filter_error(format!(
+                            "'{value}' is not a value of '{field}'; use one of: {}",
+                            values.join(", ")
+                        ))
                     })?;
                     SqlValue::Text((*v).to_string())
                 }
@@ -357,9 +389,19 @@ mod tests {
     use super::*;
 
     const SCHEMA: &[Field] = &[
-        Field { name: "category", sql: "p.category", ty: FieldType::Enum { prefix: "PERSON_CATEGORY_", values: &["CHILD", "ADULT_MALE"] }, equality_only: false },
+        Field {
+            name: "category",
+            sql: "p.category",
+            ty: FieldType::Enum { prefix: "PERSON_CATEGORY_", values: &["CHILD", "ADULT_MALE"] },
+            equality_only: false,
+        },
         Field { name: "birth_year", sql: "p.birth_year", ty: FieldType::Int, equality_only: false },
-        Field { name: "nationality", sql: "EXISTS (SELECT 1 FROM n WHERE n.state = {})", ty: FieldType::Text, equality_only: true },
+        Field {
+            name: "nationality",
+            sql: "EXISTS (SELECT 1 FROM n WHERE n.state = {})",
+            ty: FieldType::Text,
+            equality_only: true,
+        },
     ];
 
     fn sql(f: &str) -> Result<String> {

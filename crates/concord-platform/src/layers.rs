@@ -144,7 +144,9 @@ where
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
         let Ok(permit) = self.permits.clone().try_acquire_owned() else {
             tracing::warn!(path = %req.uri().path(), "load shed: concurrency limit reached");
-            let status = tonic::Status::unavailable("server is at its concurrency limit; retry with backoff");
+            let status = tonic::Status::unavailable(
+                "server is at its concurrency limit; retry with backoff",
+            );
             return Box::pin(async move { Ok(status.into_http()) });
         };
         let clone = self.inner.clone();

@@ -25,7 +25,7 @@ use crate::sql::{Sql, SqlValue};
 use crate::storage::{Db, Dialect, SqlxResultExt, Tx};
 
 /// Advisory lock key that serialises outbox writers on PostgreSQL ("concord" in ASCII).
-const OUTBOX_LOCK: i64 = 0x636f_6e63_6f72_64;
+const OUTBOX_LOCK: i64 = 0x0063_6f6e_636f_7264;
 
 /// An event to append.
 #[derive(Debug, Clone)]
@@ -74,7 +74,11 @@ pub async fn append_many(tx: &mut Tx, events: Vec<NewEvent>) -> Result<()> {
         return Ok(());
     }
     if tx.dialect() == Dialect::Postgres {
-        sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(OUTBOX_LOCK).execute(tx.conn()).await.db()?;
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(OUTBOX_LOCK)
+            .execute(tx.conn())
+            .await
+            .db()?;
     }
     let traceparent = crate::telemetry::current_traceparent();
     let now = crate::time::now_micros();
@@ -138,15 +142,18 @@ pub struct WatchTuning {
 
 impl Default for WatchTuning {
     fn default() -> Self {
-        Self { batch: 256, poll_interval: Duration::from_millis(500), bookmark_interval: Duration::from_secs(10) }
+        Self {
+            batch: 256,
+            poll_interval: Duration::from_millis(500),
+            bookmark_interval: Duration::from_secs(10),
+        }
     }
 }
 
 fn parse_cursor(c: &str) -> Result<i64> {
-    c.parse::<i64>()
-        .ok()
-        .filter(|n| *n >= 0)
-        .ok_or_else(|| Error::invalid("cursor", format!("'{c}' is not a cursor returned by this service")))
+    c.parse::<i64>().ok().filter(|n| *n >= 0).ok_or_else(|| {
+        Error::invalid("cursor", format!("'{c}' is not a cursor returned by this service"))
+    })
 }
 
 async fn high_water(db: &Db) -> Result<i64> {

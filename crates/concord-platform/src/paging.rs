@@ -46,7 +46,8 @@ pub fn request_fingerprint(parts: &[&str]) -> String {
 
 /// Encodes a page token.
 pub fn encode<P: Serialize>(fingerprint: &str, position: &P) -> String {
-    let json = serde_json::to_vec(&Token { f: fingerprint.to_string(), p: position }).unwrap_or_default();
+    let json =
+        serde_json::to_vec(&Token { f: fingerprint.to_string(), p: position }).unwrap_or_default();
     URL_SAFE_NO_PAD.encode(json)
 }
 

@@ -169,7 +169,8 @@ pub fn insert_rows(head: &str, rows: &[Vec<SqlValue>], tail: &str) -> Vec<Sql> {
 mod tests {
     #[test]
     fn insert_rows_splits_at_the_placeholder_limit() {
-        let rows: Vec<Vec<SqlValue>> = (0..20_000).map(|i| vec![SqlValue::Int(i), SqlValue::Int(i)]).collect();
+        let rows: Vec<Vec<SqlValue>> =
+            (0..20_000).map(|i| vec![SqlValue::Int(i), SqlValue::Int(i)]).collect();
         let stmts = insert_rows("INSERT INTO t (a, b) VALUES ", &rows, "");
         assert_eq!(stmts.len(), 2);
         assert!(stmts[0].text().starts_with("INSERT INTO t (a, b) VALUES ($1, $2), ($3, $4)"));

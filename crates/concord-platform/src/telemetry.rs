@@ -9,9 +9,11 @@ use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
+use tracing_subscriber::filter::LevelFilter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::Layer;
 
 use crate::config::{LogFormat, TelemetryConfig};
 
@@ -36,7 +38,8 @@ impl TelemetryGuard {
 /// keeps the first subscriber and returns a guard that does nothing.
 pub fn init(service: &str, cfg: &TelemetryConfig) -> anyhow::Result<TelemetryGuard> {
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
-    let resource = opentelemetry_sdk::Resource::builder().with_service_name(service.to_string()).build();
+    let resource =
+        opentelemetry_sdk::Resource::builder().with_service_name(service.to_string()).build();
     let mut builder = SdkTracerProvider::builder().with_resource(resource);
     if let Some(endpoint) = cfg.otlp_endpoint.as_deref().filter(|e| !e.is_empty()) {
         use opentelemetry_otlp::WithExportConfig;
@@ -48,13 +51,23 @@ pub fn init(service: &str, cfg: &TelemetryConfig) -> anyhow::Result<TelemetryGua
     }
     let provider = builder.build();
     let tracer = provider.tracer("concord");
+    // The log filter applies to logs only: request spans (INFO) always exist, so trace ids
+    // and propagation keep working when logs are turned down to warnings.
     let filter = EnvFilter::try_new(&cfg.log_filter)?;
-    let otel = tracing_opentelemetry::layer().with_tracer(tracer);
-    let registry = tracing_subscriber::registry().with(filter).with(otel);
+    let otel = tracing_opentelemetry::layer().with_tracer(tracer).with_filter(LevelFilter::INFO);
+    let registry = tracing_subscriber::registry().with(otel);
     let installed = match cfg.log_format {
-        LogFormat::Human => registry.with(tracing_subscriber::fmt::layer()).try_init(),
+        LogFormat::Human => {
+            registry.with(tracing_subscriber::fmt::layer().with_filter(filter)).try_init()
+        }
         LogFormat::Json => registry
-            .with(tracing_subscriber::fmt::layer().json().flatten_event(true).with_current_span(true))
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .flatten_event(true)
+                    .with_current_span(true)
+                    .with_filter(filter),
+            )
             .try_init(),
     };
     if installed.is_err() {
@@ -79,11 +92,7 @@ pub fn current_trace_id() -> String {
 pub fn current_traceparent() -> String {
     let mut headers = http::HeaderMap::new();
     inject(&tracing::Span::current().context(), &mut headers);
-    headers
-        .get("traceparent")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_string()
+    headers.get("traceparent").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string()
 }
 
 struct HeaderExtractor<'a>(&'a http::HeaderMap);

@@ -8,10 +8,7 @@ pub type Micros = i64;
 
 /// The current time in microseconds since the epoch.
 pub fn now_micros() -> Micros {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_micros() as i64)
-        .unwrap_or_default()
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as i64).unwrap_or_default()
 }
 
 /// Converts stored microseconds to a protobuf timestamp.
@@ -27,9 +24,7 @@ pub fn from_timestamp(ts: &prost_types::Timestamp) -> Option<Micros> {
     if !(0..1_000_000_000).contains(&ts.nanos) {
         return None;
     }
-    ts.seconds
-        .checked_mul(1_000_000)
-        .and_then(|s| s.checked_add(i64::from(ts.nanos) / 1000))
+    ts.seconds.checked_mul(1_000_000).and_then(|s| s.checked_add(i64::from(ts.nanos) / 1000))
 }
 
 #[cfg(test)]

@@ -63,7 +63,10 @@ fn init_logs() {
     if std::env::var("TEST_LOG").is_ok() {
         let _ = concord_platform::telemetry::init(
             "test",
-            &TelemetryConfig { log_filter: "debug,sqlx=warn,h2=warn,tower=warn,hyper=warn".into(), ..Default::default() },
+            &TelemetryConfig {
+                log_filter: "debug,sqlx=warn,h2=warn,tower=warn,hyper=warn".into(),
+                ..Default::default()
+            },
         );
     }
 }
@@ -85,10 +88,17 @@ pub struct TestServer {
 impl TestServer {
     /// Starts `services` on `127.0.0.1:0` with the development authenticator; the shutdown
     /// signal is the one the services were built with.
-    pub async fn start(services: Services, trigger: ShutdownTrigger, shutdown: Shutdown, cfg: ServerConfig) -> anyhow::Result<Self> {
+    pub async fn start(
+        services: Services,
+        trigger: ShutdownTrigger,
+        shutdown: Shutdown,
+        cfg: ServerConfig,
+    ) -> anyhow::Result<Self> {
         let listener = server::bind("127.0.0.1:0".parse()?).await?;
         let addr = listener.local_addr()?;
-        let handle = tokio::spawn(async move { server::serve(listener, services, Arc::new(HeaderAuthenticator), &cfg, shutdown).await });
+        let handle = tokio::spawn(async move {
+            server::serve(listener, services, Arc::new(HeaderAuthenticator), &cfg, shutdown).await
+        });
         Ok(Self { addr, trigger: Some(trigger), handle: Some(handle) })
     }
 
@@ -119,10 +129,20 @@ impl Drop for TestServer {
 
 /// The coalition coordination cell.
 pub fn coordinator() -> Principal {
-    Principal { agency: "coalition-cell".into(), state: None, kind: AgencyKind::Coordinator, roles: vec![] }
+    Principal {
+        agency: "coalition-cell".into(),
+        state: None,
+        kind: AgencyKind::Coordinator,
+        roles: vec![],
+    }
 }
 
 /// A state's ministry of foreign affairs.
 pub fn ministry(state: &str) -> Principal {
-    Principal { agency: format!("{}-mfa", state.to_lowercase()), state: Some(state.into()), kind: AgencyKind::StateMinistry, roles: vec![] }
+    Principal {
+        agency: format!("{}-mfa", state.to_lowercase()),
+        state: Some(state.into()),
+        kind: AgencyKind::StateMinistry,
+        roles: vec![],
+    }
 }

@@ -4,7 +4,10 @@
 //!
 //! # Layout
 //! - [`Config`]: flags and environment for `concord serve`.
-//! - [`run`]: starts the selected targets and serves until shutdown.
+//! - [`start`]: starts the selected targets and serves until shutdown.
+//! - [`synthetic`]: fictional people for benchmarks and demos.
+
+pub mod synthetic;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -73,14 +76,16 @@ pub async fn start(
     let mut tasks = Vec::new();
     let mut running = Running { registry: None };
     if matches!(cfg.target, Target::All | Target::Registry) {
-        let (svc, db) = concord_registry::build(&cfg.registry_database_url(), &cfg.server, shutdown.clone()).await?;
+        let (svc, db) =
+            concord_registry::build(&cfg.registry_database_url(), &cfg.server, shutdown.clone())
+                .await?;
         let listener = server::bind(cfg.registry_addr).await?;
         running.registry = Some(listener.local_addr()?);
         let server_cfg = cfg.server.clone();
         let auth = authenticator.clone();
         let sd = shutdown.clone();
         tasks.push(tokio::spawn(async move {
-            let r = server::serve(listener, Services::new().add(svc), auth, &server_cfg, sd).await;
+            let r = server::serve(listener, Services::new().with(svc), auth, &server_cfg, sd).await;
             db.close().await;
             r
         }));

@@ -5,7 +5,11 @@ use clap::{Parser, Subcommand};
 use concord_platform::server::Shutdown;
 
 #[derive(Parser)]
-#[command(name = "concord", version, about = "Coordination of detainees, facilities and diplomatic requests")]
+#[command(
+    name = "concord",
+    version,
+    about = "Coordination of detainees, facilities and diplomatic requests"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -196,8 +196,12 @@ impl Person {
 impl PersonData {
     /// States of the nationalities that are not revoked.
     pub fn active_states(&self) -> Vec<String> {
-        let mut v: Vec<String> =
-            self.nationalities.iter().filter(|n| n.revoke_time.is_none()).map(|n| n.state.clone()).collect();
+        let mut v: Vec<String> = self
+            .nationalities
+            .iter()
+            .filter(|n| n.revoke_time.is_none())
+            .map(|n| n.state.clone())
+            .collect();
         v.sort();
         v.dedup();
         v
@@ -243,18 +247,30 @@ impl PersonData {
         for (i, n) in self.nationalities.iter().enumerate() {
             v.absorb(validate_state(&n.state, &format!("{prefix}.nationalities[{i}].state")));
             if self.nationalities[..i].iter().any(|o| o.state == n.state) {
-                v.add(format!("{prefix}.nationalities[{i}].state"), format!("{} is listed twice", n.state));
+                v.add(
+                    format!("{prefix}.nationalities[{i}].state"),
+                    format!("{} is listed twice", n.state),
+                );
             }
         }
         if self.biometric_references.len() > MAX_ITEMS {
-            v.add(format!("{prefix}.biometric_references"), format!("at most {MAX_ITEMS} references"));
+            v.add(
+                format!("{prefix}.biometric_references"),
+                format!("at most {MAX_ITEMS} references"),
+            );
         }
         for (i, b) in self.biometric_references.iter().enumerate() {
             if b.system.trim().is_empty() || b.system.len() > 100 {
-                v.add(format!("{prefix}.biometric_references[{i}].system"), "must be 1 to 100 characters");
+                v.add(
+                    format!("{prefix}.biometric_references[{i}].system"),
+                    "must be 1 to 100 characters",
+                );
             }
             if b.reference.trim().is_empty() || b.reference.len() > 200 {
-                v.add(format!("{prefix}.biometric_references[{i}].reference"), "must be 1 to 200 characters");
+                v.add(
+                    format!("{prefix}.biometric_references[{i}].reference"),
+                    "must be 1 to 200 characters",
+                );
             }
         }
         v.finish(())
@@ -274,19 +290,30 @@ pub fn validate_state(s: &str, field: &str) -> Result<()> {
 pub fn validate_date(d: &ApproxDate, field: &str, today_year: i32) -> Result<()> {
     let mut v = Violations::new();
     if d.year < 1900 || d.year > today_year {
-        v.add(format!("{field}.year"), format!("must be between 1900 and {today_year}, got {}", d.year));
+        v.add(
+            format!("{field}.year"),
+            format!("must be between 1900 and {today_year}, got {}", d.year),
+        );
     }
     let needs_month = matches!(d.precision, DatePrecision::Exact | DatePrecision::Month);
     let needs_day = d.precision == DatePrecision::Exact;
     match (needs_month, d.month) {
         (true, 1..=12) | (false, 0) => {}
-        (true, m) => v.add(format!("{field}.month"), format!("must be 1-12 for this precision, got {m}")),
-        (false, m) => v.add(format!("{field}.month"), format!("must be 0 when the precision is YEAR or ESTIMATED, got {m}")),
+        (true, m) => {
+            v.add(format!("{field}.month"), format!("must be 1-12 for this precision, got {m}"))
+        }
+        (false, m) => v.add(
+            format!("{field}.month"),
+            format!("must be 0 when the precision is YEAR or ESTIMATED, got {m}"),
+        ),
     }
     if needs_day {
         let max = days_in_month(d.year, d.month);
         if d.day == 0 || d.day > max {
-            v.add(format!("{field}.day"), format!("{}-{:02} has no day {}", d.year, d.month, d.day));
+            v.add(
+                format!("{field}.day"),
+                format!("{}-{:02} has no day {}", d.year, d.month, d.day),
+            );
         }
     } else if d.day != 0 {
         v.add(format!("{field}.day"), "must be 0 unless the precision is EXACT");
@@ -347,7 +374,10 @@ impl Transition {
             (Self::StartTransfer, S::InCustody) => S::InTransfer,
             (Self::Hospitalise, S::InCustody) => S::Hospitalised,
             (Self::AdmitToRehabilitation, S::InCustody) => S::InRehabilitation,
-            (Self::ReturnToCustody, S::InTransfer | S::Hospitalised | S::InRehabilitation | S::Unaccounted) => S::InCustody,
+            (
+                Self::ReturnToCustody,
+                S::InTransfer | S::Hospitalised | S::InRehabilitation | S::Unaccounted,
+            ) => S::InCustody,
             (Self::Escape, S::InCustody) => S::Escaped,
             (Self::Recapture, S::Escaped) => S::Recaptured,
             (Self::MarkUnaccounted, S::InCustody) => S::Unaccounted,
@@ -361,7 +391,11 @@ impl Transition {
 
     /// Statuses this transition may start from, for error messages.
     pub fn allowed_from(self) -> Vec<&'static str> {
-        CustodyStatus::ALL.iter().filter(|s| self.apply(**s).is_some()).map(|s| s.as_str()).collect()
+        CustodyStatus::ALL
+            .iter()
+            .filter(|s| self.apply(**s).is_some())
+            .map(|s| s.as_str())
+            .collect()
     }
 
     /// Method name, for idempotency records and errors.
@@ -471,10 +505,9 @@ pub fn parse_etag(etag: &str, field: &str) -> Result<Option<i64>> {
     if etag.is_empty() {
         return Ok(None);
     }
-    etag.trim_matches('"')
-        .parse::<i64>()
-        .map(Some)
-        .map_err(|_| Error::invalid(field, format!("'{etag}' is not an etag returned by this service")))
+    etag.trim_matches('"').parse::<i64>().map(Some).map_err(|_| {
+        Error::invalid(field, format!("'{etag}' is not an etag returned by this service"))
+    })
 }
 
 /// The current year (UTC), for date validation.
@@ -506,7 +539,12 @@ mod tests {
         assert_eq!(Transition::ReturnToCustody.apply(S::Unaccounted), Some(S::InCustody));
         assert_eq!(Transition::HandOver.apply(S::Registered), None);
         for terminal in [S::HandedOver, S::Released, S::Deceased] {
-            for t in [Transition::Admit, Transition::Death, Transition::ReturnToCustody, Transition::Release] {
+            for t in [
+                Transition::Admit,
+                Transition::Death,
+                Transition::ReturnToCustody,
+                Transition::Release,
+            ] {
                 assert_eq!(t.apply(terminal), None, "{t:?} from {terminal:?}");
             }
         }

@@ -16,6 +16,9 @@ pub fn person(event_type: &'static str, p: &Person) -> NewEvent {
         event_type,
         resource_name: p.name(),
         scope_states: Some(p.scope_states()),
-        payload: prost_types::Any { type_url: PERSON_TYPE_URL.into(), value: convert::person_out(p).encode_to_vec() },
+        payload: prost_types::Any {
+            type_url: PERSON_TYPE_URL.into(),
+            value: convert::person_out(p).encode_to_vec(),
+        },
     }
 }

@@ -24,7 +24,11 @@ pub use grpc::Registry;
 
 /// Connects to the registry's database (running migrations) and builds the gRPC service with
 /// the message size caps of `cfg`.
-pub async fn build(database_url: &str, cfg: &ServerConfig, shutdown: Shutdown) -> anyhow::Result<(RegistryServiceServer<Registry>, Db)> {
+pub async fn build(
+    database_url: &str,
+    cfg: &ServerConfig,
+    shutdown: Shutdown,
+) -> anyhow::Result<(RegistryServiceServer<Registry>, Db)> {
     let db = Db::connect(database_url, store::MIGRATIONS, DbOptions::default()).await?;
     let registry = Registry::new(store::Store::new(db.clone()), shutdown);
     Ok((server(registry, cfg), db))

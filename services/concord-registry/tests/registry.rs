@@ -28,7 +28,8 @@ impl Harness {
         let (trigger, shutdown) = Shutdown::new();
         let cfg = concord_testkit::server_config();
         let (svc, _db) = concord_registry::build(&db.url, &cfg, shutdown.clone()).await.unwrap();
-        let server = TestServer::start(Services::new().add(svc), trigger, shutdown, cfg).await.unwrap();
+        let server =
+            TestServer::start(Services::new().with(svc), trigger, shutdown, cfg).await.unwrap();
         Harness { server, _db: db }
     }
 
@@ -43,26 +44,49 @@ fn person(name: &str, state: &str, year: i32) -> pb::Person {
         names: vec![pb::PersonName { full_name: name.into(), ..Default::default() }],
         sex: pb::Sex::Male as i32,
         category: pb::PersonCategory::AdultMale as i32,
-        birth_date: Some(tpb::ApproximateDate { year, precision: tpb::DatePrecision::Year as i32, ..Default::default() }),
-        nationalities: vec![pb::Nationality { state: state.into(), basis: pb::NationalityBasis::Claimed as i32, ..Default::default() }],
+        birth_date: Some(tpb::ApproximateDate {
+            year,
+            precision: tpb::DatePrecision::Year as i32,
+            ..Default::default()
+        }),
+        nationalities: vec![pb::Nationality {
+            state: state.into(),
+            basis: pb::NationalityBasis::Claimed as i32,
+            ..Default::default()
+        }],
         ..Default::default()
     }
 }
 
 async fn create(c: &mut Client, p: pb::Person) -> pb::Person {
-    c.create_person(pb::CreatePersonRequest { person: Some(p), request_id: String::new() }).await.unwrap().into_inner()
+    c.create_person(pb::CreatePersonRequest { person: Some(p), request_id: String::new() })
+        .await
+        .unwrap()
+        .into_inner()
 }
 
 fn violations(s: &tonic::Status) -> Vec<String> {
-    s.get_error_details().bad_request().map(|b| b.field_violations.iter().map(|v| v.field.clone()).collect()).unwrap_or_default()
+    s.get_error_details()
+        .bad_request()
+        .map(|b| b.field_violations.iter().map(|v| v.field.clone()).collect())
+        .unwrap_or_default()
 }
 
 fn transition(reason: &str) -> Option<pb::CustodyTransition> {
-    Some(pb::CustodyTransition { reason: reason.into(), source: "test".into(), ..Default::default() })
+    Some(pb::CustodyTransition {
+        reason: reason.into(),
+        source: "test".into(),
+        ..Default::default()
+    })
 }
 
 async fn count(c: &mut Client) -> usize {
-    c.list_persons(pb::ListPersonsRequest { page_size: 1000, ..Default::default() }).await.unwrap().into_inner().persons.len()
+    c.list_persons(pb::ListPersonsRequest { page_size: 1000, ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner()
+        .persons
+        .len()
 }
 
 #[tokio::test]
@@ -71,26 +95,50 @@ async fn create_get_and_bad_input_stores_nothing() {
     let mut c = h.client(coordinator()).await;
     let p = create(&mut c, person("Ahmed Yusuf", "FR", 1990)).await;
     assert_eq!(p.custody_status, pb::CustodyStatus::Registered as i32);
-    let got = c.get_person(pb::GetPersonRequest { name: p.name.clone() }).await.unwrap().into_inner();
+    let got =
+        c.get_person(pb::GetPersonRequest { name: p.name.clone() }).await.unwrap().into_inner();
     assert_eq!(got, p);
 
     let mut bad = person("", "France", 1990);
-    bad.birth_date = Some(tpb::ApproximateDate { year: 2003, month: 2, day: 29, precision: tpb::DatePrecision::Exact as i32 });
+    bad.birth_date = Some(tpb::ApproximateDate {
+        year: 2003,
+        month: 2,
+        day: 29,
+        precision: tpb::DatePrecision::Exact as i32,
+    });
     bad.sex = 42;
-    let err = c.create_person(pb::CreatePersonRequest { person: Some(bad), request_id: String::new() }).await.unwrap_err();
+    let err = c
+        .create_person(pb::CreatePersonRequest { person: Some(bad), request_id: String::new() })
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
     let fields = violations(&err);
-    for f in ["person.names[0].full_name", "person.nationalities[0].state", "person.birth_date.day", "person.sex"] {
+    for f in [
+        "person.names[0].full_name",
+        "person.nationalities[0].state",
+        "person.birth_date.day",
+        "person.sex",
+    ] {
         assert!(fields.iter().any(|x| x == f), "{f} missing in {fields:?}");
     }
     let long = "x".repeat(201);
-    let err = c.create_person(pb::CreatePersonRequest { person: Some(person(&long, "FR", 1990)), request_id: String::new() }).await.unwrap_err();
+    let err = c
+        .create_person(pb::CreatePersonRequest {
+            person: Some(person(&long, "FR", 1990)),
+            request_id: String::new(),
+        })
+        .await
+        .unwrap_err();
     assert_eq!(violations(&err), vec!["person.names[0].full_name"]);
     assert_eq!(count(&mut c).await, 1, "nothing stored by bad requests");
 
-    let err = c.get_person(pb::GetPersonRequest { name: "persons/not-a-uuid".into() }).await.unwrap_err();
+    let err =
+        c.get_person(pb::GetPersonRequest { name: "persons/not-a-uuid".into() }).await.unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
-    let err = c.get_person(pb::GetPersonRequest { name: format!("persons/{}", uuid::Uuid::now_v7()) }).await.unwrap_err();
+    let err = c
+        .get_person(pb::GetPersonRequest { name: format!("persons/{}", uuid::Uuid::now_v7()) })
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::NotFound);
 }
 
@@ -98,7 +146,10 @@ async fn create_get_and_bad_input_stores_nothing() {
 async fn create_is_idempotent_on_request_id() {
     let h = Harness::start().await;
     let mut c = h.client(coordinator()).await;
-    let req = pb::CreatePersonRequest { person: Some(person("Omar Khaled", "DE", 1985)), request_id: "9f1c-1".into() };
+    let req = pb::CreatePersonRequest {
+        person: Some(person("Omar Khaled", "DE", 1985)),
+        request_id: "9f1c-1".into(),
+    };
     let a = c.create_person(req.clone()).await.unwrap().into_inner();
     let b = c.create_person(req.clone()).await.unwrap().into_inner();
     assert_eq!(a.name, b.name);
@@ -115,7 +166,8 @@ async fn list_pages_filters_and_caps() {
     let h = Harness::start().await;
     let mut c = h.client(coordinator()).await;
     for i in 0..7 {
-        let mut p = person(&format!("Walid Number{i}"), if i % 2 == 0 { "FR" } else { "BE" }, 1980 + i);
+        let mut p =
+            person(&format!("Walid Number{i}"), if i % 2 == 0 { "FR" } else { "BE" }, 1980 + i);
         if i == 6 {
             p.category = pb::PersonCategory::Child as i32;
         }
@@ -124,7 +176,15 @@ async fn list_pages_filters_and_caps() {
     let mut seen = Vec::new();
     let mut token = String::new();
     loop {
-        let r = c.list_persons(pb::ListPersonsRequest { page_size: 3, page_token: token.clone(), filter: String::new() }).await.unwrap().into_inner();
+        let r = c
+            .list_persons(pb::ListPersonsRequest {
+                page_size: 3,
+                page_token: token.clone(),
+                filter: String::new(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
         seen.extend(r.persons.into_iter().map(|p| p.name));
         if r.next_page_token.is_empty() {
             break;
@@ -137,23 +197,54 @@ async fn list_pages_filters_and_caps() {
     assert_eq!(dedup.len(), 7);
 
     let r = c
-        .list_persons(pb::ListPersonsRequest { page_size: 100, filter: r#"nationality = "FR" AND birth_year >= 1982"#.into(), ..Default::default() })
+        .list_persons(pb::ListPersonsRequest {
+            page_size: 100,
+            filter: r#"nationality = "FR" AND birth_year >= 1982"#.into(),
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner();
     assert_eq!(r.persons.len(), 3, "FR born 1982, 1984, 1986");
-    let r = c.list_persons(pb::ListPersonsRequest { filter: "category = CHILD".into(), ..Default::default() }).await.unwrap().into_inner();
+    let r = c
+        .list_persons(pb::ListPersonsRequest {
+            filter: "category = CHILD".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(r.persons.len(), 1);
 
-    let err = c.list_persons(pb::ListPersonsRequest { page_size: 5000, ..Default::default() }).await.unwrap_err();
-    assert_eq!(violations(&err), vec!["page_size"]);
-    let err = c.list_persons(pb::ListPersonsRequest { filter: "category = ".into(), ..Default::default() }).await.unwrap_err();
-    assert_eq!(violations(&err), vec!["filter"]);
-    let err = c.list_persons(pb::ListPersonsRequest { filter: "shoe_size = 3".into(), ..Default::default() }).await.unwrap_err();
-    assert!(err.message().contains("shoe_size"), "{}", err.message());
-    let first = c.list_persons(pb::ListPersonsRequest { page_size: 2, ..Default::default() }).await.unwrap().into_inner();
     let err = c
-        .list_persons(pb::ListPersonsRequest { page_size: 2, page_token: first.next_page_token, filter: "category = CHILD".into() })
+        .list_persons(pb::ListPersonsRequest { page_size: 5000, ..Default::default() })
+        .await
+        .unwrap_err();
+    assert_eq!(violations(&err), vec!["page_size"]);
+    let err = c
+        .list_persons(pb::ListPersonsRequest { filter: "category = ".into(), ..Default::default() })
+        .await
+        .unwrap_err();
+    assert_eq!(violations(&err), vec!["filter"]);
+    let err = c
+        .list_persons(pb::ListPersonsRequest {
+            filter: "shoe_size = 3".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert!(err.message().contains("shoe_size"), "{}", err.message());
+    let first = c
+        .list_persons(pb::ListPersonsRequest { page_size: 2, ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner();
+    let err = c
+        .list_persons(pb::ListPersonsRequest {
+            page_size: 2,
+            page_token: first.next_page_token,
+            filter: "category = CHILD".into(),
+        })
         .await
         .unwrap_err();
     assert_eq!(violations(&err), vec!["page_token"]);
@@ -168,24 +259,52 @@ async fn search_tolerates_transliteration_and_ranks_exact_spellings_first() {
     let mohammed = create(&mut c, person("Mohammed Abdulrahman", "FR", 1992)).await;
     let other = create(&mut c, person("Khaled Walid", "FR", 1992)).await;
 
-    let r = c.search_persons(pb::SearchPersonsRequest { query: "Mohammed Abdul Rahman al-Hassan".into(), ..Default::default() }).await.unwrap().into_inner();
+    let r = c
+        .search_persons(pb::SearchPersonsRequest {
+            query: "Mohammed Abdul Rahman al-Hassan".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
     let names: Vec<_> = r.results.iter().map(|x| x.person.as_ref().unwrap().name.clone()).collect();
     assert_eq!(names.len(), 3, "{names:?}");
     assert!(!names.contains(&other.name));
     // Three skeletons matched by both full names; the exact spellings rank Mohammed first
     // among the Latin records.
-    assert!(names.contains(&arabic.name) && names.contains(&muhammad.name) && names.contains(&mohammed.name));
+    assert!(
+        names.contains(&arabic.name)
+            && names.contains(&muhammad.name)
+            && names.contains(&mohammed.name)
+    );
     let scores: Vec<f64> = r.results.iter().map(|x| x.score).collect();
     assert!(scores.windows(2).all(|w| w[0] >= w[1]), "ranked: {scores:?}");
 
-    let r = c.search_persons(pb::SearchPersonsRequest { query: "محمد".into(), filter: r#"nationality = "FR""#.into(), ..Default::default() }).await.unwrap().into_inner();
+    let r = c
+        .search_persons(pb::SearchPersonsRequest {
+            query: "محمد".into(),
+            filter: r#"nationality = "FR""#.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(r.results.len(), 2);
 
     // Paging walks every result exactly once.
     let mut token = String::new();
     let mut all = Vec::new();
     loop {
-        let r = c.search_persons(pb::SearchPersonsRequest { query: "Muhammad".into(), page_size: 1, page_token: token.clone(), ..Default::default() }).await.unwrap().into_inner();
+        let r = c
+            .search_persons(pb::SearchPersonsRequest {
+                query: "Muhammad".into(),
+                page_size: 1,
+                page_token: token.clone(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
         all.extend(r.results.into_iter().map(|x| x.person.unwrap().name));
         if r.next_page_token.is_empty() {
             break;
@@ -196,7 +315,10 @@ async fn search_tolerates_transliteration_and_ranks_exact_spellings_first() {
     all.dedup();
     assert_eq!(all.len(), 3);
 
-    let err = c.search_persons(pb::SearchPersonsRequest { query: "  -- ".into(), ..Default::default() }).await.unwrap_err();
+    let err = c
+        .search_persons(pb::SearchPersonsRequest { query: "  -- ".into(), ..Default::default() })
+        .await
+        .unwrap_err();
     assert_eq!(violations(&err), vec!["query"]);
 }
 
@@ -211,10 +333,18 @@ async fn a_state_sees_only_its_nationals() {
     let err = france.get_person(pb::GetPersonRequest { name: de.name.clone() }).await.unwrap_err();
     assert_eq!(err.code(), Code::NotFound, "existence must not leak");
     assert_eq!(count(&mut france).await, 1);
-    let r = france.search_persons(pb::SearchPersonsRequest { query: "Yusuf".into(), ..Default::default() }).await.unwrap().into_inner();
+    let r = france
+        .search_persons(pb::SearchPersonsRequest { query: "Yusuf".into(), ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(r.results.len(), 1);
     let err = france
-        .record_escape(pb::RecordEscapeRequest { name: de.name.clone(), transition: transition("x"), ..Default::default() })
+        .record_escape(pb::RecordEscapeRequest {
+            name: de.name.clone(),
+            transition: transition("x"),
+            ..Default::default()
+        })
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::NotFound);
@@ -231,14 +361,23 @@ async fn custody_follows_the_state_machine_with_a_timeline() {
     let mut c = h.client(coordinator()).await;
     let p = create(&mut c, person("Hussein Ali", "TN", 1988)).await;
     let err = c
-        .record_escape(pb::RecordEscapeRequest { name: p.name.clone(), transition: transition("night"), ..Default::default() })
+        .record_escape(pb::RecordEscapeRequest {
+            name: p.name.clone(),
+            transition: transition("night"),
+            ..Default::default()
+        })
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition);
     assert!(err.message().contains("REGISTERED"), "names the current state: {}", err.message());
 
     let admitted = c
-        .admit_person(pb::AdmitPersonRequest { name: p.name.clone(), facility_id: "hasakah-prison".into(), transition: transition("admitted"), ..Default::default() })
+        .admit_person(pb::AdmitPersonRequest {
+            name: p.name.clone(),
+            facility_id: "hasakah-prison".into(),
+            transition: transition("admitted"),
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner();
@@ -248,20 +387,41 @@ async fn custody_follows_the_state_machine_with_a_timeline() {
     // A stale etag loses.
     let mut stale = transition("escape");
     stale.as_mut().unwrap().etag = p.etag.clone();
-    let err = c.record_escape(pb::RecordEscapeRequest { name: p.name.clone(), transition: stale, ..Default::default() }).await.unwrap_err();
+    let err = c
+        .record_escape(pb::RecordEscapeRequest {
+            name: p.name.clone(),
+            transition: stale,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::Aborted);
 
     // A retried transition with the same request id applies once.
     let mut t = transition("attack on the prison");
     t.as_mut().unwrap().request_id = "escape-1".into();
-    let req = pb::RecordEscapeRequest { name: p.name.clone(), incident_id: "incident-7".into(), transition: t };
+    let req = pb::RecordEscapeRequest {
+        name: p.name.clone(),
+        incident_id: "incident-7".into(),
+        transition: t,
+    };
     c.record_escape(req.clone()).await.unwrap();
     let again = c.record_escape(req).await.unwrap().into_inner();
     assert_eq!(again.custody_status, pb::CustodyStatus::Escaped as i32);
-    c.record_recapture(pb::RecordRecaptureRequest { name: p.name.clone(), transition: transition("found") }).await.unwrap();
-    c.admit_person(pb::AdmitPersonRequest { name: p.name.clone(), facility_id: "hasakah-prison".into(), transition: transition("back"), ..Default::default() })
-        .await
-        .unwrap();
+    c.record_recapture(pb::RecordRecaptureRequest {
+        name: p.name.clone(),
+        transition: transition("found"),
+    })
+    .await
+    .unwrap();
+    c.admit_person(pb::AdmitPersonRequest {
+        name: p.name.clone(),
+        facility_id: "hasakah-prison".into(),
+        transition: transition("back"),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
     let handed = c
         .record_hand_over(pb::RecordHandOverRequest {
             name: p.name.clone(),
@@ -275,10 +435,21 @@ async fn custody_follows_the_state_machine_with_a_timeline() {
         .into_inner();
     assert_eq!(handed.custody_status, pb::CustodyStatus::HandedOver as i32);
     assert_eq!(handed.receiving_state, "TN");
-    let err = c.record_death(pb::RecordDeathRequest { name: p.name.clone(), transition: transition("x") }).await.unwrap_err();
+    let err = c
+        .record_death(pb::RecordDeathRequest { name: p.name.clone(), transition: transition("x") })
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition);
 
-    let events = c.list_custody_events(pb::ListCustodyEventsRequest { parent: p.name.clone(), ..Default::default() }).await.unwrap().into_inner().custody_events;
+    let events = c
+        .list_custody_events(pb::ListCustodyEventsRequest {
+            parent: p.name.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .custody_events;
     let steps: Vec<(i32, i32)> = events.iter().map(|e| (e.from_status, e.to_status)).collect();
     use pb::CustodyStatus as S;
     assert_eq!(
@@ -294,7 +465,14 @@ async fn custody_follows_the_state_machine_with_a_timeline() {
     assert_eq!(events[1].reference, "incident-7");
     assert_eq!(events[1].recorded_by, "coalition-cell");
 
-    let err = c.admit_person(pb::AdmitPersonRequest { name: p.name.clone(), transition: None, ..Default::default() }).await.unwrap_err();
+    let err = c
+        .admit_person(pb::AdmitPersonRequest {
+            name: p.name.clone(),
+            transition: None,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
     assert_eq!(violations(&err), vec!["transition.reason", "transition.source"]);
 }
 
@@ -319,14 +497,22 @@ async fn update_uses_field_masks_and_etags() {
     assert_eq!(updated.sex, pb::Sex::Male as i32, "fields outside the mask are kept");
     assert_ne!(updated.etag, p.etag);
     let err = c
-        .update_person(pb::UpdatePersonRequest { person: Some(change.clone()), update_mask: Some(prost_types::FieldMask { paths: vec!["sex".into()] }), request_id: String::new() })
+        .update_person(pb::UpdatePersonRequest {
+            person: Some(change.clone()),
+            update_mask: Some(prost_types::FieldMask { paths: vec!["sex".into()] }),
+            request_id: String::new(),
+        })
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::Aborted, "old etag");
     let mut fresh = updated.clone();
     fresh.custody_status = pb::CustodyStatus::Released as i32;
     let err = c
-        .update_person(pb::UpdatePersonRequest { person: Some(fresh), update_mask: Some(prost_types::FieldMask { paths: vec!["custody_status".into()] }), request_id: String::new() })
+        .update_person(pb::UpdatePersonRequest {
+            person: Some(fresh),
+            update_mask: Some(prost_types::FieldMask { paths: vec!["custody_status".into()] }),
+            request_id: String::new(),
+        })
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
@@ -353,7 +539,10 @@ async fn import_reports_bad_rows_and_retries_store_nothing_twice() {
     let r = c.import_persons(futures::stream::iter(rows.clone())).await.unwrap().into_inner();
     assert_eq!(r.created_count, 23);
     let bad: Vec<(i64, String)> = r.errors.iter().map(|e| (e.index, e.field.clone())).collect();
-    assert_eq!(bad, vec![(3, "person.birth_date.month".to_string()), (7, "person.names".to_string())]);
+    assert_eq!(
+        bad,
+        vec![(3, "person.birth_date.month".to_string()), (7, "person.names".to_string())]
+    );
     let again = c.import_persons(futures::stream::iter(rows)).await.unwrap().into_inner();
     assert_eq!(again.created_count, 0);
     assert_eq!(again.already_present_count, 23);
@@ -367,32 +556,58 @@ async fn duplicates_are_found_merged_and_unmerged() {
     let a = create(&mut c, person("Abdullah Hussein", "UZ", 1990)).await;
     let b = create(&mut c, person("عبدالله حسين", "UZ", 1991)).await;
     create(&mut c, person("Abdullah Hussein", "UZ", 1960)).await; // same name, 30 years apart
-    let list = c.list_duplicate_candidates(pb::ListDuplicateCandidatesRequest::default()).await.unwrap().into_inner().duplicate_candidates;
+    let list = c
+        .list_duplicate_candidates(pb::ListDuplicateCandidatesRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .duplicate_candidates;
     assert_eq!(list.len(), 1, "{list:?}");
     let cand = &list[0];
-    assert_eq!((cand.person.as_str(), cand.other_person.as_str()), (b.name.as_str(), a.name.as_str()));
-    assert!(cand.reasons.contains(&"name".to_string()) && cand.reasons.contains(&"birth_date".to_string()));
+    assert_eq!(
+        (cand.person.as_str(), cand.other_person.as_str()),
+        (b.name.as_str(), a.name.as_str())
+    );
+    assert!(
+        cand.reasons.contains(&"name".to_string())
+            && cand.reasons.contains(&"birth_date".to_string())
+    );
 
     let merged = c
-        .merge_duplicate_candidate(pb::MergeDuplicateCandidateRequest { name: cand.name.clone(), surviving_person: a.name.clone(), reason: "same person".into(), etag: cand.etag.clone() })
+        .merge_duplicate_candidate(pb::MergeDuplicateCandidateRequest {
+            name: cand.name.clone(),
+            surviving_person: a.name.clone(),
+            reason: "same person".into(),
+            etag: cand.etag.clone(),
+        })
         .await
         .unwrap()
         .into_inner();
     assert_eq!(merged.state, pb::DuplicateState::Merged as i32);
-    let dup = c.get_person(pb::GetPersonRequest { name: b.name.clone() }).await.unwrap().into_inner();
+    let dup =
+        c.get_person(pb::GetPersonRequest { name: b.name.clone() }).await.unwrap().into_inner();
     assert_eq!(dup.merged_into, a.name);
     let err = c
-        .reject_duplicate_candidate(pb::RejectDuplicateCandidateRequest { name: cand.name.clone(), reason: "x".into(), etag: String::new() })
+        .reject_duplicate_candidate(pb::RejectDuplicateCandidateRequest {
+            name: cand.name.clone(),
+            reason: "x".into(),
+            etag: String::new(),
+        })
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition);
     let open = c
-        .unmerge_duplicate_candidate(pb::UnmergeDuplicateCandidateRequest { name: cand.name.clone(), reason: "DNA says otherwise".into(), etag: String::new() })
+        .unmerge_duplicate_candidate(pb::UnmergeDuplicateCandidateRequest {
+            name: cand.name.clone(),
+            reason: "DNA says otherwise".into(),
+            etag: String::new(),
+        })
         .await
         .unwrap()
         .into_inner();
     assert_eq!(open.state, pb::DuplicateState::Open as i32);
-    let dup = c.get_person(pb::GetPersonRequest { name: b.name.clone() }).await.unwrap().into_inner();
+    let dup =
+        c.get_person(pb::GetPersonRequest { name: b.name.clone() }).await.unwrap().into_inner();
     assert_eq!(dup.merged_into, "");
 }
 
@@ -403,7 +618,8 @@ async fn watch_resumes_from_a_cursor_within_scope() {
     let fr = create(&mut c, person("Ziad Karim", "FR", 1990)).await;
     create(&mut c, person("Ziyad Kareem", "DE", 1990)).await;
     let mut france = h.client(ministry("FR")).await;
-    let mut stream = france.watch_changes(pb::WatchChangesRequest::default()).await.unwrap().into_inner();
+    let mut stream =
+        france.watch_changes(pb::WatchChangesRequest::default()).await.unwrap().into_inner();
     let first = stream.next().await.unwrap().unwrap().event.unwrap();
     assert!(first.bookmark);
     let ev = stream.next().await.unwrap().unwrap().event.unwrap();
@@ -412,8 +628,19 @@ async fn watch_resumes_from_a_cursor_within_scope() {
     let cursor = ev.cursor.clone();
     drop(stream);
 
-    c.admit_person(pb::AdmitPersonRequest { name: fr.name.clone(), facility_id: "roj".into(), transition: transition("in"), ..Default::default() }).await.unwrap();
-    let mut resumed = france.watch_changes(pb::WatchChangesRequest { cursor, ..Default::default() }).await.unwrap().into_inner();
+    c.admit_person(pb::AdmitPersonRequest {
+        name: fr.name.clone(),
+        facility_id: "roj".into(),
+        transition: transition("in"),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let mut resumed = france
+        .watch_changes(pb::WatchChangesRequest { cursor, ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner();
     let mut got = None;
     while let Some(msg) = resumed.next().await {
         let e = msg.unwrap().event.unwrap();
@@ -427,7 +654,13 @@ async fn watch_resumes_from_a_cursor_within_scope() {
     let person: pb::Person = prost::Message::decode(e.resource.unwrap().value.as_slice()).unwrap();
     assert_eq!(person.facility_id, "roj");
 
-    let err = france.watch_changes(pb::WatchChangesRequest { cursor: "not-a-cursor".into(), ..Default::default() }).await.unwrap_err();
+    let err = france
+        .watch_changes(pb::WatchChangesRequest {
+            cursor: "not-a-cursor".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
 }
 
@@ -438,14 +671,23 @@ async fn family_and_identity_records_respect_scope() {
     let mother = create(&mut c, person("Amina Saleh", "SE", 1992)).await;
     let child = create(&mut c, person("Yahya Saleh", "SE", 2016)).await;
     c.create_relationship(pb::CreateRelationshipRequest {
-        relationship: Some(pb::Relationship { person: child.name.clone(), related_person: mother.name.clone(), kind: pb::RelationshipKind::Parent as i32, ..Default::default() }),
+        relationship: Some(pb::Relationship {
+            person: child.name.clone(),
+            related_person: mother.name.clone(),
+            kind: pb::RelationshipKind::Parent as i32,
+            ..Default::default()
+        }),
         request_id: String::new(),
     })
     .await
     .unwrap();
     let hh = c
         .create_household(pb::CreateHouseholdRequest {
-            household: Some(pb::Household { head: mother.name.clone(), members: vec![mother.name.clone(), child.name.clone()], ..Default::default() }),
+            household: Some(pb::Household {
+                head: mother.name.clone(),
+                members: vec![mother.name.clone(), child.name.clone()],
+                ..Default::default()
+            }),
             request_id: String::new(),
         })
         .await
@@ -453,29 +695,83 @@ async fn family_and_identity_records_respect_scope() {
         .into_inner();
     c.create_consent_record(pb::CreateConsentRecordRequest {
         parent: child.name.clone(),
-        consent_record: Some(pb::ConsentRecord { purpose: "repatriation".into(), granted: true, given_by: mother.name.clone(), ..Default::default() }),
+        consent_record: Some(pb::ConsentRecord {
+            purpose: "repatriation".into(),
+            granted: true,
+            given_by: mother.name.clone(),
+            ..Default::default()
+        }),
         request_id: String::new(),
     })
     .await
     .unwrap();
-    let doc = pb::IdentityDocument { kind: pb::DocumentKind::Passport as i32, issuing_state: "SE".into(), number: "X123".into(), ..Default::default() };
-    c.create_identity_document(pb::CreateIdentityDocumentRequest { parent: mother.name.clone(), identity_document: Some(doc.clone()), request_id: String::new() }).await.unwrap();
+    let doc = pb::IdentityDocument {
+        kind: pb::DocumentKind::Passport as i32,
+        issuing_state: "SE".into(),
+        number: "X123".into(),
+        ..Default::default()
+    };
+    c.create_identity_document(pb::CreateIdentityDocumentRequest {
+        parent: mother.name.clone(),
+        identity_document: Some(doc.clone()),
+        request_id: String::new(),
+    })
+    .await
+    .unwrap();
 
     let mut sweden = h.client(ministry("SE")).await;
-    let rel = sweden.list_relationships(pb::ListRelationshipsRequest { parent: mother.name.clone() }).await.unwrap().into_inner().relationships;
+    let rel = sweden
+        .list_relationships(pb::ListRelationshipsRequest { parent: mother.name.clone() })
+        .await
+        .unwrap()
+        .into_inner()
+        .relationships;
     assert_eq!(rel.len(), 1);
-    assert_eq!(sweden.get_household(pb::GetHouseholdRequest { name: hh.name.clone() }).await.unwrap().into_inner().members.len(), 2);
-    let consents = sweden.list_consent_records(pb::ListConsentRecordsRequest { parent: child.name.clone() }).await.unwrap().into_inner().consent_records;
+    assert_eq!(
+        sweden
+            .get_household(pb::GetHouseholdRequest { name: hh.name.clone() })
+            .await
+            .unwrap()
+            .into_inner()
+            .members
+            .len(),
+        2
+    );
+    let consents = sweden
+        .list_consent_records(pb::ListConsentRecordsRequest { parent: child.name.clone() })
+        .await
+        .unwrap()
+        .into_inner()
+        .consent_records;
     assert_eq!(consents.len(), 1);
-    let docs = sweden.list_identity_documents(pb::ListIdentityDocumentsRequest { parent: mother.name.clone() }).await.unwrap().into_inner().identity_documents;
+    let docs = sweden
+        .list_identity_documents(pb::ListIdentityDocumentsRequest { parent: mother.name.clone() })
+        .await
+        .unwrap()
+        .into_inner()
+        .identity_documents;
     assert_eq!(docs[0].number, "X123");
 
     let mut norway = h.client(ministry("NO")).await;
-    assert_eq!(norway.get_household(pb::GetHouseholdRequest { name: hh.name }).await.unwrap_err().code(), Code::NotFound);
-    assert_eq!(norway.list_relationships(pb::ListRelationshipsRequest { parent: mother.name.clone() }).await.unwrap_err().code(), Code::NotFound);
+    assert_eq!(
+        norway.get_household(pb::GetHouseholdRequest { name: hh.name }).await.unwrap_err().code(),
+        Code::NotFound
+    );
+    assert_eq!(
+        norway
+            .list_relationships(pb::ListRelationshipsRequest { parent: mother.name.clone() })
+            .await
+            .unwrap_err()
+            .code(),
+        Code::NotFound
+    );
 
     let err = c
-        .create_identity_document(pb::CreateIdentityDocumentRequest { parent: mother.name, identity_document: Some(pb::IdentityDocument { issuing_state: "Sweden".into(), ..doc }), request_id: String::new() })
+        .create_identity_document(pb::CreateIdentityDocumentRequest {
+            parent: mother.name,
+            identity_document: Some(pb::IdentityDocument { issuing_state: "Sweden".into(), ..doc }),
+            request_id: String::new(),
+        })
         .await
         .unwrap_err();
     assert_eq!(violations(&err), vec!["identity_document.issuing_state"]);
@@ -488,16 +784,35 @@ async fn oversize_messages_are_refused() {
     let mut cfg = concord_testkit::server_config();
     cfg.max_message_bytes = 4 * 1024;
     let (svc, _db) = concord_registry::build(&db.url, &cfg, shutdown.clone()).await.unwrap();
-    let server = TestServer::start(Services::new().add(svc), trigger, shutdown, cfg).await.unwrap();
+    let server =
+        TestServer::start(Services::new().with(svc), trigger, shutdown, cfg).await.unwrap();
     let channel = Channel::from_shared(server.uri()).unwrap().connect().await.unwrap();
     let mut c = RegistryServiceClient::with_interceptor(channel, HeaderCredentials(coordinator()));
     let mut p = person("Big Record", "FR", 1990);
-    p.names = (0..30).map(|i| pb::PersonName { full_name: format!("{}{i}", "n".repeat(190)), ..Default::default() }).collect();
-    p.biometric_references = (0..30).map(|i| pb::BiometricReference { system: "s".repeat(100), reference: format!("{}{i}", "r".repeat(190)), modality: 1 }).collect();
-    let Err(err) = c.create_person(pb::CreatePersonRequest { person: Some(p), request_id: String::new() }).await else {
+    p.names = (0..30)
+        .map(|i| pb::PersonName {
+            full_name: format!("{}{i}", "n".repeat(190)),
+            ..Default::default()
+        })
+        .collect();
+    p.biometric_references = (0..30)
+        .map(|i| pb::BiometricReference {
+            system: "s".repeat(100),
+            reference: format!("{}{i}", "r".repeat(190)),
+            modality: 1,
+        })
+        .collect();
+    let Err(err) = c
+        .create_person(pb::CreatePersonRequest { person: Some(p), request_id: String::new() })
+        .await
+    else {
         panic!("an oversize message was accepted");
     };
     assert_eq!(err.code(), Code::OutOfRange, "{}", err.message());
     assert_eq!(count(&mut c).await, 0);
-    assert!(err.message().contains("message length too large") || err.message().contains("too large"), "{}", err.message());
+    assert!(
+        err.message().contains("message length too large") || err.message().contains("too large"),
+        "{}",
+        err.message()
+    );
 }

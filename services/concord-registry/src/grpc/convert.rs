@@ -16,9 +16,14 @@ macro_rules! enum_in {
         if value == 0 {
             None
         } else {
-            let parsed = <$proto>::try_from(value).ok().and_then(|e| <$domain>::from_proto_name(e.as_str_name()));
+            let parsed = <$proto>::try_from(value)
+                .ok()
+                .and_then(|e| <$domain>::from_proto_name(e.as_str_name()));
             if parsed.is_none() {
-                $v.add($field, format!("unknown value {value}; use one of {}", <$domain>::NAMES.join(", ")));
+                $v.add(
+                    $field,
+                    format!("unknown value {value}; use one of {}", <$domain>::NAMES.join(", ")),
+                );
             }
             parsed
         }
@@ -32,7 +37,6 @@ macro_rules! enum_out {
         <$proto>::from_str_name(&$value.proto_name()).map_or(0, |e| e as i32)
     };
 }
-pub(crate) use enum_out;
 
 /// Parses the caller-written fields of a person; `prefix` is the field path (`person`).
 pub fn person_data(p: &pb::Person, prefix: &str) -> Result<PersonData> {
@@ -42,26 +46,40 @@ pub fn person_data(p: &pb::Person, prefix: &str) -> Result<PersonData> {
         .iter()
         .enumerate()
         .map(|(i, n)| {
-            let kind = enum_in!(v, format!("{prefix}.names[{i}].kind"), n.kind, pb::NameKind, NameKind);
-            let script = if n.script.is_empty() { search_keys::script_of(&n.full_name).to_string() } else { n.script.clone() };
+            let kind =
+                enum_in!(v, format!("{prefix}.names[{i}].kind"), n.kind, pb::NameKind, NameKind);
+            let script = if n.script.is_empty() {
+                search_keys::script_of(&n.full_name).to_string()
+            } else {
+                n.script.clone()
+            };
             if script.len() != 4 || !script.chars().all(|c| c.is_ascii_alphabetic()) {
-                v.add(format!("{prefix}.names[{i}].script"), format!("'{script}' is not an ISO 15924 code like \"Arab\""));
+                v.add(
+                    format!("{prefix}.names[{i}].script"),
+                    format!("'{script}' is not an ISO 15924 code like \"Arab\""),
+                );
             }
-            PersonName { full_name: n.full_name.trim().to_string(), kind: kind.unwrap_or(NameKind::Primary), script }
+            PersonName {
+                full_name: n.full_name.trim().to_string(),
+                kind: kind.unwrap_or(NameKind::Primary),
+                script,
+            }
         })
         .collect();
     let sex = enum_in!(v, format!("{prefix}.sex"), p.sex, pb::Sex, Sex);
     if p.sex == 0 {
         v.add(format!("{prefix}.sex"), "is required (use SEX_UNKNOWN when not known)");
     }
-    let birth_date = p.birth_date.as_ref().map(|d| date_in(&mut v, d, &format!("{prefix}.birth_date")));
+    let birth_date =
+        p.birth_date.as_ref().map(|d| date_in(&mut v, d, &format!("{prefix}.birth_date")));
     let nationalities = p
         .nationalities
         .iter()
         .enumerate()
         .map(|(i, n)| {
             let f = format!("{prefix}.nationalities[{i}]");
-            let basis = enum_in!(v, format!("{f}.basis"), n.basis, pb::NationalityBasis, NationalityBasis);
+            let basis =
+                enum_in!(v, format!("{f}.basis"), n.basis, pb::NationalityBasis, NationalityBasis);
             if n.basis == 0 {
                 v.add(format!("{f}.basis"), "is required");
             }
@@ -80,25 +98,42 @@ pub fn person_data(p: &pb::Person, prefix: &str) -> Result<PersonData> {
             }
         })
         .collect();
-    let category = enum_in!(v, format!("{prefix}.category"), p.category, pb::PersonCategory, Category);
+    let category =
+        enum_in!(v, format!("{prefix}.category"), p.category, pb::PersonCategory, Category);
     if p.category == 0 {
         v.add(format!("{prefix}.category"), "is required");
     }
-    let identity_confidence =
-        enum_in!(v, format!("{prefix}.identity_confidence"), p.identity_confidence, pb::IdentityConfidence, Confidence);
+    let identity_confidence = enum_in!(
+        v,
+        format!("{prefix}.identity_confidence"),
+        p.identity_confidence,
+        pb::IdentityConfidence,
+        Confidence
+    );
     let biometric_references = p
         .biometric_references
         .iter()
         .enumerate()
         .map(|(i, b)| {
-            let modality = enum_in!(v, format!("{prefix}.biometric_references[{i}].modality"), b.modality, pb::BiometricModality, Modality);
+            let modality = enum_in!(
+                v,
+                format!("{prefix}.biometric_references[{i}].modality"),
+                b.modality,
+                pb::BiometricModality,
+                Modality
+            );
             if b.modality == 0 {
                 v.add(format!("{prefix}.biometric_references[{i}].modality"), "is required");
             }
-            BiometricRef { system: b.system.clone(), reference: b.reference.clone(), modality: modality.unwrap_or(Modality::Face) }
+            BiometricRef {
+                system: b.system.clone(),
+                reference: b.reference.clone(),
+                modality: modality.unwrap_or(Modality::Face),
+            }
         })
         .collect();
-    let legal_status = enum_in!(v, format!("{prefix}.legal_status"), p.legal_status, pb::LegalStatus, LegalStatus);
+    let legal_status =
+        enum_in!(v, format!("{prefix}.legal_status"), p.legal_status, pb::LegalStatus, LegalStatus);
     let data = PersonData {
         names,
         sex: sex.unwrap_or(Sex::Unknown),
@@ -115,7 +150,8 @@ pub fn person_data(p: &pb::Person, prefix: &str) -> Result<PersonData> {
 }
 
 fn date_in(v: &mut Violations, d: &tpb::ApproximateDate, field: &str) -> ApproxDate {
-    let precision = enum_in!(v, format!("{field}.precision"), d.precision, tpb::DatePrecision, DatePrecision);
+    let precision =
+        enum_in!(v, format!("{field}.precision"), d.precision, tpb::DatePrecision, DatePrecision);
     if d.precision == 0 {
         v.add(format!("{field}.precision"), "is required");
     }
@@ -147,7 +183,11 @@ pub fn person_out(p: &Person) -> pb::Person {
         names: d
             .names
             .iter()
-            .map(|n| pb::PersonName { full_name: n.full_name.clone(), kind: enum_out!(pb::NameKind, n.kind), script: n.script.clone() })
+            .map(|n| pb::PersonName {
+                full_name: n.full_name.clone(),
+                kind: enum_out!(pb::NameKind, n.kind),
+                script: n.script.clone(),
+            })
             .collect(),
         sex: enum_out!(pb::Sex, d.sex),
         birth_date: d.birth_date.as_ref().map(date_out),
@@ -166,13 +206,21 @@ pub fn person_out(p: &Person) -> pb::Person {
         biometric_references: d
             .biometric_references
             .iter()
-            .map(|b| pb::BiometricReference { system: b.system.clone(), reference: b.reference.clone(), modality: enum_out!(pb::BiometricModality, b.modality) })
+            .map(|b| pb::BiometricReference {
+                system: b.system.clone(),
+                reference: b.reference.clone(),
+                modality: enum_out!(pb::BiometricModality, b.modality),
+            })
             .collect(),
         legal_status: d.legal_status.map_or(0, |l| enum_out!(pb::LegalStatus, l)),
         custody_status: enum_out!(pb::CustodyStatus, p.custody_status),
         facility_id: p.facility_id.clone(),
         section_id: p.section_id.clone(),
-        merged_into: if p.merged_into.is_empty() { String::new() } else { format!("persons/{}", p.merged_into) },
+        merged_into: if p.merged_into.is_empty() {
+            String::new()
+        } else {
+            format!("persons/{}", p.merged_into)
+        },
         create_time: Some(to_timestamp(p.create_time)),
         update_time: Some(to_timestamp(p.update_time)),
         etag: p.etag(),
@@ -206,7 +254,11 @@ pub fn candidate_out(c: &DuplicateCandidate) -> pb::DuplicateCandidate {
         score: c.score,
         reasons: c.reasons.clone(),
         state: enum_out!(pb::DuplicateState, c.state),
-        surviving_person: if c.surviving_person_id.is_empty() { String::new() } else { format!("persons/{}", c.surviving_person_id) },
+        surviving_person: if c.surviving_person_id.is_empty() {
+            String::new()
+        } else {
+            format!("persons/{}", c.surviving_person_id)
+        },
         review_reason: c.review_reason.clone(),
         create_time: Some(to_timestamp(c.create_time)),
         update_time: Some(to_timestamp(c.update_time)),
@@ -223,10 +275,16 @@ pub fn person_id(name: &str, field: &str) -> Result<String> {
 pub fn resource_id(name: &str, collection: &str, field: &str) -> Result<String> {
     let id = name.strip_prefix(collection).unwrap_or(name);
     if id.is_empty() {
-        return Err(concord_platform::Error::invalid(field, format!("is required, as \"{collection}{{id}}\"")));
+        return Err(concord_platform::Error::invalid(
+            field,
+            format!("is required, as \"{collection}{{id}}\""),
+        ));
     }
     match uuid::Uuid::parse_str(id) {
         Ok(u) => Ok(u.to_string()),
-        Err(_) => Err(concord_platform::Error::invalid(field, format!("'{name}' is not a resource name like \"{collection}{{id}}\""))),
+        Err(_) => Err(concord_platform::Error::invalid(
+            field,
+            format!("'{name}' is not a resource name like \"{collection}{{id}}\""),
+        )),
     }
 }

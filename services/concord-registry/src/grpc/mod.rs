@@ -22,7 +22,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::domain::{self, *};
 use crate::store::{InsertOutcome, NewPerson, RecordKind, Store};
-use convert::{enum_in, enum_out, person_id};
+use convert::{enum_in, person_id};
 
 /// Error domain of the registry (google.rpc.ErrorInfo.domain).
 pub const DOMAIN: &str = "registry.concord";
@@ -48,8 +48,18 @@ const PERSON_FILTER: &[Field] = &[
 ];
 
 const CANDIDATE_FILTER: &[Field] = &[
-    Field { name: "state", sql: "d.state", ty: FieldType::Enum { prefix: "DUPLICATE_STATE_", values: DuplicateState::NAMES }, equality_only: true },
-    Field { name: "person", sql: "(d.person_id = {} OR d.other_person_id = d.person_id)", ty: FieldType::Text, equality_only: true },
+    Field {
+        name: "state",
+        sql: "d.state",
+        ty: FieldType::Enum { prefix: "DUPLICATE_STATE_", values: DuplicateState::NAMES },
+        equality_only: true,
+    },
+    Field {
+        name: "person",
+        sql: "(d.person_id = {} OR d.other_person_id = d.person_id)",
+        ty: FieldType::Text,
+        equality_only: true,
+    },
 ];
 
 /// The registry service.
@@ -94,7 +104,13 @@ fn parse_filter(f: &str, schema: &[Field]) -> Result<Option<concord_platform::sq
     filter::parse(f)?.map(|e| filter::to_sql(&e, schema)).transpose()
 }
 
-fn text(v: &mut concord_platform::error::Violations, field: &str, s: &str, required: bool, max: usize) {
+fn text(
+    v: &mut concord_platform::error::Violations,
+    field: &str,
+    s: &str,
+    required: bool,
+    max: usize,
+) {
     if required && s.trim().is_empty() {
         v.add(field, "is required");
     } else if s.chars().count() > max {
@@ -107,13 +123,21 @@ type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::WatchChangesResponse, St
 #[tonic::async_trait]
 impl RegistryService for Registry {
     #[tracing::instrument(skip_all)]
-    async fn create_person(&self, req: Request<pb::CreatePersonRequest>) -> Result<Response<pb::Person>, Status> {
+    async fn create_person(
+        &self,
+        req: Request<pb::CreatePersonRequest>,
+    ) -> Result<Response<pb::Person>, Status> {
         let principal = principal(&req)?;
         let msg = req.into_inner();
         let rid = request_id(&msg.request_id, "request_id", &msg).map_err(st)?;
-        let person = msg.person.as_ref().ok_or_else(|| st(Error::invalid("person", "is required")))?;
+        let person =
+            msg.person.as_ref().ok_or_else(|| st(Error::invalid("person", "is required")))?;
         let data = convert::person_data(person, "person").map_err(st)?;
-        let mut out = self.store.insert_persons(&principal, vec![NewPerson { data, request_id: rid }], "CreatePerson").await.map_err(st)?;
+        let mut out = self
+            .store
+            .insert_persons(&principal, vec![NewPerson { data, request_id: rid }], "CreatePerson")
+            .await
+            .map_err(st)?;
         match out.pop() {
             Some(InsertOutcome::Created(p)) => Ok(Response::new(convert::person_out(&p))),
             Some(InsertOutcome::Replayed(name)) => {
@@ -127,7 +151,10 @@ impl RegistryService for Registry {
     }
 
     #[tracing::instrument(skip_all)]
-    async fn get_person(&self, req: Request<pb::GetPersonRequest>) -> Result<Response<pb::Person>, Status> {
+    async fn get_person(
+        &self,
+        req: Request<pb::GetPersonRequest>,
+    ) -> Result<Response<pb::Person>, Status> {
         let principal = principal(&req)?;
         let id = person_id(&req.get_ref().name, "name").map_err(st)?;
         let p = self.store.get_person(&principal.scope(), &id).await.map_err(st)?;
@@ -135,29 +162,43 @@ impl RegistryService for Registry {
     }
 
     #[tracing::instrument(skip_all)]
-    async fn list_persons(&self, req: Request<pb::ListPersonsRequest>) -> Result<Response<pb::ListPersonsResponse>, Status> {
+    async fn list_persons(
+        &self,
+        req: Request<pb::ListPersonsRequest>,
+    ) -> Result<Response<pb::ListPersonsResponse>, Status> {
         let principal = principal(&req)?;
         let msg = req.into_inner();
         let size = paging::page_size(msg.page_size).map_err(st)?;
         let filter = parse_filter(&msg.filter, PERSON_FILTER).map_err(st)?;
         let fp = paging::request_fingerprint(&[&msg.filter]);
         let after: Option<String> = paging::decode(&msg.page_token, &fp).map_err(st)?;
-        let mut persons = self.store.list_persons(&principal.scope(), filter.as_ref(), after.as_deref(), size + 1).await.map_err(st)?;
+        let mut persons = self
+            .store
+            .list_persons(&principal.scope(), filter.as_ref(), after.as_deref(), size + 1)
+            .await
+            .map_err(st)?;
         let next = if persons.len() as i64 > size {
             persons.truncate(size as usize);
             persons.last().map(|p| paging::encode(&fp, &p.id)).unwrap_or_default()
         } else {
             String::new()
         };
-        Ok(Response::new(pb::ListPersonsResponse { persons: persons.iter().map(convert::person_out).collect(), next_page_token: next }))
+        Ok(Response::new(pb::ListPersonsResponse {
+            persons: persons.iter().map(convert::person_out).collect(),
+            next_page_token: next,
+        }))
     }
 
     #[tracing::instrument(skip_all)]
-    async fn update_person(&self, req: Request<pb::UpdatePersonRequest>) -> Result<Response<pb::Person>, Status> {
+    async fn update_person(
+        &self,
+        req: Request<pb::UpdatePersonRequest>,
+    ) -> Result<Response<pb::Person>, Status> {
         let principal = principal(&req)?;
         let msg = req.into_inner();
         let rid = request_id(&msg.request_id, "request_id", &msg).map_err(st)?;
-        let incoming = msg.person.clone().ok_or_else(|| st(Error::invalid("person", "is required")))?;
+        let incoming =
+            msg.person.clone().ok_or_else(|| st(Error::invalid("person", "is required")))?;
         let id = person_id(&incoming.name, "person.name").map_err(st)?;
         let expected = domain::parse_etag(&incoming.etag, "person.etag").map_err(st)?;
         let paths = msg.update_mask.map(|m| m.paths).unwrap_or_default();
@@ -165,16 +206,25 @@ impl RegistryService for Registry {
             return Err(st(Error::invalid("update_mask", "name at least one field to update")));
         }
         const UPDATABLE: &[&str] = &[
-            "names", "sex", "birth_date", "nationalities", "category", "identity_confidence", "biometric_references", "legal_status",
+            "names",
+            "sex",
+            "birth_date",
+            "nationalities",
+            "category",
+            "identity_confidence",
+            "biometric_references",
+            "legal_status",
         ];
         let mut v = concord_platform::error::Violations::new();
         for path in &paths {
             if !UPDATABLE.contains(&path.as_str()) {
-                let why = if ["custody_status", "facility_id", "section_id"].contains(&path.as_str()) {
-                    "changes only through the custody methods (AdmitPerson, StartTransfer, ...)".to_string()
-                } else {
-                    format!("cannot be updated; updatable fields are: {}", UPDATABLE.join(", "))
-                };
+                let why =
+                    if ["custody_status", "facility_id", "section_id"].contains(&path.as_str()) {
+                        "changes only through the custody methods (AdmitPerson, StartTransfer, ...)"
+                            .to_string()
+                    } else {
+                        format!("cannot be updated; updatable fields are: {}", UPDATABLE.join(", "))
+                    };
                 v.add(format!("update_mask.paths[{path}]"), why);
             }
         }
@@ -204,8 +254,12 @@ impl RegistryService for Registry {
                         "birth_date" => merged.birth_date = incoming.birth_date,
                         "nationalities" => merged.nationalities = incoming.nationalities.clone(),
                         "category" => merged.category = incoming.category,
-                        "identity_confidence" => merged.identity_confidence = incoming.identity_confidence,
-                        "biometric_references" => merged.biometric_references = incoming.biometric_references.clone(),
+                        "identity_confidence" => {
+                            merged.identity_confidence = incoming.identity_confidence
+                        }
+                        "biometric_references" => {
+                            merged.biometric_references = incoming.biometric_references.clone()
+                        }
                         "legal_status" => merged.legal_status = incoming.legal_status,
                         _ => {}
                     }
@@ -218,12 +272,18 @@ impl RegistryService for Registry {
     }
 
     #[tracing::instrument(skip_all)]
-    async fn search_persons(&self, req: Request<pb::SearchPersonsRequest>) -> Result<Response<pb::SearchPersonsResponse>, Status> {
+    async fn search_persons(
+        &self,
+        req: Request<pb::SearchPersonsRequest>,
+    ) -> Result<Response<pb::SearchPersonsResponse>, Status> {
         let principal = principal(&req)?;
         let msg = req.into_inner();
         let size = paging::page_size(msg.page_size).map_err(st)?;
         if msg.query.chars().count() > domain::MAX_NAME_CHARS {
-            return Err(st(Error::invalid("query", format!("must be at most {} characters", domain::MAX_NAME_CHARS))));
+            return Err(st(Error::invalid(
+                "query",
+                format!("must be at most {} characters", domain::MAX_NAME_CHARS),
+            )));
         }
         let tokens = crate::search_keys::tokens(&msg.query);
         if tokens.is_empty() {
@@ -232,10 +292,16 @@ impl RegistryService for Registry {
         let filter = parse_filter(&msg.filter, PERSON_FILTER).map_err(st)?;
         let fp = paging::request_fingerprint(&[&msg.query, &msg.filter]);
         let after: Option<(i64, String)> = paging::decode(&msg.page_token, &fp).map_err(st)?;
-        let mut hits = self.store.search(&principal.scope(), &tokens, filter.as_ref(), after, size + 1).await.map_err(st)?;
+        let mut hits = self
+            .store
+            .search(&principal.scope(), &tokens, filter.as_ref(), after, size + 1)
+            .await
+            .map_err(st)?;
         let next = if hits.len() as i64 > size {
             hits.truncate(size as usize);
-            hits.last().map(|h| paging::encode(&fp, &(h.score, h.person.id.clone()))).unwrap_or_default()
+            hits.last()
+                .map(|h| paging::encode(&fp, &(h.score, h.person.id.clone())))
+                .unwrap_or_default()
         } else {
             String::new()
         };
@@ -250,7 +316,11 @@ impl RegistryService for Registry {
                     .data
                     .names
                     .iter()
-                    .filter(|n| crate::search_keys::tokens(&n.full_name).iter().any(|t| skeletons.contains(&t.skeleton.as_str())))
+                    .filter(|n| {
+                        crate::search_keys::tokens(&n.full_name)
+                            .iter()
+                            .any(|t| skeletons.contains(&t.skeleton.as_str()))
+                    })
                     .map(|n| n.full_name.clone())
                     .collect(),
             })
@@ -259,7 +329,10 @@ impl RegistryService for Registry {
     }
 
     #[tracing::instrument(skip_all)]
-    async fn import_persons(&self, req: Request<Streaming<pb::ImportPersonsRequest>>) -> Result<Response<pb::ImportPersonsResponse>, Status> {
+    async fn import_persons(
+        &self,
+        req: Request<Streaming<pb::ImportPersonsRequest>>,
+    ) -> Result<Response<pb::ImportPersonsResponse>, Status> {
         let principal = principal(&req)?;
         let mut stream = req.into_inner();
         let mut resp = pb::ImportPersonsResponse::default();
@@ -276,27 +349,42 @@ impl RegistryService for Registry {
                     Ok(np) => batch.push((i, np)),
                     Err(Error::InvalidArgument(violations)) => {
                         for fv in violations {
-                            resp.errors.push(pb::ImportRowError { index: i, field: fv.field, description: fv.description });
+                            resp.errors.push(pb::ImportRowError {
+                                index: i,
+                                field: fv.field,
+                                description: fv.description,
+                            });
                         }
                     }
                     Err(e) => return Err(st(e)),
                 }
             }
             if batch.len() >= IMPORT_BATCH || (done && !batch.is_empty()) {
-                let (indexes, rows): (Vec<i64>, Vec<NewPerson>) = std::mem::take(&mut batch).into_iter().unzip();
-                let outcomes = self.store.insert_persons(&principal, rows, "ImportPersons").await.map_err(st)?;
+                let (indexes, rows): (Vec<i64>, Vec<NewPerson>) =
+                    std::mem::take(&mut batch).into_iter().unzip();
+                let outcomes = self
+                    .store
+                    .insert_persons(&principal, rows, "ImportPersons")
+                    .await
+                    .map_err(st)?;
                 for (i, o) in indexes.into_iter().zip(outcomes) {
                     match o {
                         InsertOutcome::Created(_) => resp.created_count += 1,
                         InsertOutcome::Replayed(_) => resp.already_present_count += 1,
                         InsertOutcome::Rejected(Error::InvalidArgument(vs)) => {
                             for fv in vs {
-                                resp.errors.push(pb::ImportRowError { index: i, field: fv.field, description: fv.description });
+                                resp.errors.push(pb::ImportRowError {
+                                    index: i,
+                                    field: fv.field,
+                                    description: fv.description,
+                                });
                             }
                         }
-                        InsertOutcome::Rejected(e) => {
-                            resp.errors.push(pb::ImportRowError { index: i, field: String::new(), description: e.to_string() })
-                        }
+                        InsertOutcome::Rejected(e) => resp.errors.push(pb::ImportRowError {
+                            index: i,
+                            field: String::new(),
+                            description: e.to_string(),
+                        }),
                     }
                 }
             }
@@ -304,76 +392,118 @@ impl RegistryService for Registry {
                 break;
             }
         }
-        tracing::info!(created = resp.created_count, replayed = resp.already_present_count, rejected = resp.errors.len(), "import finished");
+        tracing::info!(
+            created = resp.created_count,
+            replayed = resp.already_present_count,
+            rejected = resp.errors.len(),
+            "import finished"
+        );
         Ok(Response::new(resp))
     }
 
-    async fn admit_person(&self, req: Request<pb::AdmitPersonRequest>) -> Result<Response<pb::Person>, Status> {
+    async fn admit_person(
+        &self,
+        req: Request<pb::AdmitPersonRequest>,
+    ) -> Result<Response<pb::Person>, Status> {
         let p = principal(&req)?;
         let m = req.into_inner();
-        let mut t = transition_in(&m.name, m.transition.as_ref(), &m, Transition::Admit).map_err(st)?;
+        let mut t =
+            transition_in(&m.name, m.transition.as_ref(), &m, Transition::Admit).map_err(st)?;
         t.facility_id = required_id(&m.facility_id, "facility_id").map_err(st)?;
         t.section_id = m.section_id.clone();
         self.apply(&p, t).await
     }
 
-    async fn start_transfer(&self, req: Request<pb::StartTransferRequest>) -> Result<Response<pb::Person>, Status> {
+    async fn start_transfer(
+        &self,
+        req: Request<pb::StartTransferRequest>,
+    ) -> Result<Response<pb::Person>, Status> {
         let p = principal(&req)?;
         let m = req.into_inner();
-        let mut t = transition_in(&m.name, m.transition.as_ref(), &m, Transition::StartTransfer).map_err(st)?;
-        t.facility_id = required_id(&m.destination_facility_id, "destination_facility_id").map_err(st)?;
+        let mut t = transition_in(&m.name, m.transition.as_ref(), &m, Transition::StartTransfer)
+            .map_err(st)?;
+        t.facility_id =
+            required_id(&m.destination_facility_id, "destination_facility_id").map_err(st)?;
         self.apply(&p, t).await
     }
 
-    async fn hospitalise_person(&self, req: Request<pb::HospitalisePersonRequest>) -> Result<Response<pb::Person>, Status> {
+    async fn hospitalise_person(
+        &self,
+        req: Request<pb::HospitalisePersonRequest>,
+    ) -> Result<Response<pb::Person>, Status> {
         let p = principal(&req)?;
         let m = req.into_inner();
-        let mut t = transition_in(&m.name, m.transition.as_ref(), &m, Transition::Hospitalise).map_err(st)?;
+        let mut t = transition_in(&m.name, m.transition.as_ref(), &m, Transition::Hospitalise)
+            .map_err(st)?;
         t.facility_id = m.facility_id.clone();
         self.apply(&p, t).await
     }
 
-    async fn admit_to_rehabilitation(&self, req: Request<pb::AdmitToRehabilitationRequest>) -> Result<Response<pb::Person>, Status> {
+    async fn admit_to_rehabilitation(
+        &self,
+        req: Request<pb::AdmitToRehabilitationRequest>,
+    ) -> Result<Response<pb::Person>, Status> {
         let p = principal(&req)?;
         let m = req.into_inner();
-        let mut t = transition_in(&m.name, m.transition.as_ref(), &m, Transition::AdmitToRehabilitation).map_err(st)?;
+        let mut t =
+            transition_in(&m.name, m.transition.as_ref(), &m, Transition::AdmitToRehabilitation)
+                .map_err(st)?;
         t.facility_id = required_id(&m.facility_id, "facility_id").map_err(st)?;
         self.apply(&p, t).await
     }
 
-    async fn return_to_custody(&self, req: Request<pb::ReturnToCustodyRequest>) -> Result<Response<pb::Person>, Status> {
+    async fn return_to_custody(
+        &self,
+        req: Request<pb::ReturnToCustodyRequest>,
+    ) -> Result<Response<pb::Person>, Status> {
         let p = principal(&req)?;
         let m = req.into_inner();
-        let mut t = transition_in(&m.name, m.transition.as_ref(), &m, Transition::ReturnToCustody).map_err(st)?;
+        let mut t = transition_in(&m.name, m.transition.as_ref(), &m, Transition::ReturnToCustody)
+            .map_err(st)?;
         t.facility_id = required_id(&m.facility_id, "facility_id").map_err(st)?;
         t.section_id = m.section_id.clone();
         self.apply(&p, t).await
     }
 
-    async fn record_escape(&self, req: Request<pb::RecordEscapeRequest>) -> Result<Response<pb::Person>, Status> {
+    async fn record_escape(
+        &self,
+        req: Request<pb::RecordEscapeRequest>,
+    ) -> Result<Response<pb::Person>, Status> {
         let p = principal(&req)?;
         let m = req.into_inner();
-        let mut t = transition_in(&m.name, m.transition.as_ref(), &m, Transition::Escape).map_err(st)?;
+        let mut t =
+            transition_in(&m.name, m.transition.as_ref(), &m, Transition::Escape).map_err(st)?;
         t.reference = m.incident_id.clone();
         self.apply(&p, t).await
     }
 
-    async fn record_recapture(&self, req: Request<pb::RecordRecaptureRequest>) -> Result<Response<pb::Person>, Status> {
+    async fn record_recapture(
+        &self,
+        req: Request<pb::RecordRecaptureRequest>,
+    ) -> Result<Response<pb::Person>, Status> {
         let p = principal(&req)?;
         let m = req.into_inner();
-        let t = transition_in(&m.name, m.transition.as_ref(), &m, Transition::Recapture).map_err(st)?;
+        let t =
+            transition_in(&m.name, m.transition.as_ref(), &m, Transition::Recapture).map_err(st)?;
         self.apply(&p, t).await
     }
 
-    async fn mark_unaccounted(&self, req: Request<pb::MarkUnaccountedRequest>) -> Result<Response<pb::Person>, Status> {
+    async fn mark_unaccounted(
+        &self,
+        req: Request<pb::MarkUnaccountedRequest>,
+    ) -> Result<Response<pb::Person>, Status> {
         let p = principal(&req)?;
         let m = req.into_inner();
-        let mut t = transition_in(&m.name, m.transition.as_ref(), &m, Transition::MarkUnaccounted).map_err(st)?;
+        let mut t = transition_in(&m.name, m.transition.as_ref(), &m, Transition::MarkUnaccounted)
+            .map_err(st)?;
         t.reference = m.incident_id.clone();
         self.apply(&p, t).await
     }
 
-    async fn record_hand_over(&self, req: Request<pb::RecordHandOverRequest>) -> Result<Response<pb::Person>, Status> {
+    async fn record_hand_over(
+        &self,
+        req: Request<pb::RecordHandOverRequest>,
+    ) -> Result<Response<pb::Person>, Status> {
         let p = principal(&req)?;
         let m = req.into_inner();
         let mut v = concord_platform::error::Violations::new();
@@ -383,85 +513,128 @@ impl RegistryService for Registry {
         if m.disposition == 0 {
             v.add("disposition", "is required");
         }
-        let mut t = v.finish(t).map_err(st)?.ok_or_else(|| st(Error::invalid("transition", "is required")))?;
+        let mut t = v
+            .finish(t)
+            .map_err(st)?
+            .ok_or_else(|| st(Error::invalid("transition", "is required")))?;
         t.receiving_state = m.receiving_state.clone();
         t.disposition = disposition;
         t.reference = m.diplomatic_request.clone();
         self.apply(&p, t).await
     }
 
-    async fn record_release(&self, req: Request<pb::RecordReleaseRequest>) -> Result<Response<pb::Person>, Status> {
+    async fn record_release(
+        &self,
+        req: Request<pb::RecordReleaseRequest>,
+    ) -> Result<Response<pb::Person>, Status> {
         let p = principal(&req)?;
         let m = req.into_inner();
-        let t = transition_in(&m.name, m.transition.as_ref(), &m, Transition::Release).map_err(st)?;
+        let t =
+            transition_in(&m.name, m.transition.as_ref(), &m, Transition::Release).map_err(st)?;
         self.apply(&p, t).await
     }
 
-    async fn record_death(&self, req: Request<pb::RecordDeathRequest>) -> Result<Response<pb::Person>, Status> {
+    async fn record_death(
+        &self,
+        req: Request<pb::RecordDeathRequest>,
+    ) -> Result<Response<pb::Person>, Status> {
         let p = principal(&req)?;
         let m = req.into_inner();
         let t = transition_in(&m.name, m.transition.as_ref(), &m, Transition::Death).map_err(st)?;
         self.apply(&p, t).await
     }
 
-    async fn list_custody_events(&self, req: Request<pb::ListCustodyEventsRequest>) -> Result<Response<pb::ListCustodyEventsResponse>, Status> {
+    async fn list_custody_events(
+        &self,
+        req: Request<pb::ListCustodyEventsRequest>,
+    ) -> Result<Response<pb::ListCustodyEventsResponse>, Status> {
         let principal = principal(&req)?;
         let m = req.into_inner();
         let id = person_id(&m.parent, "parent").map_err(st)?;
         let size = paging::page_size(m.page_size).map_err(st)?;
         let fp = paging::request_fingerprint(&[&id]);
         let after: Option<String> = paging::decode(&m.page_token, &fp).map_err(st)?;
-        let mut events = self.store.custody_events(&principal.scope(), &id, after.as_deref(), size + 1).await.map_err(st)?;
+        let mut events = self
+            .store
+            .custody_events(&principal.scope(), &id, after.as_deref(), size + 1)
+            .await
+            .map_err(st)?;
         let next = if events.len() as i64 > size {
             events.truncate(size as usize);
             events.last().map(|e| paging::encode(&fp, &e.id)).unwrap_or_default()
         } else {
             String::new()
         };
-        Ok(Response::new(pb::ListCustodyEventsResponse { custody_events: events.iter().map(convert::custody_event_out).collect(), next_page_token: next }))
+        Ok(Response::new(pb::ListCustodyEventsResponse {
+            custody_events: events.iter().map(convert::custody_event_out).collect(),
+            next_page_token: next,
+        }))
     }
 
-    async fn list_duplicate_candidates(&self, req: Request<pb::ListDuplicateCandidatesRequest>) -> Result<Response<pb::ListDuplicateCandidatesResponse>, Status> {
+    async fn list_duplicate_candidates(
+        &self,
+        req: Request<pb::ListDuplicateCandidatesRequest>,
+    ) -> Result<Response<pb::ListDuplicateCandidatesResponse>, Status> {
         let principal = principal(&req)?;
         let m = req.into_inner();
         let size = paging::page_size(m.page_size).map_err(st)?;
         let filter = parse_filter(&m.filter, CANDIDATE_FILTER).map_err(st)?;
         let fp = paging::request_fingerprint(&[&m.filter]);
         let before: Option<String> = paging::decode(&m.page_token, &fp).map_err(st)?;
-        let mut cs = self.store.list_candidates(&principal.scope(), filter.as_ref(), before.as_deref(), size + 1).await.map_err(st)?;
+        let mut cs = self
+            .store
+            .list_candidates(&principal.scope(), filter.as_ref(), before.as_deref(), size + 1)
+            .await
+            .map_err(st)?;
         let next = if cs.len() as i64 > size {
             cs.truncate(size as usize);
             cs.last().map(|c| paging::encode(&fp, &c.id)).unwrap_or_default()
         } else {
             String::new()
         };
-        Ok(Response::new(pb::ListDuplicateCandidatesResponse { duplicate_candidates: cs.iter().map(convert::candidate_out).collect(), next_page_token: next }))
+        Ok(Response::new(pb::ListDuplicateCandidatesResponse {
+            duplicate_candidates: cs.iter().map(convert::candidate_out).collect(),
+            next_page_token: next,
+        }))
     }
 
-    async fn reject_duplicate_candidate(&self, req: Request<pb::RejectDuplicateCandidateRequest>) -> Result<Response<pb::DuplicateCandidate>, Status> {
+    async fn reject_duplicate_candidate(
+        &self,
+        req: Request<pb::RejectDuplicateCandidateRequest>,
+    ) -> Result<Response<pb::DuplicateCandidate>, Status> {
         let p = principal(&req)?;
         let m = req.into_inner();
         self.review(&p, &m.name, DuplicateState::Invalid, None, &m.reason, &m.etag).await
     }
 
-    async fn merge_duplicate_candidate(&self, req: Request<pb::MergeDuplicateCandidateRequest>) -> Result<Response<pb::DuplicateCandidate>, Status> {
+    async fn merge_duplicate_candidate(
+        &self,
+        req: Request<pb::MergeDuplicateCandidateRequest>,
+    ) -> Result<Response<pb::DuplicateCandidate>, Status> {
         let p = principal(&req)?;
         let m = req.into_inner();
         let survivor = person_id(&m.surviving_person, "surviving_person").map_err(st)?;
         self.review(&p, &m.name, DuplicateState::Merged, Some(&survivor), &m.reason, &m.etag).await
     }
 
-    async fn unmerge_duplicate_candidate(&self, req: Request<pb::UnmergeDuplicateCandidateRequest>) -> Result<Response<pb::DuplicateCandidate>, Status> {
+    async fn unmerge_duplicate_candidate(
+        &self,
+        req: Request<pb::UnmergeDuplicateCandidateRequest>,
+    ) -> Result<Response<pb::DuplicateCandidate>, Status> {
         let p = principal(&req)?;
         let m = req.into_inner();
         self.review(&p, &m.name, DuplicateState::Open, None, &m.reason, &m.etag).await
     }
 
-    async fn create_relationship(&self, req: Request<pb::CreateRelationshipRequest>) -> Result<Response<pb::Relationship>, Status> {
+    async fn create_relationship(
+        &self,
+        req: Request<pb::CreateRelationshipRequest>,
+    ) -> Result<Response<pb::Relationship>, Status> {
         let p = principal(&req)?;
         let m = req.into_inner();
         let rid = request_id(&m.request_id, "request_id", &m).map_err(st)?;
-        let mut r = m.relationship.ok_or_else(|| st(Error::invalid("relationship", "is required")))?;
+        let mut r =
+            m.relationship.ok_or_else(|| st(Error::invalid("relationship", "is required")))?;
         let mut v = concord_platform::error::Violations::new();
         let a = v.absorb(person_id(&r.person, "relationship.person"));
         let b = v.absorb(person_id(&r.related_person, "relationship.related_person"));
@@ -477,33 +650,52 @@ impl RegistryService for Registry {
         let (a, b) = v.finish((a.unwrap_or_default(), b.unwrap_or_default())).map_err(st)?;
         r.person = format!("persons/{a}");
         r.related_person = format!("persons/{b}");
-        let rec = self.store.create_record(&p, RecordKind::Relationship, &a, &b, r.encode_to_vec(), None, rid).await.map_err(st)?;
+        let rec = self
+            .store
+            .create_record(&p, RecordKind::Relationship, &a, &b, r.encode_to_vec(), None, rid)
+            .await
+            .map_err(st)?;
         Ok(Response::new(relationship_out(&rec)?))
     }
 
-    async fn list_relationships(&self, req: Request<pb::ListRelationshipsRequest>) -> Result<Response<pb::ListRelationshipsResponse>, Status> {
+    async fn list_relationships(
+        &self,
+        req: Request<pb::ListRelationshipsRequest>,
+    ) -> Result<Response<pb::ListRelationshipsResponse>, Status> {
         let p = principal(&req)?;
         let id = person_id(&req.get_ref().parent, "parent").map_err(st)?;
-        let recs = self.store.list_records(&p.scope(), RecordKind::Relationship, &id).await.map_err(st)?;
+        let recs =
+            self.store.list_records(&p.scope(), RecordKind::Relationship, &id).await.map_err(st)?;
         let relationships = recs.iter().map(relationship_out).collect::<Result<_, _>>()?;
         Ok(Response::new(pb::ListRelationshipsResponse { relationships }))
     }
 
-    async fn create_household(&self, req: Request<pb::CreateHouseholdRequest>) -> Result<Response<pb::Household>, Status> {
+    async fn create_household(
+        &self,
+        req: Request<pb::CreateHouseholdRequest>,
+    ) -> Result<Response<pb::Household>, Status> {
         let p = principal(&req)?;
         let m = req.into_inner();
         let rid = request_id(&m.request_id, "request_id", &m).map_err(st)?;
         let h = m.household.ok_or_else(|| st(Error::invalid("household", "is required")))?;
         let mut v = concord_platform::error::Violations::new();
-        let members: Vec<String> =
-            h.members.iter().enumerate().filter_map(|(i, n)| v.absorb(person_id(n, &format!("household.members[{i}]")))).collect();
+        let members: Vec<String> = h
+            .members
+            .iter()
+            .enumerate()
+            .filter_map(|(i, n)| v.absorb(person_id(n, &format!("household.members[{i}]"))))
+            .collect();
         if h.members.is_empty() {
             v.add("household.members", "at least one member is required");
         }
         if h.members.len() > 64 {
             v.add("household.members", "at most 64 members");
         }
-        let head = if h.head.is_empty() { String::new() } else { v.absorb(person_id(&h.head, "household.head")).unwrap_or_default() };
+        let head = if h.head.is_empty() {
+            String::new()
+        } else {
+            v.absorb(person_id(&h.head, "household.head")).unwrap_or_default()
+        };
         if !head.is_empty() && !members.contains(&head) {
             v.add("household.head", "must be one of the members");
         }
@@ -518,14 +710,20 @@ impl RegistryService for Registry {
         Ok(Response::new(household_out(&stored)))
     }
 
-    async fn get_household(&self, req: Request<pb::GetHouseholdRequest>) -> Result<Response<pb::Household>, Status> {
+    async fn get_household(
+        &self,
+        req: Request<pb::GetHouseholdRequest>,
+    ) -> Result<Response<pb::Household>, Status> {
         let p = principal(&req)?;
         let id = convert::resource_id(&req.get_ref().name, "households/", "name").map_err(st)?;
         let h = self.store.get_household(&p.scope(), &id).await.map_err(st)?;
         Ok(Response::new(household_out(&h)))
     }
 
-    async fn create_identity_document(&self, req: Request<pb::CreateIdentityDocumentRequest>) -> Result<Response<pb::IdentityDocument>, Status> {
+    async fn create_identity_document(
+        &self,
+        req: Request<pb::CreateIdentityDocumentRequest>,
+    ) -> Result<Response<pb::IdentityDocument>, Status> {
         let p = principal(&req)?;
         let m = req.into_inner();
         let rid = request_id(&m.request_id, "request_id", &m).map_err(st)?;
@@ -542,29 +740,43 @@ impl RegistryService for Registry {
         v.absorb(domain::validate_state(&d.issuing_state, "identity_document.issuing_state"));
         text(&mut v, "identity_document.number", &d.number, true, 64);
         let id = v.finish(id).map_err(st)?.unwrap_or_default();
-        let key = kind.map(|k| format!("doc:{}:{}:{}", d.issuing_state, k, d.number.trim().to_uppercase()));
-        let rec = self.store.create_record(&p, RecordKind::Document, &id, "", d.encode_to_vec(), key, rid).await.map_err(st)?;
+        let key = kind
+            .map(|k| format!("doc:{}:{}:{}", d.issuing_state, k, d.number.trim().to_uppercase()));
+        let rec = self
+            .store
+            .create_record(&p, RecordKind::Document, &id, "", d.encode_to_vec(), key, rid)
+            .await
+            .map_err(st)?;
         Ok(Response::new(decode_record::<pb::IdentityDocument>(&rec, |x, name, t| {
             x.name = name;
             x.create_time = Some(t);
         })?))
     }
 
-    async fn list_identity_documents(&self, req: Request<pb::ListIdentityDocumentsRequest>) -> Result<Response<pb::ListIdentityDocumentsResponse>, Status> {
+    async fn list_identity_documents(
+        &self,
+        req: Request<pb::ListIdentityDocumentsRequest>,
+    ) -> Result<Response<pb::ListIdentityDocumentsResponse>, Status> {
         let p = principal(&req)?;
         let id = person_id(&req.get_ref().parent, "parent").map_err(st)?;
-        let recs = self.store.list_records(&p.scope(), RecordKind::Document, &id).await.map_err(st)?;
+        let recs =
+            self.store.list_records(&p.scope(), RecordKind::Document, &id).await.map_err(st)?;
         let identity_documents = recs
             .iter()
-            .map(|r| decode_record::<pb::IdentityDocument>(r, |x, name, t| {
-                x.name = name;
-                x.create_time = Some(t);
-            }))
+            .map(|r| {
+                decode_record::<pb::IdentityDocument>(r, |x, name, t| {
+                    x.name = name;
+                    x.create_time = Some(t);
+                })
+            })
             .collect::<Result<_, _>>()?;
         Ok(Response::new(pb::ListIdentityDocumentsResponse { identity_documents }))
     }
 
-    async fn create_identity_verification(&self, req: Request<pb::CreateIdentityVerificationRequest>) -> Result<Response<pb::IdentityVerification>, Status> {
+    async fn create_identity_verification(
+        &self,
+        req: Request<pb::CreateIdentityVerificationRequest>,
+    ) -> Result<Response<pb::IdentityVerification>, Status> {
         let p = principal(&req)?;
         let m = req.into_inner();
         let rid = request_id(&m.request_id, "request_id", &m).map_err(st)?;
@@ -574,35 +786,65 @@ impl RegistryService for Registry {
         if m.identity_verification.is_none() {
             v.add("identity_verification", "is required");
         }
-        enum_in!(v, "identity_verification.method", d.method, pb::VerificationMethod, VerificationMethod);
-        enum_in!(v, "identity_verification.result", d.result, pb::VerificationResult, VerificationResult);
+        enum_in!(
+            v,
+            "identity_verification.method",
+            d.method,
+            pb::VerificationMethod,
+            VerificationMethod
+        );
+        enum_in!(
+            v,
+            "identity_verification.result",
+            d.result,
+            pb::VerificationResult,
+            VerificationResult
+        );
         if d.method == 0 {
             v.add("identity_verification.method", "is required");
         }
         if d.result == 0 {
             v.add("identity_verification.result", "is required");
         }
-        v.absorb(domain::validate_state(&d.verifying_state, "identity_verification.verifying_state"));
+        v.absorb(domain::validate_state(
+            &d.verifying_state,
+            "identity_verification.verifying_state",
+        ));
         text(&mut v, "identity_verification.notes", &d.notes, false, 2000);
         check_past(&mut v, "identity_verification.verify_time", d.verify_time.as_ref());
         if d.verify_time.is_none() {
             d.verify_time = Some(concord_platform::time::to_timestamp(now_micros()));
         }
         let id = v.finish(id).map_err(st)?.unwrap_or_default();
-        let rec = self.store.create_record(&p, RecordKind::Verification, &id, "", d.encode_to_vec(), None, rid).await.map_err(st)?;
-        Ok(Response::new(decode_record::<pb::IdentityVerification>(&rec, |x, name, _| x.name = name)?))
+        let rec = self
+            .store
+            .create_record(&p, RecordKind::Verification, &id, "", d.encode_to_vec(), None, rid)
+            .await
+            .map_err(st)?;
+        Ok(Response::new(decode_record::<pb::IdentityVerification>(&rec, |x, name, _| {
+            x.name = name
+        })?))
     }
 
-    async fn list_identity_verifications(&self, req: Request<pb::ListIdentityVerificationsRequest>) -> Result<Response<pb::ListIdentityVerificationsResponse>, Status> {
+    async fn list_identity_verifications(
+        &self,
+        req: Request<pb::ListIdentityVerificationsRequest>,
+    ) -> Result<Response<pb::ListIdentityVerificationsResponse>, Status> {
         let p = principal(&req)?;
         let id = person_id(&req.get_ref().parent, "parent").map_err(st)?;
-        let recs = self.store.list_records(&p.scope(), RecordKind::Verification, &id).await.map_err(st)?;
-        let identity_verifications =
-            recs.iter().map(|r| decode_record::<pb::IdentityVerification>(r, |x, name, _| x.name = name)).collect::<Result<_, _>>()?;
+        let recs =
+            self.store.list_records(&p.scope(), RecordKind::Verification, &id).await.map_err(st)?;
+        let identity_verifications = recs
+            .iter()
+            .map(|r| decode_record::<pb::IdentityVerification>(r, |x, name, _| x.name = name))
+            .collect::<Result<_, _>>()?;
         Ok(Response::new(pb::ListIdentityVerificationsResponse { identity_verifications }))
     }
 
-    async fn create_consent_record(&self, req: Request<pb::CreateConsentRecordRequest>) -> Result<Response<pb::ConsentRecord>, Status> {
+    async fn create_consent_record(
+        &self,
+        req: Request<pb::CreateConsentRecordRequest>,
+    ) -> Result<Response<pb::ConsentRecord>, Status> {
         let p = principal(&req)?;
         let m = req.into_inner();
         let rid = request_id(&m.request_id, "request_id", &m).map_err(st)?;
@@ -614,21 +856,33 @@ impl RegistryService for Registry {
         }
         text(&mut v, "consent_record.purpose", &c.purpose, true, 100);
         text(&mut v, "consent_record.witness", &c.witness, false, 200);
-        let given_by = if c.given_by.is_empty() { None } else { v.absorb(person_id(&c.given_by, "consent_record.given_by")) };
+        let given_by = if c.given_by.is_empty() {
+            None
+        } else {
+            v.absorb(person_id(&c.given_by, "consent_record.given_by"))
+        };
         check_past(&mut v, "consent_record.record_time", c.record_time.as_ref());
         if c.record_time.is_none() {
             c.record_time = Some(concord_platform::time::to_timestamp(now_micros()));
         }
         let id = v.finish(id).map_err(st)?.unwrap_or_default();
         let other = given_by.unwrap_or_default();
-        let rec = self.store.create_record(&p, RecordKind::Consent, &id, &other, c.encode_to_vec(), None, rid).await.map_err(st)?;
+        let rec = self
+            .store
+            .create_record(&p, RecordKind::Consent, &id, &other, c.encode_to_vec(), None, rid)
+            .await
+            .map_err(st)?;
         Ok(Response::new(decode_record::<pb::ConsentRecord>(&rec, |x, name, _| x.name = name)?))
     }
 
-    async fn list_consent_records(&self, req: Request<pb::ListConsentRecordsRequest>) -> Result<Response<pb::ListConsentRecordsResponse>, Status> {
+    async fn list_consent_records(
+        &self,
+        req: Request<pb::ListConsentRecordsRequest>,
+    ) -> Result<Response<pb::ListConsentRecordsResponse>, Status> {
         let p = principal(&req)?;
         let id = person_id(&req.get_ref().parent, "parent").map_err(st)?;
-        let recs = self.store.list_records(&p.scope(), RecordKind::Consent, &id).await.map_err(st)?;
+        let recs =
+            self.store.list_records(&p.scope(), RecordKind::Consent, &id).await.map_err(st)?;
         // A consent given by a parent is listed under the child only.
         let consent_records = recs
             .iter()
@@ -640,33 +894,70 @@ impl RegistryService for Registry {
 
     type WatchChangesStream = WatchStream;
 
-    async fn watch_changes(&self, req: Request<pb::WatchChangesRequest>) -> Result<Response<Self::WatchChangesStream>, Status> {
+    async fn watch_changes(
+        &self,
+        req: Request<pb::WatchChangesRequest>,
+    ) -> Result<Response<Self::WatchChangesStream>, Status> {
         let principal = principal(&req)?;
         let m = req.into_inner();
-        let params = WatchParams { cursor: m.cursor, start_at_end: m.start_at_end, event_types: m.event_types, scope: principal.scope() };
-        let stream = outbox::watch(self.store.db().clone(), params, self.watch_tuning, self.shutdown.clone()).await.map_err(st)?;
-        Ok(Response::new(Box::pin(stream.map(|r| r.map(|e| pb::WatchChangesResponse { event: Some(e) }).map_err(st)))))
+        let params = WatchParams {
+            cursor: m.cursor,
+            start_at_end: m.start_at_end,
+            event_types: m.event_types,
+            scope: principal.scope(),
+        };
+        let stream = outbox::watch(
+            self.store.db().clone(),
+            params,
+            self.watch_tuning,
+            self.shutdown.clone(),
+        )
+        .await
+        .map_err(st)?;
+        Ok(Response::new(Box::pin(
+            stream.map(|r| r.map(|e| pb::WatchChangesResponse { event: Some(e) }).map_err(st)),
+        )))
     }
 }
 
 impl Registry {
-    async fn apply(&self, p: &Principal, t: TransitionRequest) -> Result<Response<pb::Person>, Status> {
+    async fn apply(
+        &self,
+        p: &Principal,
+        t: TransitionRequest,
+    ) -> Result<Response<pb::Person>, Status> {
         let person = self.store.transition(p, t).await.map_err(st)?;
         Ok(Response::new(convert::person_out(&person)))
     }
 
-    async fn review(&self, p: &Principal, name: &str, to: DuplicateState, survivor: Option<&str>, reason: &str, etag: &str) -> Result<Response<pb::DuplicateCandidate>, Status> {
+    async fn review(
+        &self,
+        p: &Principal,
+        name: &str,
+        to: DuplicateState,
+        survivor: Option<&str>,
+        reason: &str,
+        etag: &str,
+    ) -> Result<Response<pb::DuplicateCandidate>, Status> {
         let mut v = concord_platform::error::Violations::new();
         let id = v.absorb(convert::resource_id(name, "duplicateCandidates/", "name"));
         let expected = v.absorb(domain::parse_etag(etag, "etag"));
         text(&mut v, "reason", reason, true, 1000);
         let (id, expected) = v.finish((id.unwrap_or_default(), expected.flatten())).map_err(st)?;
-        let c = self.store.review_candidate(p, &id, to, survivor, reason, expected).await.map_err(st)?;
+        let c = self
+            .store
+            .review_candidate(p, &id, to, survivor, reason, expected)
+            .await
+            .map_err(st)?;
         Ok(Response::new(convert::candidate_out(&c)))
     }
 }
 
-fn check_past(v: &mut concord_platform::error::Violations, field: &str, t: Option<&prost_types::Timestamp>) {
+fn check_past(
+    v: &mut concord_platform::error::Violations,
+    field: &str,
+    t: Option<&prost_types::Timestamp>,
+) {
     if let Some(t) = t {
         match from_timestamp(t) {
             None => v.add(field, "is not a valid timestamp"),
@@ -681,12 +972,20 @@ fn required_id(id: &str, field: &str) -> Result<String> {
         return Err(Error::invalid(field, "is required"));
     }
     if id.len() > 128 || !id.chars().all(|c| c.is_ascii_alphanumeric() || "-_/.".contains(c)) {
-        return Err(Error::invalid(field, "must be at most 128 letters, digits, '-', '_', '/' or '.'"));
+        return Err(Error::invalid(
+            field,
+            "must be at most 128 letters, digits, '-', '_', '/' or '.'",
+        ));
     }
     Ok(id.to_string())
 }
 
-fn transition_in<M: Message>(name: &str, t: Option<&pb::CustodyTransition>, msg: &M, which: Transition) -> Result<TransitionRequest> {
+fn transition_in<M: Message>(
+    name: &str,
+    t: Option<&pb::CustodyTransition>,
+    msg: &M,
+    which: Transition,
+) -> Result<TransitionRequest> {
     let mut v = concord_platform::error::Violations::new();
     let id = v.absorb(person_id(name, "name"));
     let t = t.cloned().unwrap_or_default();
@@ -727,7 +1026,10 @@ fn transition_in<M: Message>(name: &str, t: Option<&pb::CustodyTransition>, msg:
 fn parse_import_row(row: &pb::ImportPersonsRequest) -> Result<NewPerson> {
     let mut v = concord_platform::error::Violations::new();
     if row.request_id.is_empty() {
-        v.add("request_id", "is required on every import row, so that a retried import stores nothing twice");
+        v.add(
+            "request_id",
+            "is required on every import row, so that a retried import stores nothing twice",
+        );
     }
     let rid = v.absorb(request_id(&row.request_id, "request_id", row)).flatten();
     let data = match &row.person {
@@ -737,31 +1039,25 @@ fn parse_import_row(row: &pb::ImportPersonsRequest) -> Result<NewPerson> {
             None
         }
     };
-    let data = v.finish(data)?;
-    Ok(NewPerson { data: data.unwrap_or_else(|| unreachable_data()), request_id: rid })
-}
-
-fn unreachable_data() -> PersonData {
-    PersonData {
-        names: vec![],
-        sex: Sex::Unknown,
-        birth_date: None,
-        nationalities: vec![],
-        category: Category::AdultMale,
-        identity_confidence: Confidence::Low,
-        biometric_references: vec![],
-        legal_status: None,
-    }
+    // A missing person was recorded as a violation above, so `finish` has returned by then.
+    let Some(data) = v.finish(data)? else {
+        return Err(Error::invalid("person", "is required"));
+    };
+    Ok(NewPerson { data, request_id: rid })
 }
 
 fn relationship_out(rec: &crate::store::Record) -> Result<pb::Relationship, Status> {
     decode_record::<pb::Relationship>(rec, |x, name, t| {
-        x.name = name.replace(&format!("persons/{}/relationship/", rec.person_id), "relationships/");
+        x.name =
+            name.replace(&format!("persons/{}/relationship/", rec.person_id), "relationships/");
         x.create_time = Some(t);
     })
 }
 
-fn decode_record<M: Message + Default>(rec: &crate::store::Record, finish: impl FnOnce(&mut M, String, prost_types::Timestamp)) -> Result<M, Status> {
+fn decode_record<M: Message + Default>(
+    rec: &crate::store::Record,
+    finish: impl FnOnce(&mut M, String, prost_types::Timestamp),
+) -> Result<M, Status> {
     let mut m = M::decode(rec.body.as_slice()).map_err(|e| st(Error::internal(e)))?;
     let collection = match rec.kind {
         RecordKind::Relationship => "relationship",
@@ -769,7 +1065,11 @@ fn decode_record<M: Message + Default>(rec: &crate::store::Record, finish: impl 
         RecordKind::Verification => "identityVerifications",
         RecordKind::Consent => "consentRecords",
     };
-    finish(&mut m, format!("persons/{}/{collection}/{}", rec.person_id, rec.id), concord_platform::time::to_timestamp(rec.create_time));
+    finish(
+        &mut m,
+        format!("persons/{}/{collection}/{}", rec.person_id, rec.id),
+        concord_platform::time::to_timestamp(rec.create_time),
+    );
     Ok(m)
 }
 
@@ -780,9 +1080,4 @@ fn household_out(h: &crate::store::Household) -> pb::Household {
         members: h.members.iter().map(|m| format!("persons/{m}")).collect(),
         create_time: Some(concord_platform::time::to_timestamp(h.create_time)),
     }
-}
-
-#[allow(dead_code)]
-fn _enum_out_used(s: Sex) -> i32 {
-    enum_out!(pb::Sex, s)
 }

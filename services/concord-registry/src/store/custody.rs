@@ -16,12 +16,18 @@ use crate::events;
 
 impl Store {
     /// Applies a custody transition.
-    pub async fn transition(&self, principal: &Principal, req: TransitionRequest) -> Result<Person> {
+    pub async fn transition(
+        &self,
+        principal: &Principal,
+        req: TransitionRequest,
+    ) -> Result<Person> {
         let scope = principal.scope();
         let mut tx = self.db.begin().await?;
         if let Some((rid, fp)) = &req.request_id {
             let method = req.transition.method();
-            if let idempotency::Claim::Replay(_) = idempotency::claim(&mut tx, &principal.agency, rid, method, fp).await? {
+            if let idempotency::Claim::Replay(_) =
+                idempotency::claim(&mut tx, &principal.agency, rid, method, fp).await?
+            {
                 drop(tx);
                 return self.get_person(&scope, &req.person_id).await;
             }
@@ -57,7 +63,10 @@ impl Store {
                 person.facility_id.clear();
                 person.section_id.clear();
             }
-            Transition::Escape | Transition::Release | Transition::Death | Transition::MarkUnaccounted => {
+            Transition::Escape
+            | Transition::Release
+            | Transition::Death
+            | Transition::MarkUnaccounted => {
                 // The facility stays: it is where the person was last held, which headcount
                 // reconciliation and recapture need.
             }
@@ -82,7 +91,11 @@ impl Store {
         .execute(tx.conn())
         .await
         .db()?;
-        let reference = if req.transition == Transition::StartTransfer { req.facility_id.clone() } else { req.reference.clone() };
+        let reference = if req.transition == Transition::StartTransfer {
+            req.facility_id.clone()
+        } else {
+            req.reference.clone()
+        };
         sqlx::query(
             "INSERT INTO custody_events (id, person_id, from_status, to_status, facility_id, reason, source, reference, \
              occur_time, record_time, recorded_by) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
@@ -110,7 +123,13 @@ impl Store {
     }
 
     /// The custody timeline of a person in scope, oldest first, after the `after` id.
-    pub async fn custody_events(&self, scope: &Scope, person_id: &str, after: Option<&str>, limit: i64) -> Result<Vec<CustodyEvent>> {
+    pub async fn custody_events(
+        &self,
+        scope: &Scope,
+        person_id: &str,
+        after: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<CustodyEvent>> {
         fetch_person(self.db.reader(), scope, person_id).await?;
         let rows = sqlx::query(
             "SELECT id, person_id, from_status, to_status, facility_id, reason, source, reference, occur_time, record_time, recorded_by \
@@ -126,7 +145,8 @@ impl Store {
             .map(|r| {
                 let status = |c: &str| -> Result<CustodyStatus> {
                     let s: String = r.try_get(c).db()?;
-                    CustodyStatus::parse(&s).ok_or_else(|| Error::internal(anyhow::anyhow!("stored status '{s}'")))
+                    CustodyStatus::parse(&s)
+                        .ok_or_else(|| Error::internal(anyhow::anyhow!("stored status '{s}'")))
                 };
                 Ok(CustodyEvent {
                     id: r.try_get("id").db()?,

@@ -25,16 +25,17 @@ const THRESHOLD: f64 = 0.5;
 pub(crate) fn match_keys(p: &Person) -> BTreeSet<String> {
     let mut keys = BTreeSet::new();
     for n in &p.data.names {
-        let sk: Vec<String> = search_keys::tokens(&n.full_name).into_iter().map(|t| t.skeleton).collect();
+        let sk: Vec<String> =
+            search_keys::tokens(&n.full_name).into_iter().map(|t| t.skeleton).collect();
         if sk.is_empty() {
             continue;
         }
-        let mut sorted = sk.clone();
+        // The whole name, order-free: transliteration variants of the same name share it.
+        // Partial matches (first and last name only) are left to search: in a population
+        // where a few hundred names recur, they would flood reviewers with candidates.
+        let mut sorted = sk;
         sorted.sort();
         keys.insert(format!("name:{}", sorted.join(" ")));
-        if sk.len() >= 2 {
-            keys.insert(format!("fl:{} {}", sk[0], sk[sk.len() - 1]));
-        }
     }
     for b in &p.data.biometric_references {
         keys.insert(format!("bio:{}:{}", b.system, b.reference));
@@ -46,8 +47,7 @@ fn key_weight(key: &str) -> (f64, &'static str) {
     match key.split(':').next() {
         Some("bio") => (0.9, "biometric"),
         Some("doc") => (0.9, "document"),
-        Some("name") => (0.5, "name"),
-        _ => (0.35, "name"),
+        _ => (0.5, "name"),
     }
 }
 
@@ -71,10 +71,14 @@ pub(crate) async fn detect_keys(tx: &mut Tx, keyed: Vec<(String, BTreeSet<String
     let mut holders: HashMap<String, Vec<String>> = HashMap::new();
     let keys: Vec<&String> = all_keys.into_iter().collect();
     for chunk in keys.chunks(5000) {
-        let mut sql = Sql::new("SELECT match_key, person_id FROM person_match_keys WHERE match_key IN ");
+        let mut sql =
+            Sql::new("SELECT match_key, person_id FROM person_match_keys WHERE match_key IN ");
         sql.bind_list(chunk.iter().map(|k| SqlValue::Text((*k).clone())));
         for row in sql.query().fetch_all(tx.conn()).await.db()? {
-            holders.entry(row.try_get("match_key").db()?).or_default().push(row.try_get("person_id").db()?);
+            holders
+                .entry(row.try_get("match_key").db()?)
+                .or_default()
+                .push(row.try_get("person_id").db()?);
         }
     }
     // (person, other) -> (score, reasons)
@@ -87,7 +91,11 @@ pub(crate) async fn detect_keys(tx: &mut Tx, keyed: Vec<(String, BTreeSet<String
                     continue;
                 }
                 // One candidate per unordered pair: the newer record (larger UUIDv7) is `person`.
-                let pair = if id > other { (id.clone(), other.clone()) } else { (other.clone(), id.clone()) };
+                let pair = if id > other {
+                    (id.clone(), other.clone())
+                } else {
+                    (other.clone(), id.clone())
+                };
                 let e = pairs.entry(pair).or_insert((0.0, BTreeSet::new()));
                 e.0 = f64::max(e.0, w);
                 e.1.insert(reason);
@@ -107,7 +115,10 @@ pub(crate) async fn detect_keys(tx: &mut Tx, keyed: Vec<(String, BTreeSet<String
         sql.bind_list(chunk.iter().map(|k| SqlValue::Text((*k).clone())));
         for row in sql.query().fetch_all(tx.conn()).await.db()? {
             let id: String = row.try_get("id").db()?;
-            let f = facts.entry(id).or_insert(Facts { birth_year: row.try_get("birth_year").db()?, states: BTreeSet::new() });
+            let f = facts.entry(id).or_insert(Facts {
+                birth_year: row.try_get("birth_year").db()?,
+                states: BTreeSet::new(),
+            });
             if let Some(s) = row.try_get::<Option<String>, _>("state").db()? {
                 f.states.insert(s);
             }
@@ -159,7 +170,8 @@ pub(crate) async fn detect_keys(tx: &mut Tx, keyed: Vec<(String, BTreeSet<String
     Ok(())
 }
 
-const CANDIDATE_COLUMNS: &str = "d.id, d.person_id, d.other_person_id, d.score, d.reasons, d.state, \
+const CANDIDATE_COLUMNS: &str =
+    "d.id, d.person_id, d.other_person_id, d.score, d.reasons, d.state, \
     d.surviving_person_id, d.review_reason, d.version, d.create_time, d.update_time";
 
 fn candidate_from_row(row: &sqlx::any::AnyRow) -> Result<DuplicateCandidate> {
@@ -192,8 +204,15 @@ fn visible(scope: &Scope) -> Sql {
 
 impl Store {
     /// Candidates in scope, newest first, after the `before` id.
-    pub async fn list_candidates(&self, scope: &Scope, filter: Option<&Sql>, before: Option<&str>, limit: i64) -> Result<Vec<DuplicateCandidate>> {
-        let mut sql = Sql::new(format!("SELECT {CANDIDATE_COLUMNS} FROM duplicate_candidates d WHERE "));
+    pub async fn list_candidates(
+        &self,
+        scope: &Scope,
+        filter: Option<&Sql>,
+        before: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<DuplicateCandidate>> {
+        let mut sql =
+            Sql::new(format!("SELECT {CANDIDATE_COLUMNS} FROM duplicate_candidates d WHERE "));
         sql.append(&visible(scope));
         if let Some(f) = filter {
             sql.push(" AND ").append(f);
@@ -218,7 +237,9 @@ impl Store {
     ) -> Result<DuplicateCandidate> {
         let scope = principal.scope();
         let mut tx = self.db.begin().await?;
-        let mut sql = Sql::new(format!("SELECT {CANDIDATE_COLUMNS} FROM duplicate_candidates d WHERE d.id = "));
+        let mut sql = Sql::new(format!(
+            "SELECT {CANDIDATE_COLUMNS} FROM duplicate_candidates d WHERE d.id = "
+        ));
         sql.bind_text(id).push(" AND ").append(&visible(&scope));
         let row = sql.query().fetch_optional(tx.conn()).await.db()?;
         let mut c = match row {
@@ -227,17 +248,24 @@ impl Store {
         };
         if let Some(v) = expected_version {
             if v != c.version {
-                return Err(Error::Aborted(format!("etag mismatch: duplicateCandidates/{id} is at \"{}\"", c.version)));
+                return Err(Error::Aborted(format!(
+                    "etag mismatch: duplicateCandidates/{id} is at \"{}\"",
+                    c.version
+                )));
             }
         }
         let allowed = matches!(
             (c.state, to),
-            (DuplicateState::Open, DuplicateState::Invalid | DuplicateState::Merged) | (DuplicateState::Merged, DuplicateState::Open)
+            (DuplicateState::Open, DuplicateState::Invalid | DuplicateState::Merged)
+                | (DuplicateState::Merged, DuplicateState::Open)
         );
         if !allowed {
             return Err(Error::FailedPrecondition {
                 reason: "INVALID_DUPLICATE_TRANSITION",
-                message: format!("duplicateCandidates/{id} is {}; it cannot become {}", c.state, to),
+                message: format!(
+                    "duplicateCandidates/{id} is {}; it cannot become {}",
+                    c.state, to
+                ),
             });
         }
         let now = now_micros();
@@ -258,14 +286,22 @@ impl Store {
                 if !dup.merged_into.is_empty() {
                     return Err(Error::FailedPrecondition {
                         reason: "ALREADY_MERGED",
-                        message: format!("{} is already merged into persons/{}", dup.name(), dup.merged_into),
+                        message: format!(
+                            "{} is already merged into persons/{}",
+                            dup.name(),
+                            dup.merged_into
+                        ),
                     });
                 }
                 set_merged_into(&mut tx, &scope, &duplicate, survivor, "person.merged").await?;
                 c.surviving_person_id = survivor.to_string();
             }
             DuplicateState::Open => {
-                let duplicate = if c.surviving_person_id == c.person_id { c.other_person_id.clone() } else { c.person_id.clone() };
+                let duplicate = if c.surviving_person_id == c.person_id {
+                    c.other_person_id.clone()
+                } else {
+                    c.person_id.clone()
+                };
                 set_merged_into(&mut tx, &scope, &duplicate, "", "person.unmerged").await?;
                 c.surviving_person_id.clear();
             }
@@ -292,19 +328,27 @@ impl Store {
     }
 }
 
-async fn set_merged_into(tx: &mut Tx, scope: &Scope, id: &str, into: &str, event: &'static str) -> Result<()> {
+async fn set_merged_into(
+    tx: &mut Tx,
+    scope: &Scope,
+    id: &str,
+    into: &str,
+    event: &'static str,
+) -> Result<()> {
     let mut p = fetch_person(tx.conn(), scope, id).await?;
     p.merged_into = into.to_string();
     p.version += 1;
     p.update_time = now_micros();
-    sqlx::query("UPDATE persons SET merged_into = $1, version = $2, update_time = $3 WHERE id = $4")
-        .bind(&p.merged_into)
-        .bind(p.version)
-        .bind(p.update_time)
-        .bind(&p.id)
-        .execute(tx.conn())
-        .await
-        .db()?;
+    sqlx::query(
+        "UPDATE persons SET merged_into = $1, version = $2, update_time = $3 WHERE id = $4",
+    )
+    .bind(&p.merged_into)
+    .bind(p.version)
+    .bind(p.update_time)
+    .bind(&p.id)
+    .execute(tx.conn())
+    .await
+    .db()?;
     outbox::append(tx, events::person(event, &p)).await?;
     Ok(())
 }

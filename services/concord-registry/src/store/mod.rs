@@ -35,7 +35,8 @@ pub struct Store {
 }
 
 /// Columns of `persons` read into a [`Person`], prefixed with `p.`.
-const PERSON_COLUMNS: &str = "p.id, p.doc, p.custody_status, p.facility_id, p.section_id, p.merged_into, \
+const PERSON_COLUMNS: &str =
+    "p.id, p.doc, p.custody_status, p.facility_id, p.section_id, p.merged_into, \
      p.receiving_state, p.disposition, p.version, p.create_time, p.update_time";
 
 impl Store {

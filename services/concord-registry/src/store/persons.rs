@@ -1,8 +1,6 @@
 //! Creating, reading, listing and updating people. Creation is batched: a single create is a
 //! batch of one, and an import sends hundreds of rows per statement.
 
-use std::collections::HashMap;
-
 use concord_platform::auth::{Principal, Scope};
 use concord_platform::error::{Error, Result};
 use concord_platform::idempotency;
@@ -28,7 +26,7 @@ pub struct NewPerson {
 #[derive(Debug)]
 pub enum InsertOutcome {
     /// Stored now.
-    Created(Person),
+    Created(Box<Person>),
     /// Stored by an earlier call with the same request id: its resource name.
     Replayed(String),
     /// Refused (a request id reused for a different request).
@@ -38,51 +36,94 @@ pub enum InsertOutcome {
 impl Store {
     /// Creates people in one transaction, runs duplicate detection on them, and appends one
     /// outbox event each.
-    pub async fn insert_persons(&self, principal: &Principal, rows: Vec<NewPerson>, method: &str) -> Result<Vec<InsertOutcome>> {
-        let mut tx = self.db.begin().await?;
-        let mut outcomes = Vec::with_capacity(rows.len());
-        let mut to_create: Vec<(usize, Person, Option<String>)> = Vec::new();
+    pub async fn insert_persons(
+        &self,
+        principal: &Principal,
+        rows: Vec<NewPerson>,
+        method: &str,
+    ) -> Result<Vec<InsertOutcome>> {
         let now = now_micros();
-        // Claim request ids first: a retried row finds its earlier result.
-        let claimed = claim_all(&mut tx, principal, &rows, method).await?;
-        for (i, row) in rows.into_iter().enumerate() {
-            match claimed.get(&i) {
-                Some(Err(e)) => outcomes.push(Some(InsertOutcome::Rejected(clone_error(e)))),
-                Some(Ok(Some(name))) => outcomes.push(Some(InsertOutcome::Replayed(name.clone()))),
-                _ => {
-                    let person = Person {
-                        id: uuid::Uuid::now_v7().to_string(),
-                        data: row.data,
-                        custody_status: CustodyStatus::Registered,
-                        facility_id: String::new(),
-                        section_id: String::new(),
-                        merged_into: String::new(),
-                        receiving_state: String::new(),
-                        disposition: None,
-                        create_time: now,
-                        update_time: now,
-                        version: 1,
-                    };
-                    to_create.push((i, person, row.request_id.map(|r| r.0)));
-                    outcomes.push(None);
+        // Ids are drawn before the request ids are claimed, so a claim records its resource
+        // in the same statement and a retry finds it.
+        let ids: Vec<String> = rows.iter().map(|_| uuid::Uuid::now_v7().to_string()).collect();
+        let mut outcomes: Vec<Option<InsertOutcome>> = (0..rows.len()).map(|_| None).collect();
+        let mut claims: Vec<(String, String, String)> = Vec::new();
+        let mut claim_rows: Vec<usize> = Vec::new();
+        for (i, row) in rows.iter().enumerate() {
+            let Some((rid, fp)) = &row.request_id else { continue };
+            // The same request id twice in one batch: the second is a replay of the first.
+            if let Some(j) = claim_rows
+                .iter()
+                .copied()
+                .find(|j| rows[*j].request_id.as_ref().map(|r| &r.0) == Some(rid))
+            {
+                outcomes[i] = Some(if rows[j].request_id.as_ref().map(|r| &r.1) == Some(fp) {
+                    InsertOutcome::Replayed(format!("persons/{}", ids[j]))
+                } else {
+                    InsertOutcome::Rejected(Error::invalid(
+                        "request_id",
+                        format!("'{rid}' is used twice in this import for different rows"),
+                    ))
+                });
+                continue;
+            }
+            claims.push((rid.clone(), fp.clone(), format!("persons/{}", ids[i])));
+            claim_rows.push(i);
+        }
+        let mut tx = self.db.begin().await?;
+        let results = idempotency::claim_many(&mut tx, &principal.agency, method, &claims).await?;
+        for (i, r) in claim_rows.into_iter().zip(results) {
+            match r {
+                Ok(idempotency::Claim::New) => {}
+                Ok(idempotency::Claim::Replay(name)) => {
+                    outcomes[i] = Some(InsertOutcome::Replayed(name))
                 }
+                Err(e) => outcomes[i] = Some(InsertOutcome::Rejected(e)),
             }
         }
-        let persons: Vec<&Person> = to_create.iter().map(|(_, p, _)| p).collect();
+        let mut created = Vec::new();
+        for ((i, row), id) in rows.into_iter().enumerate().zip(ids) {
+            if outcomes[i].is_some() {
+                continue;
+            }
+            created.push((
+                i,
+                Person {
+                    id,
+                    data: row.data,
+                    custody_status: CustodyStatus::Registered,
+                    facility_id: String::new(),
+                    section_id: String::new(),
+                    merged_into: String::new(),
+                    receiving_state: String::new(),
+                    disposition: None,
+                    create_time: now,
+                    update_time: now,
+                    version: 1,
+                },
+            ));
+        }
+        let persons: Vec<&Person> = created.iter().map(|(_, p)| p).collect();
         write_person_rows(&mut tx, &persons).await?;
         write_index_rows(&mut tx, &persons).await?;
         super::duplicates::detect(&mut tx, &persons).await?;
-        let completions: Vec<(String, String)> = to_create
-            .iter()
-            .filter_map(|(_, p, rid)| rid.as_ref().map(|r| (r.clone(), p.name())))
-            .collect();
-        complete_all(&mut tx, principal, &completions).await?;
-        outbox::append_many(&mut tx, persons.iter().map(|p| events::person("person.created", p)).collect()).await?;
+        outbox::append_many(
+            &mut tx,
+            persons.iter().map(|p| events::person("person.created", p)).collect(),
+        )
+        .await?;
         tx.commit().await?;
-        for (i, p, _) in to_create {
-            outcomes[i] = Some(InsertOutcome::Created(p));
+        for (i, p) in created {
+            outcomes[i] = Some(InsertOutcome::Created(Box::new(p)));
         }
-        Ok(outcomes.into_iter().map(|o| o.unwrap_or(InsertOutcome::Rejected(Error::internal(anyhow::anyhow!("row without outcome"))))).collect())
+        Ok(outcomes
+            .into_iter()
+            .map(|o| {
+                o.unwrap_or_else(|| {
+                    InsertOutcome::Rejected(Error::internal(anyhow::anyhow!("row without outcome")))
+                })
+            })
+            .collect())
     }
 
     /// One person in the caller's scope.
@@ -91,7 +132,13 @@ impl Store {
     }
 
     /// People in scope matching `filter`, ordered by id (creation order), after `after`.
-    pub async fn list_persons(&self, scope: &Scope, filter: Option<&Sql>, after: Option<&str>, limit: i64) -> Result<Vec<Person>> {
+    pub async fn list_persons(
+        &self,
+        scope: &Scope,
+        filter: Option<&Sql>,
+        after: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<Person>> {
         let mut sql = Sql::new(format!("SELECT {PERSON_COLUMNS} FROM persons p WHERE "));
         sql.append(&scope_sql(scope, "p"));
         if let Some(f) = filter {
@@ -121,7 +168,9 @@ impl Store {
         let mut tx = self.db.begin().await?;
         let scope = principal.scope();
         if let Some((rid, fp)) = &request_id {
-            if let idempotency::Claim::Replay(_) = idempotency::claim(&mut tx, &principal.agency, rid, "UpdatePerson", fp).await? {
+            if let idempotency::Claim::Replay(_) =
+                idempotency::claim(&mut tx, &principal.agency, rid, "UpdatePerson", fp).await?
+            {
                 drop(tx);
                 return self.get_person(&scope, id).await;
             }
@@ -133,9 +182,15 @@ impl Store {
         person.update_time = now_micros();
         let mut sql = Sql::new("UPDATE persons SET ");
         push_person_columns(&mut sql, &person);
-        sql.push(" WHERE id = ").bind_text(&person.id).push(" AND version = ").bind_int(person.version - 1);
+        sql.push(" WHERE id = ")
+            .bind_text(&person.id)
+            .push(" AND version = ")
+            .bind_int(person.version - 1);
         if sql.query().execute(tx.conn()).await.db()?.rows_affected() != 1 {
-            return Err(Error::Aborted(format!("{} changed concurrently; read it again", person.name())));
+            return Err(Error::Aborted(format!(
+                "{} changed concurrently; read it again",
+                person.name()
+            )));
         }
         for table in ["person_nationalities", "person_name_keys", "person_match_keys"] {
             sqlx::query(&format!("DELETE FROM {table} WHERE person_id = $1"))
@@ -165,51 +220,6 @@ pub(crate) fn check_version(person: &Person, expected: Option<i64>) -> Result<()
         ))),
         _ => Ok(()),
     }
-}
-
-fn clone_error(e: &Error) -> Error {
-    match e {
-        Error::InvalidArgument(v) => Error::InvalidArgument(v.clone()),
-        other => Error::internal(anyhow::anyhow!("{other}")),
-    }
-}
-
-/// Claims every row's request id; per row index: `Ok(None)` new, `Ok(Some(name))` replay,
-/// `Err` reused for a different request. Rows without a request id are absent.
-async fn claim_all(
-    tx: &mut Tx,
-    principal: &Principal,
-    rows: &[NewPerson],
-    method: &str,
-) -> Result<HashMap<usize, Result<Option<String>>>> {
-    let mut out = HashMap::new();
-    for (i, row) in rows.iter().enumerate() {
-        if let Some((rid, fp)) = &row.request_id {
-            // The same request id twice in one batch: the second is a replay of the first.
-            if let Some(j) = rows[..i].iter().position(|r| r.request_id.as_ref().map(|x| &x.0) == Some(rid)) {
-                let same = rows[j].request_id.as_ref().map(|x| &x.1) == Some(fp);
-                out.insert(i, if same { Ok(Some(String::new())) } else {
-                    Err(Error::invalid("request_id", format!("'{rid}' is used twice in this import for different rows")))
-                });
-                continue;
-            }
-            let claim = idempotency::claim(tx, &principal.agency, rid, method, fp).await;
-            out.insert(i, match claim {
-                Ok(idempotency::Claim::New) => Ok(None),
-                Ok(idempotency::Claim::Replay(name)) => Ok(Some(name)),
-                Err(e @ Error::InvalidArgument(_)) => Err(e),
-                Err(e) => return Err(e),
-            });
-        }
-    }
-    Ok(out)
-}
-
-async fn complete_all(tx: &mut Tx, principal: &Principal, done: &[(String, String)]) -> Result<()> {
-    for (rid, name) in done {
-        idempotency::complete(tx, &principal.agency, rid, name).await?;
-    }
-    Ok(())
 }
 
 fn push_person_columns(sql: &mut Sql, p: &Person) {
@@ -288,7 +298,11 @@ pub(crate) async fn write_index_rows(tx: &mut Tx, persons: &[&Person]) -> Result
         for n in &p.data.names {
             for t in search_keys::tokens(&n.full_name) {
                 if seen.insert((t.skeleton.clone(), t.folded.clone())) {
-                    keys.push(vec![SqlValue::Text(t.skeleton), SqlValue::Text(p.id.clone()), SqlValue::Text(t.folded)]);
+                    keys.push(vec![
+                        SqlValue::Text(t.skeleton),
+                        SqlValue::Text(p.id.clone()),
+                        SqlValue::Text(t.folded),
+                    ]);
                 }
             }
         }

@@ -69,7 +69,9 @@ impl Store {
         let mut tx = self.db.begin().await?;
         if let Some((rid, fp)) = &request_id {
             let method = format!("Create{kind}");
-            if let idempotency::Claim::Replay(name) = idempotency::claim(&mut tx, &principal.agency, rid, &method, fp).await? {
+            if let idempotency::Claim::Replay(name) =
+                idempotency::claim(&mut tx, &principal.agency, rid, &method, fp).await?
+            {
                 drop(tx);
                 return self.get_record(&scope, &name).await;
             }
@@ -103,7 +105,11 @@ impl Store {
                 .execute(tx.conn())
                 .await
                 .db()?;
-            super::duplicates::detect_keys(&mut tx, vec![(person_id.to_string(), BTreeSet::from([key]))]).await?;
+            super::duplicates::detect_keys(
+                &mut tx,
+                vec![(person_id.to_string(), BTreeSet::from([key]))],
+            )
+            .await?;
         }
         if let Some((rid, _)) = &request_id {
             idempotency::complete(&mut tx, &principal.agency, rid, &rec.id).await?;
@@ -126,7 +132,12 @@ impl Store {
 
     /// Records of `kind` about a person in scope (either side, for relationships), oldest
     /// first. For relationships, the other side must be in scope too.
-    pub async fn list_records(&self, scope: &Scope, kind: RecordKind, person_id: &str) -> Result<Vec<Record>> {
+    pub async fn list_records(
+        &self,
+        scope: &Scope,
+        kind: RecordKind,
+        person_id: &str,
+    ) -> Result<Vec<Record>> {
         fetch_person(self.db.reader(), scope, person_id).await?;
         let rows = sqlx::query(
             "SELECT id, kind, person_id, other_person_id, body, create_time FROM person_records \
@@ -140,7 +151,8 @@ impl Store {
         let mut out = Vec::new();
         for r in &rows {
             let rec = record_from_row(r)?;
-            let other = if rec.person_id == person_id { &rec.other_person_id } else { &rec.person_id };
+            let other =
+                if rec.person_id == person_id { &rec.other_person_id } else { &rec.person_id };
             if !other.is_empty() && fetch_person(self.db.reader(), scope, other).await.is_err() {
                 continue;
             }
@@ -150,11 +162,19 @@ impl Store {
     }
 
     /// Creates a household; every member must be in scope.
-    pub async fn create_household(&self, principal: &Principal, head: &str, members: &[String], request_id: Option<(String, String)>) -> Result<Household> {
+    pub async fn create_household(
+        &self,
+        principal: &Principal,
+        head: &str,
+        members: &[String],
+        request_id: Option<(String, String)>,
+    ) -> Result<Household> {
         let scope = principal.scope();
         let mut tx = self.db.begin().await?;
         if let Some((rid, fp)) = &request_id {
-            if let idempotency::Claim::Replay(id) = idempotency::claim(&mut tx, &principal.agency, rid, "CreateHousehold", fp).await? {
+            if let idempotency::Claim::Replay(id) =
+                idempotency::claim(&mut tx, &principal.agency, rid, "CreateHousehold", fp).await?
+            {
                 drop(tx);
                 return self.get_household(&scope, &id).await;
             }
@@ -162,7 +182,12 @@ impl Store {
         for m in members {
             fetch_person(tx.conn(), &scope, m).await?;
         }
-        let h = Household { id: uuid::Uuid::now_v7().to_string(), head: head.to_string(), members: members.to_vec(), create_time: now_micros() };
+        let h = Household {
+            id: uuid::Uuid::now_v7().to_string(),
+            head: head.to_string(),
+            members: members.to_vec(),
+            create_time: now_micros(),
+        };
         sqlx::query("INSERT INTO households (id, head, create_time) VALUES ($1, $2, $3)")
             .bind(&h.id)
             .bind(&h.head)
@@ -194,15 +219,24 @@ impl Store {
             .await
             .db()?
             .ok_or_else(|| Error::NotFound(format!("households/{id}")))?;
-        let members: Vec<String> = sqlx::query_scalar("SELECT person_id FROM household_members WHERE household_id = $1 ORDER BY person_id")
-            .bind(id)
-            .fetch_all(self.db.reader())
-            .await
-            .db()?;
+        let members: Vec<String> = sqlx::query_scalar(
+            "SELECT person_id FROM household_members WHERE household_id = $1 ORDER BY person_id",
+        )
+        .bind(id)
+        .fetch_all(self.db.reader())
+        .await
+        .db()?;
         for m in &members {
-            fetch_person(self.db.reader(), scope, m).await.map_err(|_| Error::NotFound(format!("households/{id}")))?;
+            fetch_person(self.db.reader(), scope, m)
+                .await
+                .map_err(|_| Error::NotFound(format!("households/{id}")))?;
         }
-        Ok(Household { id: row.try_get("id").db()?, head: row.try_get("head").db()?, members, create_time: row.try_get("create_time").db()? })
+        Ok(Household {
+            id: row.try_get("id").db()?,
+            head: row.try_get("head").db()?,
+            members,
+            create_time: row.try_get("create_time").db()?,
+        })
     }
 }
 
@@ -211,7 +245,8 @@ fn record_from_row(r: &sqlx::any::AnyRow) -> Result<Record> {
     let body: String = r.try_get("body").db()?;
     Ok(Record {
         id: r.try_get("id").db()?,
-        kind: RecordKind::parse(&kind).ok_or_else(|| Error::internal(anyhow::anyhow!("stored record kind '{kind}'")))?,
+        kind: RecordKind::parse(&kind)
+            .ok_or_else(|| Error::internal(anyhow::anyhow!("stored record kind '{kind}'")))?,
         person_id: r.try_get("person_id").db()?,
         other_person_id: r.try_get("other_person_id").db()?,
         body: STANDARD.decode(body).map_err(Error::internal)?,
