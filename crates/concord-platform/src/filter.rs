@@ -436,7 +436,7 @@ mod tests {
             ("birth_year = soon", "integer"),
             ("(birth_year = 1", "expected ')'"),
             ("birth_year = 1)", "unexpected ')'"),
-            ("nationality > \"FR\"", "= and !="),
+            ("nationality > \"FR\"", "use = or !="),
             ("name = \"abc", "unterminated"),
         ] {
             let err = sql(f).expect_err(f).to_string();

@@ -107,20 +107,20 @@ pub async fn claim_many(
         &rows,
         "ON CONFLICT (agency, request_id) DO NOTHING RETURNING request_id",
     ) {
-        let ids: Vec<String> = stmt.query_scalar().fetch_all(tx.conn()).await.db()?;
+        let ids: Vec<String> = stmt.query_scalar(tx.dialect()).fetch_all(tx.conn()).await.db()?;
         claimed.extend(ids);
     }
     let taken: Vec<&String> =
         requests.iter().map(|r| &r.0).filter(|rid| !claimed.contains(*rid)).collect();
     let mut earlier: HashMap<String, (String, String, String)> = HashMap::new();
-    for chunk in taken.chunks(5000) {
+    for chunk in taken.chunks(crate::sql::MAX_IN_LIST) {
         let mut sql = Sql::new(
             "SELECT request_id, method, fingerprint, resource_name FROM idempotency_keys WHERE agency = ",
         );
         sql.bind_text(agency).push(" AND request_id IN ");
         sql.bind_list(chunk.iter().map(|r| SqlValue::Text((*r).clone())));
         let found: Vec<(String, String, String, String)> =
-            sql.query_as().fetch_all(tx.conn()).await.db()?;
+            sql.query_as(tx.dialect()).fetch_all(tx.conn()).await.db()?;
         for (rid, m, f, name) in found {
             earlier.insert(rid, (m, f, name));
         }

@@ -102,7 +102,7 @@ pub async fn append_many(tx: &mut Tx, events: Vec<NewEvent>) -> Result<()> {
         &rows,
         "RETURNING seq",
     ) {
-        let seqs: Vec<i64> = stmt.query_scalar().fetch_all(tx.conn()).await.db()?;
+        let seqs: Vec<i64> = stmt.query_scalar(tx.dialect()).fetch_all(tx.conn()).await.db()?;
         last = last.max(seqs.into_iter().max().unwrap_or(0));
     }
     tx.note_outbox(last);
@@ -214,7 +214,7 @@ pub async fn watch(
                     sql.push(")");
                 }
                 sql.push(" ORDER BY seq LIMIT ").bind_int(tuning.batch);
-                let rows = sql.query().fetch_all(db.reader()).await.db()?;
+                let rows = sql.query(db.dialect()).fetch_all(db.reader()).await.db()?;
                 let full = rows.len() as i64 == tuning.batch;
                 for row in rows {
                     let seq: i64 = row.try_get("seq").db()?;

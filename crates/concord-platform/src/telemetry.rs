@@ -57,12 +57,13 @@ pub fn init(service: &str, cfg: &TelemetryConfig) -> anyhow::Result<TelemetryGua
     let otel = tracing_opentelemetry::layer().with_tracer(tracer).with_filter(LevelFilter::INFO);
     let registry = tracing_subscriber::registry().with(otel);
     let installed = match cfg.log_format {
-        LogFormat::Human => {
-            registry.with(tracing_subscriber::fmt::layer().with_filter(filter)).try_init()
-        }
+        LogFormat::Human => registry
+            .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_filter(filter))
+            .try_init(),
         LogFormat::Json => registry
             .with(
                 tracing_subscriber::fmt::layer()
+                    .with_writer(std::io::stderr)
                     .json()
                     .flatten_event(true)
                     .with_current_span(true)

@@ -143,6 +143,9 @@ impl tower::Service<http::Request<tonic::body::Body>> for Echo {
 }
 
 async fn serve(url: String) -> anyhow::Result<()> {
+    let log_filter = std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into());
+    let telemetry = concord_platform::config::TelemetryConfig { log_filter, ..Default::default() };
+    let _guard = concord_platform::telemetry::init("concord-bench", &telemetry)?;
     let (_trigger, shutdown) = Shutdown::new();
     let cfg = concord_platform::config::ServerConfig::default();
     let (svc, _db) = concord_registry::build(&url, &cfg, shutdown.clone()).await?;
@@ -157,7 +160,7 @@ async fn serve(url: String) -> anyhow::Result<()> {
     });
     let bare = tonic::transport::Server::builder()
         .add_service(Echo::default())
-        .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(echo));
+        .serve_with_incoming(concord_platform::server::incoming(echo));
     tokio::select! {
         r = reg => r??,
         r = bare => r?,

@@ -32,7 +32,7 @@ impl Store {
                 return self.get_person(&scope, &req.person_id).await;
             }
         }
-        let mut person = fetch_person(tx.conn(), &scope, &req.person_id).await?;
+        let mut person = fetch_person(tx.dialect(), tx.conn(), &scope, &req.person_id).await?;
         check_version(&person, req.expected_version)?;
         let from = person.custody_status;
         let Some(to) = req.transition.apply(from) else {
@@ -130,7 +130,7 @@ impl Store {
         after: Option<&str>,
         limit: i64,
     ) -> Result<Vec<CustodyEvent>> {
-        fetch_person(self.db.reader(), scope, person_id).await?;
+        fetch_person(self.db.dialect(), self.db.reader(), scope, person_id).await?;
         let rows = sqlx::query(
             "SELECT id, person_id, from_status, to_status, facility_id, reason, source, reference, occur_time, record_time, recorded_by \
              FROM custody_events WHERE person_id = $1 AND id > $2 ORDER BY id LIMIT $3",

@@ -70,11 +70,11 @@ pub(crate) async fn detect_keys(tx: &mut Tx, keyed: Vec<(String, BTreeSet<String
     // key -> people holding it (the batch's own rows included).
     let mut holders: HashMap<String, Vec<String>> = HashMap::new();
     let keys: Vec<&String> = all_keys.into_iter().collect();
-    for chunk in keys.chunks(5000) {
+    for chunk in keys.chunks(concord_platform::sql::MAX_IN_LIST) {
         let mut sql =
             Sql::new("SELECT match_key, person_id FROM person_match_keys WHERE match_key IN ");
         sql.bind_list(chunk.iter().map(|k| SqlValue::Text((*k).clone())));
-        for row in sql.query().fetch_all(tx.conn()).await.db()? {
+        for row in sql.query(tx.dialect()).fetch_all(tx.conn()).await.db()? {
             holders
                 .entry(row.try_get("match_key").db()?)
                 .or_default()
@@ -108,12 +108,12 @@ pub(crate) async fn detect_keys(tx: &mut Tx, keyed: Vec<(String, BTreeSet<String
     let ids: BTreeSet<&String> = pairs.keys().flat_map(|(a, b)| [a, b]).collect();
     let mut facts: HashMap<String, Facts> = HashMap::new();
     let id_list: Vec<&String> = ids.into_iter().collect();
-    for chunk in id_list.chunks(5000) {
+    for chunk in id_list.chunks(concord_platform::sql::MAX_IN_LIST) {
         let mut sql = Sql::new(
             "SELECT p.id, p.birth_year, n.state FROM persons p LEFT JOIN person_nationalities n ON n.person_id = p.id WHERE p.id IN ",
         );
         sql.bind_list(chunk.iter().map(|k| SqlValue::Text((*k).clone())));
-        for row in sql.query().fetch_all(tx.conn()).await.db()? {
+        for row in sql.query(tx.dialect()).fetch_all(tx.conn()).await.db()? {
             let id: String = row.try_get("id").db()?;
             let f = facts.entry(id).or_insert(Facts {
                 birth_year: row.try_get("birth_year").db()?,
@@ -165,7 +165,7 @@ pub(crate) async fn detect_keys(tx: &mut Tx, keyed: Vec<(String, BTreeSet<String
         &rows,
         "ON CONFLICT (person_id, other_person_id) DO NOTHING",
     ) {
-        stmt.query().execute(tx.conn()).await.db()?;
+        stmt.query(tx.dialect()).execute(tx.conn()).await.db()?;
     }
     Ok(())
 }
@@ -221,7 +221,13 @@ impl Store {
             sql.push(" AND d.id < ").bind_text(b);
         }
         sql.push(" ORDER BY d.id DESC LIMIT ").bind_int(limit);
-        sql.query().fetch_all(self.db.reader()).await.db()?.iter().map(candidate_from_row).collect()
+        sql.query(self.db.dialect())
+            .fetch_all(self.db.reader())
+            .await
+            .db()?
+            .iter()
+            .map(candidate_from_row)
+            .collect()
     }
 
     /// Applies a review decision: `Invalid`, `Merged` (with the survivor) or back to `Open`
@@ -241,7 +247,7 @@ impl Store {
             "SELECT {CANDIDATE_COLUMNS} FROM duplicate_candidates d WHERE d.id = "
         ));
         sql.bind_text(id).push(" AND ").append(&visible(&scope));
-        let row = sql.query().fetch_optional(tx.conn()).await.db()?;
+        let row = sql.query(tx.dialect()).fetch_optional(tx.conn()).await.db()?;
         let mut c = match row {
             Some(r) => candidate_from_row(&r)?,
             None => return Err(Error::NotFound(format!("duplicateCandidates/{id}"))),
@@ -282,7 +288,7 @@ impl Store {
                         format!("must be persons/{} or persons/{}", c.person_id, c.other_person_id),
                     ));
                 };
-                let dup = fetch_person(tx.conn(), &scope, &duplicate).await?;
+                let dup = fetch_person(tx.dialect(), tx.conn(), &scope, &duplicate).await?;
                 if !dup.merged_into.is_empty() {
                     return Err(Error::FailedPrecondition {
                         reason: "ALREADY_MERGED",
@@ -335,7 +341,7 @@ async fn set_merged_into(
     into: &str,
     event: &'static str,
 ) -> Result<()> {
-    let mut p = fetch_person(tx.conn(), scope, id).await?;
+    let mut p = fetch_person(tx.dialect(), tx.conn(), scope, id).await?;
     p.merged_into = into.to_string();
     p.version += 1;
     p.update_time = now_micros();

@@ -16,7 +16,7 @@ pub use search::SearchHit;
 use concord_platform::auth::Scope;
 use concord_platform::error::{Error, Result};
 use concord_platform::sql::{Sql, SqlValue};
-use concord_platform::storage::{Db, Migrations, SqlxResultExt};
+use concord_platform::storage::{Db, Dialect, Migrations, SqlxResultExt};
 use sqlx::any::AnyRow;
 use sqlx::Row;
 
@@ -88,13 +88,18 @@ pub(crate) fn person_from_row(row: &AnyRow) -> Result<Person> {
 }
 
 /// Fetches one person inside the scope, in a transaction or not.
-pub(crate) async fn fetch_person<'c, E>(exec: E, scope: &Scope, id: &str) -> Result<Person>
+pub(crate) async fn fetch_person<'c, E>(
+    dialect: Dialect,
+    exec: E,
+    scope: &Scope,
+    id: &str,
+) -> Result<Person>
 where
     E: sqlx::Executor<'c, Database = sqlx::Any>,
 {
     let mut sql = Sql::new(format!("SELECT {PERSON_COLUMNS} FROM persons p WHERE p.id = "));
     sql.bind_text(id).push(" AND ").append(&scope_sql(scope, "p"));
-    let row = sql.query().fetch_optional(exec).await.db()?;
+    let row = sql.query(dialect).fetch_optional(exec).await.db()?;
     match row {
         Some(r) => person_from_row(&r),
         None => Err(Error::NotFound(format!("persons/{id}"))),

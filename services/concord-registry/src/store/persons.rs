@@ -128,7 +128,7 @@ impl Store {
 
     /// One person in the caller's scope.
     pub async fn get_person(&self, scope: &Scope, id: &str) -> Result<Person> {
-        fetch_person(self.db.reader(), scope, id).await
+        fetch_person(self.db.dialect(), self.db.reader(), scope, id).await
     }
 
     /// People in scope matching `filter`, ordered by id (creation order), after `after`.
@@ -148,7 +148,7 @@ impl Store {
             sql.push(" AND p.id > ").bind_text(a);
         }
         sql.push(" ORDER BY p.id LIMIT ").bind_int(limit);
-        let rows = sql.query().fetch_all(self.db.reader()).await.db()?;
+        let rows = sql.query(self.db.dialect()).fetch_all(self.db.reader()).await.db()?;
         rows.iter().map(person_from_row).collect()
     }
 
@@ -175,7 +175,7 @@ impl Store {
                 return self.get_person(&scope, id).await;
             }
         }
-        let mut person = fetch_person(tx.conn(), &scope, id).await?;
+        let mut person = fetch_person(tx.dialect(), tx.conn(), &scope, id).await?;
         check_version(&person, expected_version)?;
         person.data = change(&person.data)?;
         person.version += 1;
@@ -186,7 +186,7 @@ impl Store {
             .bind_text(&person.id)
             .push(" AND version = ")
             .bind_int(person.version - 1);
-        if sql.query().execute(tx.conn()).await.db()?.rows_affected() != 1 {
+        if sql.query(tx.dialect()).execute(tx.conn()).await.db()?.rows_affected() != 1 {
             return Err(Error::Aborted(format!(
                 "{} changed concurrently; read it again",
                 person.name()
@@ -279,7 +279,7 @@ async fn write_person_rows(tx: &mut Tx, persons: &[&Person]) -> Result<()> {
         &rows,
         "",
     ) {
-        stmt.query().execute(tx.conn()).await.db()?;
+        stmt.query(tx.dialect()).execute(tx.conn()).await.db()?;
     }
     Ok(())
 }
@@ -320,7 +320,7 @@ pub(crate) async fn write_index_rows(tx: &mut Tx, persons: &[&Person]) -> Result
             continue;
         }
         for stmt in insert_rows(head, &rows, "ON CONFLICT DO NOTHING") {
-            stmt.query().execute(tx.conn()).await.db()?;
+            stmt.query(tx.dialect()).execute(tx.conn()).await.db()?;
         }
     }
     Ok(())

@@ -76,9 +76,9 @@ impl Store {
                 return self.get_record(&scope, &name).await;
             }
         }
-        fetch_person(tx.conn(), &scope, person_id).await?;
+        fetch_person(tx.dialect(), tx.conn(), &scope, person_id).await?;
         if !other_person_id.is_empty() {
-            fetch_person(tx.conn(), &scope, other_person_id).await?;
+            fetch_person(tx.dialect(), tx.conn(), &scope, other_person_id).await?;
         }
         let rec = Record {
             id: uuid::Uuid::now_v7().to_string(),
@@ -126,7 +126,7 @@ impl Store {
             .db()?
             .ok_or_else(|| Error::NotFound(format!("record {id}")))?;
         let rec = record_from_row(&row)?;
-        fetch_person(self.db.reader(), scope, &rec.person_id).await?;
+        fetch_person(self.db.dialect(), self.db.reader(), scope, &rec.person_id).await?;
         Ok(rec)
     }
 
@@ -138,7 +138,7 @@ impl Store {
         kind: RecordKind,
         person_id: &str,
     ) -> Result<Vec<Record>> {
-        fetch_person(self.db.reader(), scope, person_id).await?;
+        fetch_person(self.db.dialect(), self.db.reader(), scope, person_id).await?;
         let rows = sqlx::query(
             "SELECT id, kind, person_id, other_person_id, body, create_time FROM person_records \
              WHERE kind = $1 AND (person_id = $2 OR other_person_id = $2) ORDER BY id LIMIT 1000",
@@ -153,7 +153,9 @@ impl Store {
             let rec = record_from_row(r)?;
             let other =
                 if rec.person_id == person_id { &rec.other_person_id } else { &rec.person_id };
-            if !other.is_empty() && fetch_person(self.db.reader(), scope, other).await.is_err() {
+            if !other.is_empty()
+                && fetch_person(self.db.dialect(), self.db.reader(), scope, other).await.is_err()
+            {
                 continue;
             }
             out.push(rec);
@@ -180,7 +182,7 @@ impl Store {
             }
         }
         for m in members {
-            fetch_person(tx.conn(), &scope, m).await?;
+            fetch_person(tx.dialect(), tx.conn(), &scope, m).await?;
         }
         let h = Household {
             id: uuid::Uuid::now_v7().to_string(),
@@ -227,7 +229,7 @@ impl Store {
         .await
         .db()?;
         for m in &members {
-            fetch_person(self.db.reader(), scope, m)
+            fetch_person(self.db.dialect(), self.db.reader(), scope, m)
                 .await
                 .map_err(|_| Error::NotFound(format!("households/{id}")))?;
         }

@@ -56,7 +56,7 @@ impl Store {
                 .push("))");
         }
         sql.push(" ORDER BY m.score DESC, p.id LIMIT ").bind_int(limit);
-        let rows = sql.query().fetch_all(self.db.reader()).await.db()?;
+        let rows = sql.query(self.db.dialect()).fetch_all(self.db.reader()).await.db()?;
         rows.iter()
             .map(|r| Ok(SearchHit { person: person_from_row(r)?, score: r.try_get("score").db()? }))
             .collect()
