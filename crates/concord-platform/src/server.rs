@@ -169,6 +169,10 @@ pub async fn serve(
         .timeout(cfg.request_timeout)
         .tcp_nodelay(true)
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
+        // Client streams (imports) would otherwise stall on the 64 KiB default window,
+        // waiting a round trip for each window update.
+        .initial_stream_window_size(Some(1024 * 1024))
+        .initial_connection_window_size(Some(4 * 1024 * 1024))
         .layer(layers)
         .add_routes(routes)
         .serve_with_incoming_shutdown(incoming(listener), signal);

@@ -9,9 +9,9 @@
 //! ```
 //!
 //! Scenarios, per backend: bulk import of synthetic people (people per second), then name
-//! search latency over them (p50, p99). Then, on the first backend, GetPerson throughput
-//! against a bare tonic server answering the same payload without storage or layers,
-//! interleaved over several rounds (median ratio and range).
+//! search latency over them (p50, p99), then GetPerson throughput against a bare tonic
+//! server answering the same payload without storage or layers, interleaved over several
+//! rounds (median ratio and range).
 
 use std::convert::Infallible;
 use std::io::{BufRead, BufReader};
@@ -372,7 +372,6 @@ async fn get_vs_echo(s: &Servers, args: &Args) -> anyhow::Result<()> {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
-    let mut first = true;
     for backend in args.backends.split(',').map(str::trim).filter(|b| !b.is_empty()) {
         let dir = tempfile::tempdir()?;
         let url = match backend {
@@ -399,10 +398,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
             p50.as_secs_f64() * 1e3,
             p99.as_secs_f64() * 1e3
         );
-        if first {
-            get_vs_echo(&servers, &args).await?;
-            first = false;
-        }
+        println!("[{backend}] GetPerson:");
+        get_vs_echo(&servers, &args).await?;
     }
     Ok(())
 }

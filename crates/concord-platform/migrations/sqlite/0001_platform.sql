@@ -20,4 +20,4 @@ CREATE TABLE idempotency_keys (
     resource_name TEXT NOT NULL,
     create_time BIGINT NOT NULL,
     PRIMARY KEY (agency, request_id)
-);
+) WITHOUT ROWID;

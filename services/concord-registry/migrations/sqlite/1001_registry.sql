@@ -28,7 +28,7 @@ CREATE TABLE person_nationalities (
     person_id TEXT NOT NULL REFERENCES persons (id),
     state TEXT NOT NULL,
     PRIMARY KEY (person_id, state)
-);
+) WITHOUT ROWID;
 CREATE INDEX person_nationalities_state ON person_nationalities (state, person_id);
 
 -- Transliteration-tolerant search keys, one row per name token.
@@ -37,7 +37,7 @@ CREATE TABLE person_name_keys (
     person_id TEXT NOT NULL REFERENCES persons (id),
     folded TEXT NOT NULL,
     PRIMARY KEY (skeleton, person_id, folded)
-);
+) WITHOUT ROWID;
 CREATE INDEX person_name_keys_person ON person_name_keys (person_id);
 
 -- Exact-lookup keys for duplicate detection: name signatures, documents, biometrics.
@@ -45,7 +45,7 @@ CREATE TABLE person_match_keys (
     match_key TEXT NOT NULL,
     person_id TEXT NOT NULL REFERENCES persons (id),
     PRIMARY KEY (match_key, person_id)
-);
+) WITHOUT ROWID;
 CREATE INDEX person_match_keys_person ON person_match_keys (person_id);
 
 CREATE TABLE custody_events (
@@ -100,4 +100,4 @@ CREATE TABLE household_members (
     household_id TEXT NOT NULL REFERENCES households (id),
     person_id TEXT NOT NULL REFERENCES persons (id),
     PRIMARY KEY (household_id, person_id)
-);
+) WITHOUT ROWID;

@@ -30,6 +30,10 @@ pub const DOMAIN: &str = "registry.concord";
 /// Rows per transaction in an import.
 const IMPORT_BATCH: usize = 1000;
 
+/// Row errors listed in one import response; the rest are counted, so the response stays
+/// under the message size cap whatever the caller sends.
+const MAX_IMPORT_ERRORS: usize = 1000;
+
 /// Fields of people callers may filter on (AIP-160).
 const PERSON_FILTER: &[Field] = &[
     Field { name: "category", sql: "p.category", ty: FieldType::Enum { prefix: "PERSON_CATEGORY_", values: Category::NAMES }, equality_only: true },
@@ -122,7 +126,6 @@ type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::WatchChangesResponse, St
 
 #[tonic::async_trait]
 impl RegistryService for Registry {
-    #[tracing::instrument(skip_all)]
     async fn create_person(
         &self,
         req: Request<pb::CreatePersonRequest>,
@@ -150,7 +153,6 @@ impl RegistryService for Registry {
         }
     }
 
-    #[tracing::instrument(skip_all)]
     async fn get_person(
         &self,
         req: Request<pb::GetPersonRequest>,
@@ -161,7 +163,6 @@ impl RegistryService for Registry {
         Ok(Response::new(convert::person_out(&p)))
     }
 
-    #[tracing::instrument(skip_all)]
     async fn list_persons(
         &self,
         req: Request<pb::ListPersonsRequest>,
@@ -189,7 +190,6 @@ impl RegistryService for Registry {
         }))
     }
 
-    #[tracing::instrument(skip_all)]
     async fn update_person(
         &self,
         req: Request<pb::UpdatePersonRequest>,
@@ -271,7 +271,6 @@ impl RegistryService for Registry {
         Ok(Response::new(convert::person_out(&p)))
     }
 
-    #[tracing::instrument(skip_all)]
     async fn search_persons(
         &self,
         req: Request<pb::SearchPersonsRequest>,
@@ -328,69 +327,77 @@ impl RegistryService for Registry {
         Ok(Response::new(pb::SearchPersonsResponse { results, next_page_token: next }))
     }
 
-    #[tracing::instrument(skip_all)]
     async fn import_persons(
         &self,
         req: Request<Streaming<pb::ImportPersonsRequest>>,
     ) -> Result<Response<pb::ImportPersonsResponse>, Status> {
         let principal = principal(&req)?;
         let mut stream = req.into_inner();
-        let mut resp = pb::ImportPersonsResponse::default();
-        let mut batch: Vec<(i64, NewPerson)> = Vec::with_capacity(IMPORT_BATCH);
-        let mut index: i64 = 0;
-        loop {
-            let next = stream.next().await;
-            let done = next.is_none();
-            if let Some(row) = next {
+        // A reader task decodes and validates rows while the previous batch is being written,
+        // so neither the network nor the database waits for the other.
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<(i64, NewPerson)>>(2);
+        let reader = tokio::spawn(async move {
+            let mut errors = Vec::new();
+            let mut batch = Vec::with_capacity(IMPORT_BATCH);
+            let mut index: i64 = 0;
+            while let Some(row) = stream.next().await {
                 let row = row?;
                 let i = index;
                 index += 1;
                 match parse_import_row(&row) {
                     Ok(np) => batch.push((i, np)),
                     Err(Error::InvalidArgument(violations)) => {
-                        for fv in violations {
-                            resp.errors.push(pb::ImportRowError {
-                                index: i,
-                                field: fv.field,
-                                description: fv.description,
-                            });
-                        }
+                        errors.extend(violations.into_iter().map(|fv| row_error(i, fv)))
                     }
                     Err(e) => return Err(st(e)),
                 }
-            }
-            if batch.len() >= IMPORT_BATCH || (done && !batch.is_empty()) {
-                let (indexes, rows): (Vec<i64>, Vec<NewPerson>) =
-                    std::mem::take(&mut batch).into_iter().unzip();
-                let outcomes = self
-                    .store
-                    .insert_persons(&principal, rows, "ImportPersons")
-                    .await
-                    .map_err(st)?;
-                for (i, o) in indexes.into_iter().zip(outcomes) {
-                    match o {
-                        InsertOutcome::Created(_) => resp.created_count += 1,
-                        InsertOutcome::Replayed(_) => resp.already_present_count += 1,
-                        InsertOutcome::Rejected(Error::InvalidArgument(vs)) => {
-                            for fv in vs {
-                                resp.errors.push(pb::ImportRowError {
-                                    index: i,
-                                    field: fv.field,
-                                    description: fv.description,
-                                });
-                            }
-                        }
-                        InsertOutcome::Rejected(e) => resp.errors.push(pb::ImportRowError {
-                            index: i,
-                            field: String::new(),
-                            description: e.to_string(),
-                        }),
-                    }
+                if batch.len() >= IMPORT_BATCH
+                    && tx
+                        .send(std::mem::replace(&mut batch, Vec::with_capacity(IMPORT_BATCH)))
+                        .await
+                        .is_err()
+                {
+                    break;
                 }
             }
-            if done {
-                break;
+            if !batch.is_empty() {
+                let _ = tx.send(batch).await;
             }
+            Ok::<_, Status>(errors)
+        });
+        let mut resp = pb::ImportPersonsResponse::default();
+        while let Some(batch) = rx.recv().await {
+            let (indexes, rows): (Vec<i64>, Vec<NewPerson>) = batch.into_iter().unzip();
+            let outcomes =
+                self.store.insert_persons(&principal, rows, "ImportPersons").await.map_err(st)?;
+            for (i, o) in indexes.into_iter().zip(outcomes) {
+                match o {
+                    InsertOutcome::Created(_) => resp.created_count += 1,
+                    InsertOutcome::Replayed(_) => resp.already_present_count += 1,
+                    InsertOutcome::Rejected(Error::InvalidArgument(vs)) => {
+                        resp.errors.extend(vs.into_iter().map(|fv| row_error(i, fv)))
+                    }
+                    InsertOutcome::Rejected(e) => resp.errors.push(pb::ImportRowError {
+                        index: i,
+                        field: String::new(),
+                        description: e.to_string(),
+                    }),
+                }
+            }
+        }
+        let parse_errors = reader.await.map_err(|e| st(Error::internal(e)))??;
+        resp.errors.extend(parse_errors);
+        resp.errors.sort_by_key(|e| e.index);
+        if resp.errors.len() > MAX_IMPORT_ERRORS {
+            let more = resp.errors.len() - MAX_IMPORT_ERRORS;
+            resp.errors.truncate(MAX_IMPORT_ERRORS);
+            resp.errors.push(pb::ImportRowError {
+                index: -1,
+                field: String::new(),
+                description: format!(
+                    "{more} more rows were rejected; fix the rows above and retry the import"
+                ),
+            });
         }
         tracing::info!(
             created = resp.created_count,
@@ -1044,6 +1051,10 @@ fn parse_import_row(row: &pb::ImportPersonsRequest) -> Result<NewPerson> {
         return Err(Error::invalid("person", "is required"));
     };
     Ok(NewPerson { data, request_id: rid })
+}
+
+fn row_error(index: i64, fv: concord_platform::FieldViolation) -> pb::ImportRowError {
+    pb::ImportRowError { index, field: fv.field, description: fv.description }
 }
 
 fn relationship_out(rec: &crate::store::Record) -> Result<pb::Relationship, Status> {

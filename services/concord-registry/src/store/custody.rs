@@ -119,6 +119,7 @@ impl Store {
         }
         outbox::append(&mut tx, events::person("person.custody_changed", &person)).await?;
         tx.commit().await?;
+        self.cached(&person);
         Ok(person)
     }
 

@@ -275,6 +275,7 @@ impl Store {
             });
         }
         let now = now_micros();
+        let mut changed = None;
         match to {
             DuplicateState::Merged => {
                 let survivor = surviving.unwrap_or_default();
@@ -299,7 +300,9 @@ impl Store {
                         ),
                     });
                 }
-                set_merged_into(&mut tx, &scope, &duplicate, survivor, "person.merged").await?;
+                changed = Some(
+                    set_merged_into(&mut tx, &scope, &duplicate, survivor, "person.merged").await?,
+                );
                 c.surviving_person_id = survivor.to_string();
             }
             DuplicateState::Open => {
@@ -308,7 +311,9 @@ impl Store {
                 } else {
                     c.person_id.clone()
                 };
-                set_merged_into(&mut tx, &scope, &duplicate, "", "person.unmerged").await?;
+                changed = Some(
+                    set_merged_into(&mut tx, &scope, &duplicate, "", "person.unmerged").await?,
+                );
                 c.surviving_person_id.clear();
             }
             DuplicateState::Invalid => {}
@@ -330,6 +335,9 @@ impl Store {
         .await
         .db()?;
         tx.commit().await?;
+        if let Some(p) = &changed {
+            self.cached(p);
+        }
         Ok(c)
     }
 }
@@ -340,7 +348,7 @@ async fn set_merged_into(
     id: &str,
     into: &str,
     event: &'static str,
-) -> Result<()> {
+) -> Result<Person> {
     let mut p = fetch_person(tx.dialect(), tx.conn(), scope, id).await?;
     p.merged_into = into.to_string();
     p.version += 1;
@@ -356,5 +364,5 @@ async fn set_merged_into(
     .await
     .db()?;
     outbox::append(tx, events::person(event, &p)).await?;
-    Ok(())
+    Ok(p)
 }

@@ -3,6 +3,7 @@
 //! Each query of people takes the caller's [`Scope`] and puts it in the SQL, so that paging,
 //! counts and search ranks never see records the caller may not see.
 
+mod cache;
 mod custody;
 mod duplicates;
 mod persons;
@@ -32,7 +33,12 @@ pub const MIGRATIONS: Migrations = Migrations { sqlite: &SQLITE, postgres: &POST
 #[derive(Debug, Clone)]
 pub struct Store {
     db: Db,
+    /// Read-through cache of people; SQLite only (see `cache`).
+    cache: Option<std::sync::Arc<cache::PersonCache>>,
 }
+
+/// People kept in the cache of the embedded deployment.
+const CACHE_CAPACITY: usize = 200_000;
 
 /// Columns of `persons` read into a [`Person`], prefixed with `p.`.
 const PERSON_COLUMNS: &str =
@@ -42,7 +48,16 @@ const PERSON_COLUMNS: &str =
 impl Store {
     /// Wraps a connected database.
     pub fn new(db: Db) -> Self {
-        Self { db }
+        let cache = (db.dialect() == Dialect::Sqlite)
+            .then(|| std::sync::Arc::new(cache::PersonCache::new(CACHE_CAPACITY)));
+        Self { db, cache }
+    }
+
+    /// Records a person's new version after its transaction committed.
+    pub(crate) fn cached(&self, p: &Person) {
+        if let Some(c) = &self.cache {
+            c.put(p);
+        }
     }
 
     /// The database.

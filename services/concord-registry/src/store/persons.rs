@@ -114,6 +114,7 @@ impl Store {
         .await?;
         tx.commit().await?;
         for (i, p) in created {
+            self.cached(&p);
             outcomes[i] = Some(InsertOutcome::Created(Box::new(p)));
         }
         Ok(outcomes
@@ -128,7 +129,17 @@ impl Store {
 
     /// One person in the caller's scope.
     pub async fn get_person(&self, scope: &Scope, id: &str) -> Result<Person> {
-        fetch_person(self.db.dialect(), self.db.reader(), scope, id).await
+        if let Some(hit) = self.cache.as_ref().and_then(|c| c.get(id)) {
+            // The same rule as the SQL scope: a state sees its active nationals.
+            return if scope.allows_any(hit.scope_states().iter().map(String::as_str)) {
+                Ok((*hit).clone())
+            } else {
+                Err(Error::NotFound(format!("persons/{id}")))
+            };
+        }
+        let p = fetch_person(self.db.dialect(), self.db.reader(), scope, id).await?;
+        self.cached(&p);
+        Ok(p)
     }
 
     /// People in scope matching `filter`, ordered by id (creation order), after `after`.
@@ -206,6 +217,7 @@ impl Store {
         }
         outbox::append(&mut tx, events::person("person.updated", &person)).await?;
         tx.commit().await?;
+        self.cached(&person);
         Ok(person)
     }
 }
