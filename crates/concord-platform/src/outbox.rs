@@ -42,36 +42,14 @@ pub struct NewEvent {
 
 /// Appends `event` inside `tx`; returns its sequence number.
 pub async fn append(tx: &mut Tx, event: NewEvent) -> Result<i64> {
-    if tx.dialect() == Dialect::Postgres {
-        sqlx::query("SELECT pg_advisory_xact_lock($1)")
-            .bind(OUTBOX_LOCK)
-            .execute(tx.conn())
-            .await
-            .db()?;
-    }
-    let scope = scope_column(event.scope_states.as_deref());
-    let seq: i64 = sqlx::query_scalar(
-        "INSERT INTO outbox (event_type, resource_name, scope_states, payload_type, payload, traceparent, create_time) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING seq",
-    )
-    .bind(event.event_type)
-    .bind(&event.resource_name)
-    .bind(&scope)
-    .bind(&event.payload.type_url)
-    .bind(event.payload.value.as_slice())
-    .bind(crate::telemetry::current_traceparent())
-    .bind(crate::time::now_micros())
-    .fetch_one(tx.conn())
-    .await
-    .db()?;
-    tx.note_outbox(seq);
-    Ok(seq)
+    append_many(tx, vec![event]).await
 }
 
-/// Appends several events inside `tx` (one statement per few thousand events).
-pub async fn append_many(tx: &mut Tx, events: Vec<NewEvent>) -> Result<()> {
+/// Appends several events inside `tx`, a few hundred per statement; returns the last
+/// sequence number (0 when there were none).
+pub async fn append_many(tx: &mut Tx, events: Vec<NewEvent>) -> Result<i64> {
     if events.is_empty() {
-        return Ok(());
+        return Ok(0);
     }
     if tx.dialect() == Dialect::Postgres {
         sqlx::query("SELECT pg_advisory_xact_lock($1)")
@@ -106,7 +84,7 @@ pub async fn append_many(tx: &mut Tx, events: Vec<NewEvent>) -> Result<()> {
         last = last.max(seqs.into_iter().max().unwrap_or(0));
     }
     tx.note_outbox(last);
-    Ok(())
+    Ok(last)
 }
 
 fn scope_column(states: Option<&[String]>) -> String {

@@ -68,6 +68,22 @@ pub fn decode<P: DeserializeOwned>(token: &str, fingerprint: &str) -> Result<Opt
     Ok(Some(t.p))
 }
 
+/// Cuts `items`, fetched with a limit of `size + 1`, to one page, and returns the token of the
+/// next page (empty on the last page), positioned after the last item kept.
+pub fn finish_page<T, P: Serialize>(
+    items: &mut Vec<T>,
+    size: i64,
+    fingerprint: &str,
+    position: impl Fn(&T) -> P,
+) -> String {
+    let size = usize::try_from(size).unwrap_or(0);
+    if items.len() <= size {
+        return String::new();
+    }
+    items.truncate(size);
+    items.last().map(|last| encode(fingerprint, &position(last))).unwrap_or_default()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -259,12 +259,16 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
 
-async fn search(c: &mut Client, queries: usize) -> anyhow::Result<(Duration, Duration, f64)> {
+async fn search(
+    c: &mut Client,
+    queries: usize,
+    make: fn(&mut SmallRng) -> String,
+) -> anyhow::Result<(Duration, Duration, f64)> {
     let mut rng = SmallRng::seed_from_u64(11);
     let mut lat = Vec::with_capacity(queries);
     let mut results = 0usize;
     for _ in 0..queries {
-        let q = concord::synthetic::query(&mut rng);
+        let q = make(&mut rng);
         let started = Instant::now();
         let r = c
             .search_persons(pb::SearchPersonsRequest {
@@ -390,14 +394,20 @@ async fn run(args: Args) -> anyhow::Result<()> {
         let mut c = client(&servers.registry).await?;
         let rate = import(&mut c, args.people).await?;
         println!("[{backend}] import of {} people: {rate:.0} people/s", args.people);
-        let (p50, p99, avg) = search(&mut c, args.queries).await?;
-        println!(
-            "[{backend}] name search over {} people, {} queries: p50 {:.2} ms, p99 {:.2} ms ({avg:.1} results per page)",
-            args.people,
-            args.queries,
-            p50.as_secs_f64() * 1e3,
-            p99.as_secs_f64() * 1e3
-        );
+        let kinds: [(&str, fn(&mut SmallRng) -> String); 2] = [
+            ("given + family name", concord::synthetic::query),
+            ("one given name", concord::synthetic::one_word_query),
+        ];
+        for (kind, make) in kinds {
+            let (p50, p99, avg) = search(&mut c, args.queries, make).await?;
+            println!(
+                "[{backend}] name search ({kind}) over {} people, {} queries: p50 {:.2} ms, p99 {:.2} ms ({avg:.1} results per page)",
+                args.people,
+                args.queries,
+                p50.as_secs_f64() * 1e3,
+                p99.as_secs_f64() * 1e3
+            );
+        }
         println!("[{backend}] GetPerson:");
         get_vs_echo(&servers, &args).await?;
     }

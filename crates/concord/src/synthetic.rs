@@ -107,23 +107,35 @@ fn pick<'a>(rng: &mut SmallRng, xs: &'a [&'a str]) -> &'a str {
     xs[rng.gen_range(0..xs.len())]
 }
 
-/// The parts of a name: given name, father's name, family name.
-pub fn name_parts(rng: &mut SmallRng, female: bool) -> [Part; 3] {
+/// The parts of a name, as commonly recorded in Iraq and Syria: given name, father's name,
+/// grandfather's name, family or tribal name.
+pub fn name_parts(rng: &mut SmallRng, female: bool) -> [Part; 4] {
     let given = if female { GIVEN_FEMALE } else { GIVEN_MALE };
     [
         given[rng.gen_range(0..given.len())],
+        GIVEN_MALE[rng.gen_range(0..GIVEN_MALE.len())],
         GIVEN_MALE[rng.gen_range(0..GIVEN_MALE.len())],
         FAMILY[rng.gen_range(0..FAMILY.len())],
     ]
 }
 
 /// The name in Arabic script, or in Latin with each part's spelling drawn at random.
-pub fn render(rng: &mut SmallRng, parts: &[Part; 3], arabic: bool) -> String {
+pub fn render(rng: &mut SmallRng, parts: &[Part; 4], arabic: bool) -> String {
     let words: Vec<&str> = parts
         .iter()
         .map(|p| if arabic { p[p.len() - 1] } else { pick(rng, &p[..p.len() - 1]) })
         .collect();
     words.join(" ")
+}
+
+/// A one-word search query: a given name in any variant or script.
+pub fn one_word_query(rng: &mut SmallRng) -> String {
+    let g = GIVEN_MALE[rng.gen_range(0..GIVEN_MALE.len())];
+    if rng.gen_bool(0.3) {
+        g[g.len() - 1].to_string()
+    } else {
+        pick(rng, &g[..g.len() - 1]).to_string()
+    }
 }
 
 /// A search query: a given name and a family name, in any variant or script.

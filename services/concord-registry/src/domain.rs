@@ -179,6 +179,23 @@ pub struct Person {
 }
 
 impl Person {
+    /// A newly registered person: version 1, not yet in custody.
+    pub fn registered(id: String, data: PersonData, now: i64) -> Self {
+        Person {
+            id,
+            data,
+            custody_status: CustodyStatus::Registered,
+            facility_id: String::new(),
+            section_id: String::new(),
+            merged_into: String::new(),
+            receiving_state: String::new(),
+            disposition: None,
+            create_time: now,
+            update_time: now,
+            version: 1,
+        }
+    }
+
     /// Resource name.
     pub fn name(&self) -> String {
         format!("persons/{}", self.id)

@@ -178,12 +178,7 @@ impl RegistryService for Registry {
             .list_persons(&principal.scope(), filter.as_ref(), after.as_deref(), size + 1)
             .await
             .map_err(st)?;
-        let next = if persons.len() as i64 > size {
-            persons.truncate(size as usize);
-            persons.last().map(|p| paging::encode(&fp, &p.id)).unwrap_or_default()
-        } else {
-            String::new()
-        };
+        let next = paging::finish_page(&mut persons, size, &fp, |p| p.id.clone());
         Ok(Response::new(pb::ListPersonsResponse {
             persons: persons.iter().map(convert::person_out).collect(),
             next_page_token: next,
@@ -234,19 +229,8 @@ impl RegistryService for Registry {
             .update_person(&principal, &id, expected, rid, |current| {
                 // Start from the stored record in its wire form, overwrite the masked fields,
                 // and parse the whole: one validation path for create and update.
-                let mut merged = convert::person_out(&Person {
-                    id: id.clone(),
-                    data: current.clone(),
-                    custody_status: CustodyStatus::Registered,
-                    facility_id: String::new(),
-                    section_id: String::new(),
-                    merged_into: String::new(),
-                    receiving_state: String::new(),
-                    disposition: None,
-                    create_time: 0,
-                    update_time: 0,
-                    version: 0,
-                });
+                let mut merged =
+                    convert::person_out(&Person::registered(id.clone(), current.clone(), 0));
                 for path in &paths {
                     match path.as_str() {
                         "names" => merged.names = incoming.names.clone(),
@@ -566,12 +550,7 @@ impl RegistryService for Registry {
             .custody_events(&principal.scope(), &id, after.as_deref(), size + 1)
             .await
             .map_err(st)?;
-        let next = if events.len() as i64 > size {
-            events.truncate(size as usize);
-            events.last().map(|e| paging::encode(&fp, &e.id)).unwrap_or_default()
-        } else {
-            String::new()
-        };
+        let next = paging::finish_page(&mut events, size, &fp, |e| e.id.clone());
         Ok(Response::new(pb::ListCustodyEventsResponse {
             custody_events: events.iter().map(convert::custody_event_out).collect(),
             next_page_token: next,
@@ -593,12 +572,7 @@ impl RegistryService for Registry {
             .list_candidates(&principal.scope(), filter.as_ref(), before.as_deref(), size + 1)
             .await
             .map_err(st)?;
-        let next = if cs.len() as i64 > size {
-            cs.truncate(size as usize);
-            cs.last().map(|c| paging::encode(&fp, &c.id)).unwrap_or_default()
-        } else {
-            String::new()
-        };
+        let next = paging::finish_page(&mut cs, size, &fp, |c| c.id.clone());
         Ok(Response::new(pb::ListDuplicateCandidatesResponse {
             duplicate_candidates: cs.iter().map(convert::candidate_out).collect(),
             next_page_token: next,

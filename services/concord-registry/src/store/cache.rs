@@ -67,28 +67,17 @@ mod tests {
     use crate::domain::*;
 
     fn person(version: i64) -> Person {
-        Person {
-            id: "0192-a".into(),
-            data: PersonData {
-                names: vec![],
-                sex: Sex::Male,
-                birth_date: None,
-                nationalities: vec![],
-                category: Category::AdultMale,
-                identity_confidence: Confidence::Low,
-                biometric_references: vec![],
-                legal_status: None,
-            },
-            custody_status: CustodyStatus::Registered,
-            facility_id: String::new(),
-            section_id: String::new(),
-            merged_into: String::new(),
-            receiving_state: String::new(),
-            disposition: None,
-            create_time: 0,
-            update_time: 0,
-            version,
-        }
+        let data = PersonData {
+            names: vec![],
+            sex: Sex::Male,
+            birth_date: None,
+            nationalities: vec![],
+            category: Category::AdultMale,
+            identity_confidence: Confidence::Low,
+            biometric_references: vec![],
+            legal_status: None,
+        };
+        Person { version, ..Person::registered("0192-a".into(), data, 0) }
     }
 
     #[test]

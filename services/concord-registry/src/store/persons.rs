@@ -10,7 +10,7 @@ use concord_platform::storage::{SqlxResultExt, Tx};
 use concord_platform::time::now_micros;
 
 use super::{fetch_person, person_from_row, scope_sql, Store, PERSON_COLUMNS};
-use crate::domain::{CustodyStatus, Person, PersonData};
+use crate::domain::{Person, PersonData};
 use crate::{events, search_keys};
 
 /// A person to create.
@@ -86,22 +86,7 @@ impl Store {
             if outcomes[i].is_some() {
                 continue;
             }
-            created.push((
-                i,
-                Person {
-                    id,
-                    data: row.data,
-                    custody_status: CustodyStatus::Registered,
-                    facility_id: String::new(),
-                    section_id: String::new(),
-                    merged_into: String::new(),
-                    receiving_state: String::new(),
-                    disposition: None,
-                    create_time: now,
-                    update_time: now,
-                    version: 1,
-                },
-            ));
+            created.push((i, Person::registered(id, row.data, now)));
         }
         let persons: Vec<&Person> = created.iter().map(|(_, p)| p).collect();
         write_person_rows(&mut tx, &persons).await?;
@@ -203,7 +188,9 @@ impl Store {
                 person.name()
             )));
         }
-        for table in ["person_nationalities", "person_name_keys", "person_match_keys"] {
+        for table in
+            ["person_nationalities", "person_name_keys", "person_name_pairs", "person_match_keys"]
+        {
             sqlx::query(&format!("DELETE FROM {table} WHERE person_id = $1"))
                 .bind(&person.id)
                 .execute(tx.conn())
@@ -302,13 +289,21 @@ pub(crate) async fn write_index_rows(tx: &mut Tx, persons: &[&Person]) -> Result
     let mut nats = Vec::new();
     let mut keys = Vec::new();
     let mut matches = Vec::new();
+    let mut pairs = Vec::new();
     for p in persons {
         for s in p.scope_states() {
             nats.push(vec![SqlValue::Text(p.id.clone()), SqlValue::Text(s)]);
         }
         let mut seen = std::collections::HashSet::new();
+        let mut seen_pairs = std::collections::HashSet::new();
         for n in &p.data.names {
-            for t in search_keys::tokens(&n.full_name) {
+            let tokens = search_keys::tokens(&n.full_name);
+            for pair in super::search::pairs(tokens.iter().map(|t| t.skeleton.as_str())) {
+                if seen_pairs.insert(pair.clone()) {
+                    pairs.push(vec![SqlValue::Text(pair), SqlValue::Text(p.id.clone())]);
+                }
+            }
+            for t in tokens {
                 if seen.insert((t.skeleton.clone(), t.folded.clone())) {
                     keys.push(vec![
                         SqlValue::Text(t.skeleton),
@@ -326,6 +321,7 @@ pub(crate) async fn write_index_rows(tx: &mut Tx, persons: &[&Person]) -> Result
         ("INSERT INTO person_nationalities (person_id, state) VALUES ", nats),
         ("INSERT INTO person_name_keys (skeleton, person_id, folded) VALUES ", keys),
         ("INSERT INTO person_match_keys (match_key, person_id) VALUES ", matches),
+        ("INSERT INTO person_name_pairs (pair, person_id) VALUES ", pairs),
     ];
     for (head, rows) in tables {
         if rows.is_empty() {

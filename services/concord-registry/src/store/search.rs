@@ -1,7 +1,10 @@
-//! Ranked name search. Query tokens become transliteration skeletons (see `search_keys`); a
-//! person matches on any skeleton; the rank counts distinct skeletons matched (times 10) plus
-//! the exact spellings matched, so "Mohammed" ranks a Mohammed above a Muhammad. Paging is by
-//! keyset on (rank, id), with the caller's scope and filter inside the query.
+//! Ranked name search. Query tokens become transliteration skeletons (see `search_keys`). A
+//! one-word query matches every person bearing the word; a longer query matches people whose
+//! names hold at least two of its words, found through the pair index, so a search for
+//! "Mohammed al-Hassan" does not rank every Mohammed. The rank counts distinct words matched
+//! (times 10) plus the exact spellings matched, so "Mohammed" ranks a Mohammed above a
+//! Muhammad. Paging is by keyset on (rank, id), with the caller's scope and filter inside the
+//! query.
 
 use concord_platform::auth::Scope;
 use concord_platform::error::Result;
@@ -22,6 +25,20 @@ pub struct SearchHit {
     pub score: i64,
 }
 
+/// Unordered pairs of distinct skeletons, each written "a b" with a <= b.
+pub(crate) fn pairs<'a>(skeletons: impl Iterator<Item = &'a str>) -> Vec<String> {
+    let mut sk: Vec<&str> = skeletons.collect();
+    sk.sort_unstable();
+    sk.dedup();
+    let mut out = Vec::new();
+    for (i, a) in sk.iter().enumerate() {
+        for b in &sk[i + 1..] {
+            out.push(format!("{a} {b}"));
+        }
+    }
+    out
+}
+
 impl Store {
     /// People in scope whose names match `tokens`, best first, after `(score, id)`.
     pub async fn search(
@@ -34,15 +51,30 @@ impl Store {
     ) -> Result<Vec<SearchHit>> {
         let skeletons = tokens.iter().map(|t| SqlValue::Text(t.skeleton.clone()));
         let folded = tokens.iter().map(|t| SqlValue::Text(t.folded.clone()));
-        let mut sql = Sql::new(
-            "WITH m AS (SELECT person_id, COUNT(DISTINCT skeleton) * 10 + SUM(CASE WHEN folded IN ",
-        );
-        sql.bind_list(folded)
-            .push(" THEN 1 ELSE 0 END) AS score FROM person_name_keys WHERE skeleton IN ")
-            .bind_list(skeletons)
-            .push(" GROUP BY person_id) ")
-            .push(&format!("SELECT {PERSON_COLUMNS}, m.score FROM m JOIN persons p ON p.id = m.person_id WHERE "))
-            .append(&scope_sql(scope, "p"));
+        let pairs = pairs(tokens.iter().map(|t| t.skeleton.as_str()));
+        let mut sql = Sql::new("WITH ");
+        if pairs.is_empty() {
+            // One word: every person bearing it is a candidate.
+            sql.push("m AS (SELECT k.person_id, COUNT(DISTINCT k.skeleton) * 10 + SUM(CASE WHEN k.folded IN ")
+                .bind_list(folded)
+                .push(" THEN 1 ELSE 0 END) AS score FROM person_name_keys k WHERE k.skeleton IN ")
+                .bind_list(skeletons)
+                .push(" GROUP BY k.person_id) ");
+        } else {
+            // Several words: candidates hold at least two of them in one name; only they are
+            // scored, by probing their keys.
+            sql.push("c AS (SELECT DISTINCT person_id FROM person_name_pairs WHERE pair IN ")
+                .bind_list(pairs.into_iter().map(SqlValue::Text))
+                .push("), m AS (SELECT k.person_id, COUNT(DISTINCT k.skeleton) * 10 + SUM(CASE WHEN k.folded IN ")
+                .bind_list(folded)
+                .push(" THEN 1 ELSE 0 END) AS score FROM c JOIN person_name_keys k ON k.person_id = c.person_id AND k.skeleton IN ")
+                .bind_list(skeletons)
+                .push(" GROUP BY k.person_id) ");
+        }
+        sql.push(&format!(
+            "SELECT {PERSON_COLUMNS}, m.score FROM m JOIN persons p ON p.id = m.person_id WHERE "
+        ))
+        .append(&scope_sql(scope, "p"));
         if let Some(f) = filter {
             sql.push(" AND ").append(f);
         }
