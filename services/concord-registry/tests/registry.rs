@@ -520,6 +520,64 @@ async fn update_uses_field_masks_and_etags() {
 }
 
 #[tokio::test]
+async fn renaming_a_person_moves_them_in_search_and_keeps_document_matches() {
+    let h = Harness::start().await;
+    let mut c = h.client(coordinator()).await;
+    let p = create(&mut c, person("Bilal Mansour", "MA", 1993)).await;
+    let doc = pb::IdentityDocument {
+        kind: pb::DocumentKind::Passport as i32,
+        issuing_state: "MA".into(),
+        number: "P-777".into(),
+        ..Default::default()
+    };
+    c.create_identity_document(pb::CreateIdentityDocumentRequest {
+        parent: p.name.clone(),
+        identity_document: Some(doc.clone()),
+        request_id: String::new(),
+    })
+    .await
+    .unwrap();
+    let mut renamed = p.clone();
+    renamed.names = vec![pb::PersonName { full_name: "Anas Darwish".into(), ..Default::default() }];
+    c.update_person(pb::UpdatePersonRequest {
+        person: Some(renamed),
+        update_mask: Some(prost_types::FieldMask { paths: vec!["names".into()] }),
+        request_id: String::new(),
+    })
+    .await
+    .unwrap();
+    let search = |q: &str| pb::SearchPersonsRequest { query: q.into(), ..Default::default() };
+    assert!(c
+        .search_persons(search("Bilal Mansour"))
+        .await
+        .unwrap()
+        .into_inner()
+        .results
+        .is_empty());
+    assert_eq!(
+        c.search_persons(search("Anas Darwich")).await.unwrap().into_inner().results.len(),
+        1
+    );
+    // The passport still links a new record to this one.
+    let other = create(&mut c, person("Someone Different", "MA", 1993)).await;
+    c.create_identity_document(pb::CreateIdentityDocumentRequest {
+        parent: other.name.clone(),
+        identity_document: Some(doc),
+        request_id: String::new(),
+    })
+    .await
+    .unwrap();
+    let cands = c
+        .list_duplicate_candidates(pb::ListDuplicateCandidatesRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .duplicate_candidates;
+    assert_eq!(cands.len(), 1);
+    assert!(cands[0].reasons.contains(&"document".to_string()), "{:?}", cands[0].reasons);
+}
+
+#[tokio::test]
 async fn import_reports_bad_rows_and_retries_store_nothing_twice() {
     let h = Harness::start().await;
     let mut c = h.client(coordinator()).await;

@@ -31,14 +31,14 @@ CREATE TABLE person_nationalities (
 ) WITHOUT ROWID;
 CREATE INDEX person_nationalities_state ON person_nationalities (state, person_id);
 
--- Transliteration-tolerant search keys, one row per name token.
+-- Transliteration-tolerant search keys, one row per name token. No index by person: the
+-- store deletes a person's rows by recomputing them (see store::persons).
 CREATE TABLE person_name_keys (
     skeleton TEXT NOT NULL,
     person_id TEXT NOT NULL REFERENCES persons (id),
     folded TEXT NOT NULL,
     PRIMARY KEY (skeleton, person_id, folded)
 ) WITHOUT ROWID;
-CREATE INDEX person_name_keys_person ON person_name_keys (person_id);
 
 -- Exact-lookup keys for duplicate detection: name signatures, documents, biometrics.
 CREATE TABLE person_match_keys (
@@ -46,7 +46,6 @@ CREATE TABLE person_match_keys (
     person_id TEXT NOT NULL REFERENCES persons (id),
     PRIMARY KEY (match_key, person_id)
 ) WITHOUT ROWID;
-CREATE INDEX person_match_keys_person ON person_match_keys (person_id);
 
 CREATE TABLE custody_events (
     id TEXT PRIMARY KEY,

@@ -6,4 +6,3 @@ CREATE TABLE person_name_pairs (
     person_id TEXT NOT NULL REFERENCES persons (id),
     PRIMARY KEY (pair, person_id)
 ) WITHOUT ROWID;
-CREATE INDEX person_name_pairs_person ON person_name_pairs (person_id);

@@ -28,7 +28,7 @@ use convert::{enum_in, person_id};
 pub const DOMAIN: &str = "registry.concord";
 
 /// Rows per transaction in an import.
-const IMPORT_BATCH: usize = 1000;
+const IMPORT_BATCH: usize = 5000;
 
 /// Row errors listed in one import response; the rest are counted, so the response stays
 /// under the message size cap whatever the caller sends.

@@ -173,6 +173,7 @@ impl Store {
         }
         let mut person = fetch_person(tx.dialect(), tx.conn(), &scope, id).await?;
         check_version(&person, expected_version)?;
+        let old = person.clone();
         person.data = change(&person.data)?;
         person.version += 1;
         person.update_time = now_micros();
@@ -188,15 +189,7 @@ impl Store {
                 person.name()
             )));
         }
-        for table in
-            ["person_nationalities", "person_name_keys", "person_name_pairs", "person_match_keys"]
-        {
-            sqlx::query(&format!("DELETE FROM {table} WHERE person_id = $1"))
-                .bind(&person.id)
-                .execute(tx.conn())
-                .await
-                .db()?;
-        }
+        delete_index_rows(&mut tx, &old).await?;
         write_index_rows(&mut tx, &[&person]).await?;
         super::duplicates::detect(&mut tx, &[&person]).await?;
         if let Some((rid, _)) = &request_id {
@@ -283,16 +276,24 @@ async fn write_person_rows(tx: &mut Tx, persons: &[&Person]) -> Result<()> {
     Ok(())
 }
 
-/// Writes the rows derived from a person's fields: nationalities (scope), name keys (search)
-/// and match keys (duplicate detection).
-pub(crate) async fn write_index_rows(tx: &mut Tx, persons: &[&Person]) -> Result<()> {
-    let mut nats = Vec::new();
-    let mut keys = Vec::new();
-    let mut matches = Vec::new();
-    let mut pairs = Vec::new();
+/// The rows derived from people's fields: nationalities (scope), name keys and pairs (search)
+/// and match keys (duplicate detection). Updates delete a person's old rows by recomputing
+/// them from the old fields, so these tables need no index by person (each such index cost a
+/// B-tree insert per row on every import).
+#[derive(Default)]
+struct IndexRows {
+    nationalities: Vec<Vec<SqlValue>>,
+    keys: Vec<Vec<SqlValue>>,
+    pairs: Vec<Vec<SqlValue>>,
+    matches: Vec<Vec<SqlValue>>,
+}
+
+fn index_rows(persons: &[&Person]) -> IndexRows {
+    let mut rows = IndexRows::default();
     for p in persons {
+        let id = || SqlValue::Text(p.id.clone());
         for s in p.scope_states() {
-            nats.push(vec![SqlValue::Text(p.id.clone()), SqlValue::Text(s)]);
+            rows.nationalities.push(vec![id(), SqlValue::Text(s)]);
         }
         let mut seen = std::collections::HashSet::new();
         let mut seen_pairs = std::collections::HashSet::new();
@@ -300,28 +301,34 @@ pub(crate) async fn write_index_rows(tx: &mut Tx, persons: &[&Person]) -> Result
             let tokens = search_keys::tokens(&n.full_name);
             for pair in super::search::pairs(tokens.iter().map(|t| t.skeleton.as_str())) {
                 if seen_pairs.insert(pair.clone()) {
-                    pairs.push(vec![SqlValue::Text(pair), SqlValue::Text(p.id.clone())]);
+                    rows.pairs.push(vec![SqlValue::Text(pair), id()]);
                 }
             }
             for t in tokens {
                 if seen.insert((t.skeleton.clone(), t.folded.clone())) {
-                    keys.push(vec![
+                    rows.keys.push(vec![
                         SqlValue::Text(t.skeleton),
-                        SqlValue::Text(p.id.clone()),
+                        id(),
                         SqlValue::Text(t.folded),
                     ]);
                 }
             }
         }
         for k in super::duplicates::match_keys(p) {
-            matches.push(vec![SqlValue::Text(k), SqlValue::Text(p.id.clone())]);
+            rows.matches.push(vec![SqlValue::Text(k), id()]);
         }
     }
+    rows
+}
+
+/// Writes the derived rows of `persons`.
+pub(crate) async fn write_index_rows(tx: &mut Tx, persons: &[&Person]) -> Result<()> {
+    let rows = index_rows(persons);
     let tables = [
-        ("INSERT INTO person_nationalities (person_id, state) VALUES ", nats),
-        ("INSERT INTO person_name_keys (skeleton, person_id, folded) VALUES ", keys),
-        ("INSERT INTO person_match_keys (match_key, person_id) VALUES ", matches),
-        ("INSERT INTO person_name_pairs (pair, person_id) VALUES ", pairs),
+        ("INSERT INTO person_nationalities (person_id, state) VALUES ", rows.nationalities),
+        ("INSERT INTO person_name_keys (skeleton, person_id, folded) VALUES ", rows.keys),
+        ("INSERT INTO person_match_keys (match_key, person_id) VALUES ", rows.matches),
+        ("INSERT INTO person_name_pairs (pair, person_id) VALUES ", rows.pairs),
     ];
     for (head, rows) in tables {
         if rows.is_empty() {
@@ -329,6 +336,32 @@ pub(crate) async fn write_index_rows(tx: &mut Tx, persons: &[&Person]) -> Result
         }
         for stmt in insert_rows(head, &rows, "ON CONFLICT DO NOTHING") {
             stmt.query(tx.dialect()).execute(tx.conn()).await.db()?;
+        }
+    }
+    Ok(())
+}
+
+/// Deletes the derived rows of `old` (its fields before an update). Match keys that do not
+/// derive from the fields (identity documents) stay.
+async fn delete_index_rows(tx: &mut Tx, old: &Person) -> Result<()> {
+    let rows = index_rows(&[old]);
+    let first =
+        |rows: &[Vec<SqlValue>]| rows.iter().filter_map(|r| r.first().cloned()).collect::<Vec<_>>();
+    sqlx::query("DELETE FROM person_nationalities WHERE person_id = $1")
+        .bind(&old.id)
+        .execute(tx.conn())
+        .await
+        .db()?;
+    let tables = [
+        ("person_name_keys", "skeleton", first(&rows.keys)),
+        ("person_name_pairs", "pair", first(&rows.pairs)),
+        ("person_match_keys", "match_key", first(&rows.matches)),
+    ];
+    for (table, column, values) in tables {
+        for chunk in values.chunks(concord_platform::sql::MAX_IN_LIST) {
+            let mut sql = Sql::new(format!("DELETE FROM {table} WHERE person_id = "));
+            sql.bind_text(&old.id).push(&format!(" AND {column} IN ")).bind_list(chunk.to_vec());
+            sql.query(tx.dialect()).execute(tx.conn()).await.db()?;
         }
     }
     Ok(())
