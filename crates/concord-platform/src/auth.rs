@@ -83,7 +83,7 @@ impl Principal {
     pub fn scope(&self) -> Scope {
         match self.kind {
             AgencyKind::StateMinistry | AgencyKind::Justice => {
-                Scope::States(self.state.iter().cloned().collect())
+                Scope::States(self.state.iter().filter(|s| is_state_code(s)).cloned().collect())
             }
             AgencyKind::Coordinator
             | AgencyKind::CustodialAuthority
@@ -106,6 +106,12 @@ impl Scope {
             Scope::States(allowed) => states.any(|s| allowed.iter().any(|a| a == s)),
         }
     }
+}
+
+/// True for an ISO 3166-1 alpha-2 shaped code: two ASCII capital letters. Scopes hold only
+/// such codes, so they are safe inside SQL patterns.
+pub fn is_state_code(s: &str) -> bool {
+    s.len() == 2 && s.bytes().all(|b| b.is_ascii_uppercase())
 }
 
 /// Turns request metadata into a principal.
@@ -148,6 +154,14 @@ impl Authenticator for HeaderAuthenticator {
         let kind = AgencyKind::parse(kind_s)
             .ok_or_else(|| Error::Unauthenticated(format!("unknown agency kind '{kind_s}'")))?;
         let state = get(headers::STATE).map(str::to_ascii_uppercase);
+        if let Some(s) = &state {
+            if !is_state_code(s) {
+                return Err(Error::Unauthenticated(format!(
+                    "{} must be an ISO 3166-1 alpha-2 code",
+                    headers::STATE
+                )));
+            }
+        }
         if matches!(kind, AgencyKind::StateMinistry | AgencyKind::Justice) && state.is_none() {
             return Err(Error::Unauthenticated(format!(
                 "a {} agency must name its state in {}",
@@ -228,6 +242,19 @@ mod tests {
         assert_eq!(p.scope(), Scope::States(vec!["FR".into()]));
         assert!(p.scope().allows_any(["IQ", "FR"].into_iter()));
         assert!(!p.scope().allows_any(["IQ"].into_iter()));
+    }
+
+    #[test]
+    fn refuses_state_codes_that_are_not_codes() {
+        let wildcard = headers(&[
+            (headers::AGENCY, "x"),
+            (headers::AGENCY_KIND, "state_ministry"),
+            (headers::STATE, "%"),
+        ]);
+        assert!(matches!(
+            HeaderAuthenticator.authenticate(&wildcard),
+            Err(Error::Unauthenticated(_))
+        ));
     }
 
     #[test]

@@ -128,6 +128,16 @@ impl Error {
     }
 }
 
+/// Quotes caller input in an error message, cut to 40 characters, so that errors stay small
+/// whatever the caller sent.
+pub fn quote(s: &str) -> String {
+    let mut q: String = s.chars().take(40).collect();
+    if q.len() < s.len() {
+        q.push('…');
+    }
+    format!("'{q}'")
+}
+
 /// Collects field violations while validating a request, so that a caller learns every fault
 /// at once rather than one per round trip.
 #[derive(Debug, Default)]

@@ -212,8 +212,14 @@ impl Parser {
     fn term(&mut self) -> Result<Expr> {
         match self.peek() {
             Some(Tok::Not) | Some(Tok::Minus) => {
+                self.depth += 1;
+                if self.depth > 16 {
+                    return Err(filter_error("NOT and parentheses nested more than 16 deep"));
+                }
                 self.i += 1;
-                Ok(Expr::Not(Box::new(self.term()?)))
+                let inner = self.term()?;
+                self.depth -= 1;
+                Ok(Expr::Not(Box::new(inner)))
             }
             Some(Tok::LParen) => {
                 self.depth += 1;
@@ -368,13 +374,16 @@ fn write(expr: &Expr, schema: &[Field], sql: &mut Sql) -> Result<()> {
             if negate {
                 sql.push("(NOT ");
             }
-            match f.sql.split_once("{}") {
-                Some((before, after)) => {
-                    sql.push(before).bind(bound).push(after);
+            if f.sql.contains("{}") {
+                // Every `{}` stands for the same value.
+                for (i, part) in f.sql.split("{}").enumerate() {
+                    if i > 0 {
+                        sql.bind(bound.clone());
+                    }
+                    sql.push(part);
                 }
-                None => {
-                    sql.push(f.sql).push(" ").push(op.sql()).push(" ").bind(bound);
-                }
+            } else {
+                sql.push(f.sql).push(" ").push(op.sql()).push(" ").bind(bound);
             }
             if negate {
                 sql.push(")");
@@ -429,6 +438,7 @@ mod tests {
 
     #[test]
     fn rejects_malformed_filters_naming_what_is_wrong() {
+        let deep = format!("{}birth_year = 1", "-".repeat(2000));
         for (f, needle) in [
             ("category = ", "expected a value"),
             ("colour = red", "unknown field 'colour'"),
@@ -438,6 +448,7 @@ mod tests {
             ("birth_year = 1)", "unexpected ')'"),
             ("nationality > \"FR\"", "use = or !="),
             ("name = \"abc", "unterminated"),
+            (deep.as_str(), "nested"),
         ] {
             let err = sql(f).expect_err(f).to_string();
             assert!(err.contains(needle), "{f}: {err}");

@@ -186,7 +186,9 @@ pub async fn watch(
                 }
                 if let Scope::States(states) = &params.scope {
                     sql.push(" AND (scope_states = '*'");
-                    for s in states {
+                    // Scopes hold only two-letter codes (checked at authentication); anything
+                    // else is skipped rather than used as a LIKE pattern.
+                    for s in states.iter().filter(|s| crate::auth::is_state_code(s)) {
                         sql.push(" OR scope_states LIKE ").bind_text(format!("%|{s}|%"));
                     }
                     sql.push(")");

@@ -259,10 +259,13 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
 
+/// Makes one search query.
+type QueryMaker = fn(&mut SmallRng) -> String;
+
 async fn search(
     c: &mut Client,
     queries: usize,
-    make: fn(&mut SmallRng) -> String,
+    make: QueryMaker,
 ) -> anyhow::Result<(Duration, Duration, f64)> {
     let mut rng = SmallRng::seed_from_u64(11);
     let mut lat = Vec::with_capacity(queries);
@@ -394,7 +397,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         let mut c = client(&servers.registry).await?;
         let rate = import(&mut c, args.people).await?;
         println!("[{backend}] import of {} people: {rate:.0} people/s", args.people);
-        let kinds: [(&str, fn(&mut SmallRng) -> String); 2] = [
+        let kinds: [(&str, QueryMaker); 2] = [
             ("given + family name", concord::synthetic::query),
             ("one given name", concord::synthetic::one_word_query),
         ];

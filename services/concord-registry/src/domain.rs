@@ -1,7 +1,7 @@
 //! Domain types of the registry and the rules that keep them valid. Values here have passed
 //! validation: the `grpc` module builds them from requests and refuses what does not parse.
 
-use concord_platform::error::{Error, Result, Violations};
+use concord_platform::error::{quote, Error, Result, Violations};
 use concord_platform::named_enum;
 use serde::{Deserialize, Serialize};
 
@@ -263,6 +263,12 @@ impl PersonData {
         }
         for (i, n) in self.nationalities.iter().enumerate() {
             v.absorb(validate_state(&n.state, &format!("{prefix}.nationalities[{i}].state")));
+            if n.revocation_reason.chars().count() > 1000 {
+                v.add(
+                    format!("{prefix}.nationalities[{i}].revocation_reason"),
+                    "must be at most 1000 characters",
+                );
+            }
             if self.nationalities[..i].iter().any(|o| o.state == n.state) {
                 v.add(
                     format!("{prefix}.nationalities[{i}].state"),
@@ -299,7 +305,10 @@ pub fn validate_state(s: &str, field: &str) -> Result<()> {
     if s.len() == 2 && s.bytes().all(|b| b.is_ascii_uppercase()) {
         Ok(())
     } else {
-        Err(Error::invalid(field, format!("'{s}' is not an ISO 3166-1 alpha-2 code like \"FR\"")))
+        Err(Error::invalid(
+            field,
+            format!("{} is not an ISO 3166-1 alpha-2 code like \"FR\"", quote(s)),
+        ))
     }
 }
 
@@ -523,7 +532,7 @@ pub fn parse_etag(etag: &str, field: &str) -> Result<Option<i64>> {
         return Ok(None);
     }
     etag.trim_matches('"').parse::<i64>().map(Some).map_err(|_| {
-        Error::invalid(field, format!("'{etag}' is not an etag returned by this service"))
+        Error::invalid(field, format!("{} is not an etag returned by this service", quote(etag)))
     })
 }
 

@@ -356,6 +356,57 @@ async fn a_state_sees_only_its_nationals() {
 }
 
 #[tokio::test]
+async fn a_state_writes_only_its_nationals_and_its_own_nationality_entries() {
+    let h = Harness::start().await;
+    let mut france = h.client(ministry("FR")).await;
+    let err = france
+        .create_person(pb::CreatePersonRequest {
+            person: Some(person("Samir Haddad", "IQ", 1990)),
+            request_id: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(violations(&err), vec!["person.nationalities"]);
+    let mut dual = person("Samir Haddad", "FR", 1990);
+    dual.nationalities.push(pb::Nationality {
+        state: "DZ".into(),
+        basis: pb::NationalityBasis::Documented as i32,
+        ..Default::default()
+    });
+    let mut cell = h.client(coordinator()).await;
+    let p = create(&mut cell, dual).await;
+    // France may not drop Algeria's entry (that would hide the person from Algeria).
+    let mut only_fr = p.clone();
+    only_fr.nationalities.retain(|n| n.state == "FR");
+    let err = france
+        .update_person(pb::UpdatePersonRequest {
+            person: Some(only_fr),
+            update_mask: Some(prost_types::FieldMask { paths: vec!["nationalities".into()] }),
+            request_id: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(violations(&err), vec!["person.nationalities"]);
+    // France may change its own entry.
+    let mut verified = p.clone();
+    for n in &mut verified.nationalities {
+        if n.state == "FR" {
+            n.basis = pb::NationalityBasis::Verified as i32;
+        }
+    }
+    france
+        .update_person(pb::UpdatePersonRequest {
+            person: Some(verified),
+            update_mask: Some(prost_types::FieldMask { paths: vec!["nationalities".into()] }),
+            request_id: String::new(),
+        })
+        .await
+        .unwrap();
+    let mut algeria = h.client(ministry("DZ")).await;
+    assert!(algeria.get_person(pb::GetPersonRequest { name: p.name }).await.is_ok());
+}
+
+#[tokio::test]
 async fn custody_follows_the_state_machine_with_a_timeline() {
     let h = Harness::start().await;
     let mut c = h.client(coordinator()).await;
@@ -474,6 +525,57 @@ async fn custody_follows_the_state_machine_with_a_timeline() {
         .await
         .unwrap_err();
     assert_eq!(violations(&err), vec!["transition.reason", "transition.source"]);
+}
+
+#[tokio::test]
+async fn concurrent_transitions_apply_exactly_one() {
+    let h = Harness::start().await;
+    let mut c = h.client(coordinator()).await;
+    for round in 0..5 {
+        let p = create(&mut c, person(&format!("Rashid Othman{round}"), "TJ", 1980)).await;
+        c.admit_person(pb::AdmitPersonRequest {
+            name: p.name.clone(),
+            facility_id: "al-hol".into(),
+            transition: transition("in"),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        let (mut a, mut b) = (c.clone(), c.clone());
+        let (na, nb) = (p.name.clone(), p.name.clone());
+        let (ra, rb) = tokio::join!(
+            async move {
+                a.record_escape(pb::RecordEscapeRequest {
+                    name: na,
+                    transition: transition("riot"),
+                    ..Default::default()
+                })
+                .await
+            },
+            async move {
+                b.record_release(pb::RecordReleaseRequest {
+                    name: nb,
+                    transition: transition("court order"),
+                })
+                .await
+            },
+        );
+        assert_eq!(ra.is_ok() as u8 + rb.is_ok() as u8, 1, "exactly one transition wins");
+        let loser = ra.err().or(rb.err()).unwrap();
+        assert!(matches!(loser.code(), Code::Aborted | Code::FailedPrecondition), "{loser:?}");
+        let events = c
+            .list_custody_events(pb::ListCustodyEventsRequest {
+                parent: p.name.clone(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .custody_events;
+        assert_eq!(events.len(), 2, "admission and one exit only");
+        let now = c.get_person(pb::GetPersonRequest { name: p.name }).await.unwrap().into_inner();
+        assert_eq!(now.custody_status, events[1].to_status, "record and timeline agree");
+    }
 }
 
 #[tokio::test]
@@ -621,6 +723,19 @@ async fn duplicates_are_found_merged_and_unmerged() {
         .into_inner()
         .duplicate_candidates;
     assert_eq!(list.len(), 1, "{list:?}");
+    for p in [&a, &b] {
+        let filter = format!("person = \"{}\"", &p.name["persons/".len()..]);
+        let by_person = c
+            .list_duplicate_candidates(pb::ListDuplicateCandidatesRequest {
+                filter,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .duplicate_candidates;
+        assert_eq!(by_person.len(), 1, "filter by either side of the pair");
+    }
     let cand = &list[0];
     assert_eq!(
         (cand.person.as_str(), cand.other_person.as_str()),

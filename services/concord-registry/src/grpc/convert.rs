@@ -1,7 +1,7 @@
 //! Conversions between the contract's messages and the domain types. Parsing names the field
 //! at fault for anything that does not fit; nothing invalid gets past here.
 
-use concord_platform::error::{Result, Violations};
+use concord_platform::error::{quote, Result, Violations};
 use concord_platform::time::{from_timestamp, to_timestamp};
 use concord_proto::r#type::v1 as tpb;
 use concord_proto::registry::v1 as pb;
@@ -56,7 +56,7 @@ pub fn person_data(p: &pb::Person, prefix: &str) -> Result<PersonData> {
             if script.len() != 4 || !script.chars().all(|c| c.is_ascii_alphabetic()) {
                 v.add(
                     format!("{prefix}.names[{i}].script"),
-                    format!("'{script}' is not an ISO 15924 code like \"Arab\""),
+                    format!("{} is not an ISO 15924 code like \"Arab\"", quote(&script)),
                 );
             }
             PersonName {
@@ -284,7 +284,7 @@ pub fn resource_id(name: &str, collection: &str, field: &str) -> Result<String> 
         Ok(u) => Ok(u.to_string()),
         Err(_) => Err(concord_platform::Error::invalid(
             field,
-            format!("'{name}' is not a resource name like \"{collection}{{id}}\""),
+            format!("{} is not a resource name like \"{collection}{{id}}\"", quote(name)),
         )),
     }
 }

@@ -7,7 +7,7 @@ pub mod convert;
 
 use std::pin::Pin;
 
-use concord_platform::auth::{self, Principal};
+use concord_platform::auth::{self, Principal, Scope};
 use concord_platform::error::{Error, Result};
 use concord_platform::filter::{self, Field, FieldType};
 use concord_platform::outbox::{self, WatchParams, WatchTuning};
@@ -60,7 +60,7 @@ const CANDIDATE_FILTER: &[Field] = &[
     },
     Field {
         name: "person",
-        sql: "(d.person_id = {} OR d.other_person_id = d.person_id)",
+        sql: "(d.person_id = {} OR d.other_person_id = {})",
         ty: FieldType::Text,
         equality_only: true,
     },
@@ -136,6 +136,7 @@ impl RegistryService for Registry {
         let person =
             msg.person.as_ref().ok_or_else(|| st(Error::invalid("person", "is required")))?;
         let data = convert::person_data(person, "person").map_err(st)?;
+        check_writable(&principal.scope(), None, &data).map_err(st)?;
         let mut out = self
             .store
             .insert_persons(&principal, vec![NewPerson { data, request_id: rid }], "CreatePerson")
@@ -224,6 +225,7 @@ impl RegistryService for Registry {
             }
         }
         v.finish(()).map_err(st)?;
+        let scope = principal.scope();
         let p = self
             .store
             .update_person(&principal, &id, expected, rid, |current| {
@@ -248,7 +250,9 @@ impl RegistryService for Registry {
                         _ => {}
                     }
                 }
-                convert::person_data(&merged, "person")
+                let new = convert::person_data(&merged, "person")?;
+                check_writable(&scope, Some(current), &new)?;
+                Ok(new)
             })
             .await
             .map_err(st)?;
@@ -317,21 +321,28 @@ impl RegistryService for Registry {
     ) -> Result<Response<pb::ImportPersonsResponse>, Status> {
         let principal = principal(&req)?;
         let mut stream = req.into_inner();
+        let scope = principal.scope();
         // A reader task decodes and validates rows while the previous batch is being written,
         // so neither the network nor the database waits for the other.
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<(i64, NewPerson)>>(2);
         let reader = tokio::spawn(async move {
             let mut errors = Vec::new();
+            let mut errors_dropped = 0usize;
             let mut batch = Vec::with_capacity(IMPORT_BATCH);
             let mut index: i64 = 0;
             while let Some(row) = stream.next().await {
                 let row = row?;
                 let i = index;
                 index += 1;
-                match parse_import_row(&row) {
+                match parse_import_row(&row, &scope) {
                     Ok(np) => batch.push((i, np)),
                     Err(Error::InvalidArgument(violations)) => {
-                        errors.extend(violations.into_iter().map(|fv| row_error(i, fv)))
+                        // Keep what a response can list; count the rest.
+                        if errors.len() <= MAX_IMPORT_ERRORS {
+                            errors.extend(violations.into_iter().map(|fv| row_error(i, fv)));
+                        } else {
+                            errors_dropped += 1;
+                        }
                     }
                     Err(e) => return Err(st(e)),
                 }
@@ -347,7 +358,7 @@ impl RegistryService for Registry {
             if !batch.is_empty() {
                 let _ = tx.send(batch).await;
             }
-            Ok::<_, Status>(errors)
+            Ok::<_, Status>((errors, errors_dropped))
         });
         let mut resp = pb::ImportPersonsResponse::default();
         while let Some(batch) = rx.recv().await {
@@ -369,11 +380,11 @@ impl RegistryService for Registry {
                 }
             }
         }
-        let parse_errors = reader.await.map_err(|e| st(Error::internal(e)))??;
+        let (parse_errors, dropped) = reader.await.map_err(|e| st(Error::internal(e)))??;
         resp.errors.extend(parse_errors);
         resp.errors.sort_by_key(|e| e.index);
-        if resp.errors.len() > MAX_IMPORT_ERRORS {
-            let more = resp.errors.len() - MAX_IMPORT_ERRORS;
+        if resp.errors.len() > MAX_IMPORT_ERRORS || dropped > 0 {
+            let more = resp.errors.len().saturating_sub(MAX_IMPORT_ERRORS) + dropped;
             resp.errors.truncate(MAX_IMPORT_ERRORS);
             resp.errors.push(pb::ImportRowError {
                 index: -1,
@@ -401,7 +412,7 @@ impl RegistryService for Registry {
         let mut t =
             transition_in(&m.name, m.transition.as_ref(), &m, Transition::Admit).map_err(st)?;
         t.facility_id = required_id(&m.facility_id, "facility_id").map_err(st)?;
-        t.section_id = m.section_id.clone();
+        t.section_id = optional_id(&m.section_id, "section_id").map_err(st)?;
         self.apply(&p, t).await
     }
 
@@ -426,7 +437,7 @@ impl RegistryService for Registry {
         let m = req.into_inner();
         let mut t = transition_in(&m.name, m.transition.as_ref(), &m, Transition::Hospitalise)
             .map_err(st)?;
-        t.facility_id = m.facility_id.clone();
+        t.facility_id = optional_id(&m.facility_id, "facility_id").map_err(st)?;
         self.apply(&p, t).await
     }
 
@@ -452,7 +463,7 @@ impl RegistryService for Registry {
         let mut t = transition_in(&m.name, m.transition.as_ref(), &m, Transition::ReturnToCustody)
             .map_err(st)?;
         t.facility_id = required_id(&m.facility_id, "facility_id").map_err(st)?;
-        t.section_id = m.section_id.clone();
+        t.section_id = optional_id(&m.section_id, "section_id").map_err(st)?;
         self.apply(&p, t).await
     }
 
@@ -464,7 +475,7 @@ impl RegistryService for Registry {
         let m = req.into_inner();
         let mut t =
             transition_in(&m.name, m.transition.as_ref(), &m, Transition::Escape).map_err(st)?;
-        t.reference = m.incident_id.clone();
+        t.reference = optional_id(&m.incident_id, "incident_id").map_err(st)?;
         self.apply(&p, t).await
     }
 
@@ -487,7 +498,7 @@ impl RegistryService for Registry {
         let m = req.into_inner();
         let mut t = transition_in(&m.name, m.transition.as_ref(), &m, Transition::MarkUnaccounted)
             .map_err(st)?;
-        t.reference = m.incident_id.clone();
+        t.reference = optional_id(&m.incident_id, "incident_id").map_err(st)?;
         self.apply(&p, t).await
     }
 
@@ -510,7 +521,7 @@ impl RegistryService for Registry {
             .ok_or_else(|| st(Error::invalid("transition", "is required")))?;
         t.receiving_state = m.receiving_state.clone();
         t.disposition = disposition;
-        t.reference = m.diplomatic_request.clone();
+        t.reference = optional_id(&m.diplomatic_request, "diplomatic_request").map_err(st)?;
         self.apply(&p, t).await
     }
 
@@ -934,6 +945,30 @@ impl Registry {
     }
 }
 
+/// A state-scoped caller may only write people in its scope, and may not touch the
+/// nationality entries of other states (adding, changing or removing them would grant or take
+/// away another state's access).
+fn check_writable(scope: &Scope, old: Option<&PersonData>, new: &PersonData) -> Result<()> {
+    let Scope::States(own) = scope else { return Ok(()) };
+    if !scope.allows_any(new.active_states().iter().map(String::as_str)) {
+        return Err(Error::invalid(
+            "person.nationalities",
+            format!("must include an active nationality of your state ({})", own.join(", ")),
+        ));
+    }
+    let foreign = |d: &PersonData| -> Vec<Nationality> {
+        d.nationalities.iter().filter(|n| !own.contains(&n.state)).cloned().collect()
+    };
+    let before = old.map(foreign).unwrap_or_default();
+    if foreign(new) != before {
+        return Err(Error::invalid(
+            "person.nationalities",
+            "only the state concerned may add, change or remove its own nationality entries",
+        ));
+    }
+    Ok(())
+}
+
 fn check_past(
     v: &mut concord_platform::error::Violations,
     field: &str,
@@ -959,6 +994,14 @@ fn required_id(id: &str, field: &str) -> Result<String> {
         ));
     }
     Ok(id.to_string())
+}
+
+fn optional_id(id: &str, field: &str) -> Result<String> {
+    if id.is_empty() {
+        Ok(String::new())
+    } else {
+        required_id(id, field)
+    }
 }
 
 fn transition_in<M: Message>(
@@ -1004,7 +1047,7 @@ fn transition_in<M: Message>(
     })
 }
 
-fn parse_import_row(row: &pb::ImportPersonsRequest) -> Result<NewPerson> {
+fn parse_import_row(row: &pb::ImportPersonsRequest, scope: &Scope) -> Result<NewPerson> {
     let mut v = concord_platform::error::Violations::new();
     if row.request_id.is_empty() {
         v.add(
@@ -1024,11 +1067,14 @@ fn parse_import_row(row: &pb::ImportPersonsRequest) -> Result<NewPerson> {
     let Some(data) = v.finish(data)? else {
         return Err(Error::invalid("person", "is required"));
     };
+    check_writable(scope, None, &data)?;
     Ok(NewPerson { data, request_id: rid })
 }
 
 fn row_error(index: i64, fv: concord_platform::FieldViolation) -> pb::ImportRowError {
-    pb::ImportRowError { index, field: fv.field, description: fv.description }
+    // Descriptions quote caller input only in short excerpts; this bounds the rest.
+    let description = fv.description.chars().take(300).collect();
+    pb::ImportRowError { index, field: fv.field, description }
 }
 
 fn relationship_out(rec: &crate::store::Record) -> Result<pb::Relationship, Status> {

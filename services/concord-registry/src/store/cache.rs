@@ -22,6 +22,9 @@ const SHARDS: usize = 16;
 pub(crate) struct PersonCache {
     shards: Vec<RwLock<HashMap<String, Arc<Person>>>>,
     per_shard: usize,
+    /// Counts committed writes. A read fills the cache only if no write committed while it
+    /// read: an evicted entry can then never be replaced by an older row read concurrently.
+    writes: std::sync::atomic::AtomicU64,
 }
 
 impl PersonCache {
@@ -30,6 +33,7 @@ impl PersonCache {
         Self {
             shards: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect(),
             per_shard: (capacity / SHARDS).max(1),
+            writes: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -47,8 +51,26 @@ impl PersonCache {
         self.shard(id).read().ok()?.get(id).cloned()
     }
 
+    /// Taken before a database read; pass it to [`PersonCache::put_read`].
+    pub(crate) fn read_ticket(&self) -> u64 {
+        self.writes.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Stores a row read from the database, unless a write committed since `ticket`.
+    pub(crate) fn put_read(&self, p: &Person, ticket: u64) {
+        if self.writes.load(std::sync::atomic::Ordering::SeqCst) == ticket {
+            self.put(p);
+        }
+    }
+
+    /// Stores the version a write just committed.
+    pub(crate) fn put_written(&self, p: &Person) {
+        self.writes.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.put(p);
+    }
+
     /// Stores `p` unless a newer version is already there.
-    pub(crate) fn put(&self, p: &Person) {
+    fn put(&self, p: &Person) {
         let Ok(mut shard) = self.shard(&p.id).write() else { return };
         if shard.get(&p.id).is_some_and(|cur| cur.version >= p.version) {
             return;
@@ -88,6 +110,19 @@ mod tests {
         assert_eq!(c.get("0192-a").map(|p| p.version), Some(3));
         c.put(&person(4));
         assert_eq!(c.get("0192-a").map(|p| p.version), Some(4));
+    }
+
+    #[test]
+    fn a_read_that_overlapped_a_write_is_not_cached() {
+        let c = PersonCache::new(100);
+        let ticket = c.read_ticket();
+        c.put_written(&person(2));
+        // The entry is evicted (as a full shard would be), then the slow reader returns v1.
+        for s in &c.shards {
+            s.write().unwrap().clear();
+        }
+        c.put_read(&person(1), ticket);
+        assert!(c.get("0192-a").is_none());
     }
 
     #[test]

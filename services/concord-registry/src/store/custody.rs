@@ -75,7 +75,7 @@ impl Store {
         let now = now_micros();
         person.version += 1;
         person.update_time = now;
-        sqlx::query(
+        let updated = sqlx::query(
             "UPDATE persons SET custody_status = $1, facility_id = $2, section_id = $3, receiving_state = $4, \
              disposition = $5, version = $6, update_time = $7 WHERE id = $8 AND version = $9",
         )
@@ -90,7 +90,16 @@ impl Store {
         .bind(person.version - 1)
         .execute(tx.conn())
         .await
-        .db()?;
+        .db()?
+        .rows_affected();
+        // On PostgreSQL two transitions may read the same version concurrently; the second to
+        // write finds the version moved and loses, before it records anything.
+        if updated != 1 {
+            return Err(Error::Aborted(format!(
+                "{} changed concurrently; read it again and retry",
+                person.name()
+            )));
+        }
         let reference = if req.transition == Transition::StartTransfer {
             req.facility_id.clone()
         } else {

@@ -290,15 +290,19 @@ impl Store {
                     ));
                 };
                 let dup = fetch_person(tx.dialect(), tx.conn(), &scope, &duplicate).await?;
-                if !dup.merged_into.is_empty() {
-                    return Err(Error::FailedPrecondition {
-                        reason: "ALREADY_MERGED",
-                        message: format!(
-                            "{} is already merged into persons/{}",
-                            dup.name(),
-                            dup.merged_into
-                        ),
-                    });
+                let surv = fetch_person(tx.dialect(), tx.conn(), &scope, survivor).await?;
+                // Merges never chain: a record merged away cannot absorb another, so following
+                // merged_into always ends after one step and never loops.
+                for (p, role) in [(&dup, "duplicate"), (&surv, "surviving person")] {
+                    if !p.merged_into.is_empty() {
+                        return Err(Error::FailedPrecondition {
+                            reason: "ALREADY_MERGED",
+                            message: format!(
+                                "the {role} {} is itself merged into another record; unmerge it first",
+                                p.name()
+                            ),
+                        });
+                    }
                 }
                 changed = Some(
                     set_merged_into(&mut tx, &scope, &duplicate, survivor, "person.merged").await?,
@@ -322,8 +326,8 @@ impl Store {
         c.review_reason = reason.to_string();
         c.version += 1;
         c.update_time = now;
-        sqlx::query(
-            "UPDATE duplicate_candidates SET state = $1, surviving_person_id = $2, review_reason = $3, version = $4, update_time = $5 WHERE id = $6",
+        let updated = sqlx::query(
+            "UPDATE duplicate_candidates SET state = $1, surviving_person_id = $2, review_reason = $3, version = $4, update_time = $5 WHERE id = $6 AND version = $7",
         )
         .bind(c.state.as_str())
         .bind(&c.surviving_person_id)
@@ -331,9 +335,18 @@ impl Store {
         .bind(c.version)
         .bind(now)
         .bind(&c.id)
+        .bind(c.version - 1)
         .execute(tx.conn())
         .await
-        .db()?;
+        .db()?
+        .rows_affected();
+        // Two reviewers deciding at once on PostgreSQL: the later one finds the version moved
+        // and its whole transaction (the merge included) rolls back.
+        if updated != 1 {
+            return Err(Error::Aborted(format!(
+                "duplicateCandidates/{id} was reviewed concurrently; read it again"
+            )));
+        }
         tx.commit().await?;
         if let Some(p) = &changed {
             self.cached(p);
@@ -353,16 +366,21 @@ async fn set_merged_into(
     p.merged_into = into.to_string();
     p.version += 1;
     p.update_time = now_micros();
-    sqlx::query(
-        "UPDATE persons SET merged_into = $1, version = $2, update_time = $3 WHERE id = $4",
+    let updated = sqlx::query(
+        "UPDATE persons SET merged_into = $1, version = $2, update_time = $3 WHERE id = $4 AND version = $5",
     )
     .bind(&p.merged_into)
     .bind(p.version)
     .bind(p.update_time)
     .bind(&p.id)
+    .bind(p.version - 1)
     .execute(tx.conn())
     .await
-    .db()?;
+    .db()?
+    .rows_affected();
+    if updated != 1 {
+        return Err(Error::Aborted(format!("{} changed concurrently; retry", p.name())));
+    }
     outbox::append(tx, events::person(event, &p)).await?;
     Ok(p)
 }

@@ -56,7 +56,7 @@ impl Store {
     /// Records a person's new version after its transaction committed.
     pub(crate) fn cached(&self, p: &Person) {
         if let Some(c) = &self.cache {
-            c.put(p);
+            c.put_written(p);
         }
     }
 

@@ -122,8 +122,11 @@ impl Store {
                 Err(Error::NotFound(format!("persons/{id}")))
             };
         }
+        let ticket = self.cache.as_ref().map(|c| c.read_ticket());
         let p = fetch_person(self.db.dialect(), self.db.reader(), scope, id).await?;
-        self.cached(&p);
+        if let (Some(c), Some(t)) = (&self.cache, ticket) {
+            c.put_read(&p, t);
+        }
         Ok(p)
     }
 
