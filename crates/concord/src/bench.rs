@@ -397,6 +397,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
         let mut c = client(&servers.registry).await?;
         let rate = import(&mut c, args.people).await?;
         println!("[{backend}] import of {} people: {rate:.0} people/s", args.people);
+        if backend == "postgres" {
+            // As after any bulk load: fresh planner statistics (autovacuum would get there
+            // later on its own).
+            let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&url).await?;
+            sqlx::query("ANALYZE").execute(&mut conn).await?;
+        }
         let kinds: [(&str, QueryMaker); 2] = [
             ("given + family name", concord::synthetic::query),
             ("one given name", concord::synthetic::one_word_query),

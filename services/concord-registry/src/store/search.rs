@@ -63,17 +63,20 @@ impl Store {
         } else {
             // Several words: candidates hold at least two of them in one name; only they are
             // scored, by probing their keys.
+            // The score is a correlated subquery, so both SQLite and PostgreSQL probe the
+            // key index per candidate instead of scanning every key of the common words.
             sql.push("c AS (SELECT DISTINCT person_id FROM person_name_pairs WHERE pair IN ")
                 .bind_list(pairs.into_iter().map(SqlValue::Text))
-                .push("), m AS (SELECT k.person_id, COUNT(DISTINCT k.skeleton) * 10 + SUM(CASE WHEN k.folded IN ")
+                .push("), m AS (SELECT c.person_id, (SELECT COUNT(DISTINCT k.skeleton) * 10 + SUM(CASE WHEN k.folded IN ")
                 .bind_list(folded)
-                .push(" THEN 1 ELSE 0 END) AS score FROM c JOIN person_name_keys k ON k.person_id = c.person_id AND k.skeleton IN ")
+                .push(" THEN 1 ELSE 0 END) FROM person_name_keys k WHERE k.skeleton IN ")
                 .bind_list(skeletons)
-                .push(" GROUP BY k.person_id) ");
+                .push(" AND k.person_id = c.person_id) AS score FROM c) ");
         }
-        sql.push(&format!(
-            "SELECT {PERSON_COLUMNS}, m.score FROM m JOIN persons p ON p.id = m.person_id WHERE "
-        ))
+        // Rank and page on ids and scores first; read the chosen people's records last.
+        sql.push(
+            ", top AS (SELECT p.id, m.score FROM m JOIN persons p ON p.id = m.person_id WHERE ",
+        )
         .append(&scope_sql(scope, "p"));
         if let Some(f) = filter {
             sql.push(" AND ").append(f);
@@ -88,6 +91,10 @@ impl Store {
                 .push("))");
         }
         sql.push(" ORDER BY m.score DESC, p.id LIMIT ").bind_int(limit);
+        sql.push(&format!(
+            ") SELECT {PERSON_COLUMNS}, top.score FROM top JOIN persons p ON p.id = top.id \
+             ORDER BY top.score DESC, p.id"
+        ));
         let rows = sql.query(self.db.dialect()).fetch_all(self.db.reader()).await.db()?;
         rows.iter()
             .map(|r| Ok(SearchHit { person: person_from_row(r)?, score: r.try_get("score").db()? }))
