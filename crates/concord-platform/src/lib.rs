@@ -7,6 +7,7 @@
 //! - [`layers`]: the tower layers every server stacks (trace, admission, identity).
 //! - [`client`]: channels to other services, with tracecontext injected on every call.
 //! - [`error`]: the error model; domain errors become `Status` here and only here.
+//! - [`audit`]: the append-only, hash-chained audit log and its verification.
 //! - [`auth`]: the caller's principal and scope, the seam the security work fills in.
 //! - [`storage`]: SQLite (default) or PostgreSQL, migrations, transactions, sqlx errors.
 //! - [`outbox`]: the transactional outbox and the resumable `WatchChanges` stream.
@@ -17,6 +18,7 @@
 //! - [`sql`]: a small SQL builder with `$n` placeholders that both dialects accept.
 //! - [`time`]: timestamps as microseconds since the epoch, and their protobuf form.
 
+pub mod audit;
 pub mod auth;
 pub mod client;
 pub mod config;

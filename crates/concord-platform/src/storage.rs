@@ -34,6 +34,14 @@ pub struct Migrations {
     pub postgres: &'static Migrator,
 }
 
+static NO_SQLITE: Migrator = Migrator::DEFAULT;
+static NO_POSTGRES: Migrator = Migrator::DEFAULT;
+
+impl Migrations {
+    /// No service migrations: for tools that read only the platform's tables (audit).
+    pub const NONE: Migrations = Migrations { sqlite: &NO_SQLITE, postgres: &NO_POSTGRES };
+}
+
 static PLATFORM_SQLITE: Migrator = sqlx::migrate!("./migrations/sqlite");
 static PLATFORM_POSTGRES: Migrator = sqlx::migrate!("./migrations/postgres");
 

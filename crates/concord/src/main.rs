@@ -19,11 +19,83 @@ struct Cli {
 enum Command {
     /// Run the suite, or one service of it, until SIGTERM or Ctrl-C.
     Serve(concord::Config),
+    /// Verify or export a service's tamper-evident audit log.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Recompute the hash chain; exit 1 if any entry was altered, removed or reordered.
+    Verify {
+        /// The service database (sqlite://... or postgres://...).
+        #[arg(long, env = "CONCORD_AUDIT_DATABASE_URL")]
+        database_url: String,
+        /// A head published earlier, as SEQ:HASH, to also detect entries removed at the end.
+        #[arg(long)]
+        head: Option<String>,
+    },
+    /// Print entries after a position as JSON lines, for oversight bodies; the last line's
+    /// seq and hash are the head to publish.
+    Export {
+        /// The service database (sqlite://... or postgres://...).
+        #[arg(long, env = "CONCORD_AUDIT_DATABASE_URL")]
+        database_url: String,
+        /// Print entries after this position.
+        #[arg(long, default_value_t = 0)]
+        after: i64,
+    },
+}
+
+async fn audit(command: AuditCommand) -> anyhow::Result<()> {
+    use concord_platform::audit::{self, Head, Verdict};
+    use concord_platform::storage::{Db, DbOptions, Migrations};
+    match command {
+        AuditCommand::Verify { database_url, head } => {
+            let expected = match head {
+                None => None,
+                Some(h) => {
+                    let (seq, hash) = h
+                        .split_once(':')
+                        .ok_or_else(|| anyhow::anyhow!("--head must be SEQ:HASH"))?;
+                    Some(Head { seq: seq.parse()?, hash: hash.to_string() })
+                }
+            };
+            let db = Db::connect(&database_url, Migrations::NONE, DbOptions::default()).await?;
+            match audit::verify(&db, expected.as_ref()).await? {
+                Verdict::Intact(h) => {
+                    println!("audit log intact: {} entries, head {}:{}", h.seq, h.seq, h.hash)
+                }
+                Verdict::Broken { seq, reason } => {
+                    println!("audit log BROKEN at entry {seq}: {reason}");
+                    std::process::exit(1);
+                }
+            }
+        }
+        AuditCommand::Export { database_url, after } => {
+            let db = Db::connect(&database_url, Migrations::NONE, DbOptions::default()).await?;
+            let mut after = after;
+            loop {
+                let batch = audit::export(&db, after, 10_000).await?;
+                let Some(last) = batch.last() else { break };
+                after = last.seq;
+                for e in &batch {
+                    println!("{}", serde_json::to_string(e)?);
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let Command::Serve(cfg) = Cli::parse().command;
+    let cfg = match Cli::parse().command {
+        Command::Serve(cfg) => cfg,
+        Command::Audit { command } => return audit(command).await,
+    };
     let telemetry = concord_platform::telemetry::init("concord", &cfg.telemetry)?;
     let (trigger, shutdown) = Shutdown::new();
     trigger.on_signals();

@@ -1,0 +1,261 @@
+//! The tamper-evident audit log: append-only and hash-chained.
+//!
+//! Every entry records who (agency, state), what (action, resource, fields), why (purpose),
+//! the outcome and the trace id. An entry is appended inside the transaction of the change it
+//! records, so a change without its entry cannot commit. Its hash is SHA-256 over the previous
+//! entry's hash and the entry's own content, so [`verify`] detects any altered, removed or
+//! reordered entry. Removing entries from the end leaves a valid but shorter chain; comparing
+//! with a head exported earlier ([`Head`]) detects that too, which is why oversight bodies
+//! keep the head of every [`export`].
+//!
+//! Concurrency: on PostgreSQL an append takes a transaction-scoped advisory lock before it
+//! reads the previous hash, so concurrent writers chain one after another; SQLite has one
+//! writer.
+
+use sha2::{Digest, Sha256};
+use sqlx::Row;
+
+use crate::error::Result;
+use crate::storage::{Db, Dialect, SqlxResultExt, Tx};
+
+/// Advisory lock key that serialises audit appends on PostgreSQL ("audit" in ASCII).
+const AUDIT_LOCK: i64 = 0x0061_7564_6974;
+
+/// Hash of the (absent) entry before the first.
+pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+/// What to record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// Agency of the caller.
+    pub agency: String,
+    /// State of the caller, or empty.
+    pub state: String,
+    /// For example `GetPerson`.
+    pub action: String,
+    /// For example `persons/0192...`.
+    pub resource: String,
+    /// Fields read or written, comma separated.
+    pub fields: String,
+    /// Declared purpose.
+    pub purpose: String,
+    /// `OK`, or the error reason.
+    pub outcome: String,
+    /// Trace id of the call.
+    pub trace_id: String,
+}
+
+/// A stored entry with its place in the chain.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Stored {
+    /// Position, from 1.
+    pub seq: i64,
+    /// Micros since the epoch.
+    pub record_time: i64,
+    /// Agency.
+    pub agency: String,
+    /// State.
+    pub state: String,
+    /// Action.
+    pub action: String,
+    /// Resource.
+    pub resource: String,
+    /// Fields.
+    pub fields: String,
+    /// Purpose.
+    pub purpose: String,
+    /// Outcome.
+    pub outcome: String,
+    /// Trace id.
+    pub trace_id: String,
+    /// Hash of the previous entry.
+    pub prev_hash: String,
+    /// Hash of this entry.
+    pub hash: String,
+}
+
+/// The last entry of a chain, as published with an export.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Head {
+    /// Its position.
+    pub seq: i64,
+    /// Its hash.
+    pub hash: String,
+}
+
+/// The hash of an entry given the previous hash. Every field is length-prefixed, so no two
+/// different entries encode alike.
+pub fn entry_hash(prev_hash: &str, seq: i64, record_time: i64, e: &Entry) -> String {
+    let mut h = Sha256::new();
+    h.update(prev_hash.as_bytes());
+    h.update(seq.to_be_bytes());
+    h.update(record_time.to_be_bytes());
+    for f in [
+        &e.agency,
+        &e.state,
+        &e.action,
+        &e.resource,
+        &e.fields,
+        &e.purpose,
+        &e.outcome,
+        &e.trace_id,
+    ] {
+        h.update((f.len() as u64).to_be_bytes());
+        h.update(f.as_bytes());
+    }
+    hex::encode(h.finalize())
+}
+
+/// Appends `entry` inside `tx`; returns its position.
+pub async fn append(tx: &mut Tx, entry: &Entry) -> Result<i64> {
+    if tx.dialect() == Dialect::Postgres {
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(AUDIT_LOCK)
+            .execute(tx.conn())
+            .await
+            .db()?;
+    }
+    let last: Option<(i64, String)> =
+        sqlx::query_as("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1")
+            .fetch_optional(tx.conn())
+            .await
+            .db()?;
+    let (seq, prev) = match last {
+        Some((s, h)) => (s + 1, h),
+        None => (1, GENESIS.to_string()),
+    };
+    let now = crate::time::now_micros();
+    let hash = entry_hash(&prev, seq, now, entry);
+    sqlx::query(
+        "INSERT INTO audit_log (seq, record_time, agency, state, action, resource, fields, purpose, outcome, trace_id, prev_hash, hash) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+    )
+    .bind(seq)
+    .bind(now)
+    .bind(&entry.agency)
+    .bind(&entry.state)
+    .bind(&entry.action)
+    .bind(&entry.resource)
+    .bind(&entry.fields)
+    .bind(&entry.purpose)
+    .bind(&entry.outcome)
+    .bind(&entry.trace_id)
+    .bind(&prev)
+    .bind(&hash)
+    .execute(tx.conn())
+    .await
+    .db()?;
+    Ok(seq)
+}
+
+/// What [`verify`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// The chain is intact up to its head.
+    Intact(Head),
+    /// The first entry that does not fit, and why.
+    Broken {
+        /// Position of the first bad entry (or where one is missing).
+        seq: i64,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+fn stored_from_row(r: &sqlx::any::AnyRow) -> Result<Stored> {
+    Ok(Stored {
+        seq: r.try_get("seq").db()?,
+        record_time: r.try_get("record_time").db()?,
+        agency: r.try_get("agency").db()?,
+        state: r.try_get("state").db()?,
+        action: r.try_get("action").db()?,
+        resource: r.try_get("resource").db()?,
+        fields: r.try_get("fields").db()?,
+        purpose: r.try_get("purpose").db()?,
+        outcome: r.try_get("outcome").db()?,
+        trace_id: r.try_get("trace_id").db()?,
+        prev_hash: r.try_get("prev_hash").db()?,
+        hash: r.try_get("hash").db()?,
+    })
+}
+
+/// Entries after `after`, in order, at most `limit`.
+pub async fn export(db: &Db, after: i64, limit: i64) -> Result<Vec<Stored>> {
+    let rows = sqlx::query(
+        "SELECT seq, record_time, agency, state, action, resource, fields, purpose, outcome, trace_id, prev_hash, hash \
+         FROM audit_log WHERE seq > $1 ORDER BY seq LIMIT $2",
+    )
+    .bind(after)
+    .bind(limit)
+    .fetch_all(db.reader())
+    .await
+    .db()?;
+    rows.iter().map(stored_from_row).collect()
+}
+
+/// Recomputes the whole chain. With `expected`, a head published earlier, also detects
+/// entries removed from the end.
+pub async fn verify(db: &Db, expected: Option<&Head>) -> Result<Verdict> {
+    let mut prev = GENESIS.to_string();
+    let mut next_seq = 1;
+    loop {
+        let batch = export(db, next_seq - 1, 10_000).await?;
+        if batch.is_empty() {
+            break;
+        }
+        for s in batch {
+            if s.seq != next_seq {
+                return Ok(Verdict::Broken {
+                    seq: next_seq,
+                    reason: format!("entry {next_seq} is missing"),
+                });
+            }
+            if s.prev_hash != prev {
+                return Ok(Verdict::Broken {
+                    seq: s.seq,
+                    reason: "does not follow the entry before it (removed or reordered entries)"
+                        .into(),
+                });
+            }
+            let e = Entry {
+                agency: s.agency.clone(),
+                state: s.state.clone(),
+                action: s.action.clone(),
+                resource: s.resource.clone(),
+                fields: s.fields.clone(),
+                purpose: s.purpose.clone(),
+                outcome: s.outcome.clone(),
+                trace_id: s.trace_id.clone(),
+            };
+            if entry_hash(&prev, s.seq, s.record_time, &e) != s.hash {
+                return Ok(Verdict::Broken { seq: s.seq, reason: "content was altered".into() });
+            }
+            prev = s.hash;
+            next_seq += 1;
+        }
+    }
+    let head = Head { seq: next_seq - 1, hash: prev };
+    if let Some(exp) = expected {
+        if head.seq < exp.seq {
+            return Ok(Verdict::Broken {
+                seq: head.seq + 1,
+                reason: format!(
+                    "the log ends at {} but a head at {} was published",
+                    head.seq, exp.seq
+                ),
+            });
+        }
+        let at = if head.seq == exp.seq {
+            Some(head.hash.clone())
+        } else {
+            export(db, exp.seq - 1, 1).await?.first().map(|s| s.hash.clone())
+        };
+        if at.as_deref() != Some(exp.hash.as_str()) {
+            return Ok(Verdict::Broken {
+                seq: exp.seq,
+                reason: "differs from the published head".into(),
+            });
+        }
+    }
+    Ok(Verdict::Intact(head))
+}
