@@ -44,6 +44,15 @@ pub struct ServerConfig {
     /// Upper bound on any request's time, whatever deadline the caller set.
     #[arg(long, env = "CONCORD_REQUEST_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub request_timeout: Duration,
+    /// Calls per second each agency may make, sustained (0: no limit).
+    #[arg(long, env = "CONCORD_RATE_LIMIT_PER_AGENCY", default_value_t = 200.0)]
+    pub rate_limit_per_agency: f64,
+    /// Calls an agency may make at once above its sustained rate.
+    #[arg(long, env = "CONCORD_RATE_BURST_PER_AGENCY", default_value_t = 400.0)]
+    pub rate_burst_per_agency: f64,
+    /// Open watch streams each agency may hold.
+    #[arg(long, env = "CONCORD_MAX_STREAMS_PER_AGENCY", default_value_t = 16)]
+    pub max_streams_per_agency: usize,
     /// After SIGTERM: time spent reporting NOT_SERVING before refusing new connections, so
     /// load balancers take the pod out first.
     #[arg(long, env = "CONCORD_DRAIN_GRACE", default_value = "5s", value_parser = parse_duration)]
@@ -59,6 +68,9 @@ impl Default for ServerConfig {
             max_message_bytes: 4 * 1024 * 1024,
             max_concurrent_requests: 1024,
             request_timeout: Duration::from_secs(30),
+            rate_limit_per_agency: 200.0,
+            rate_burst_per_agency: 400.0,
+            max_streams_per_agency: 16,
             drain_grace: Duration::from_secs(5),
             drain_timeout: Duration::from_secs(30),
         }

@@ -17,6 +17,19 @@ use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::auth::SharedAuthenticator;
+use crate::quota::RateLimiter;
+
+/// RESOURCE_EXHAUSTED with ErrorInfo and RetryInfo saying when to try again.
+fn rate_limited(agency: &str, wait: std::time::Duration) -> tonic::Status {
+    use tonic_types::{ErrorDetails, StatusExt};
+    let mut details = ErrorDetails::with_retry_info(Some(wait));
+    details.set_error_info("RATE_LIMITED", "quota.concord", std::collections::HashMap::new());
+    tonic::Status::with_error_details(
+        tonic::Code::ResourceExhausted,
+        format!("agency {agency} is over its call rate; retry after {} ms", wait.as_millis()),
+        details,
+    )
+}
 
 type BoxFuture<T, E> = Pin<Box<dyn Future<Output = Result<T, E>> + Send>>;
 
@@ -164,19 +177,20 @@ where
 #[derive(Clone)]
 pub struct IdentityLayer {
     authenticator: SharedAuthenticator,
+    limiter: Option<Arc<RateLimiter>>,
 }
 
 impl IdentityLayer {
-    /// Uses `authenticator` for every call.
-    pub fn new(authenticator: SharedAuthenticator) -> Self {
-        Self { authenticator }
+    /// Uses `authenticator` for every call, and `limiter` (if any) per authenticated agency.
+    pub fn new(authenticator: SharedAuthenticator, limiter: Option<Arc<RateLimiter>>) -> Self {
+        Self { authenticator, limiter }
     }
 }
 
 impl<S> Layer<S> for IdentityLayer {
     type Service = Identity<S>;
     fn layer(&self, inner: S) -> Self::Service {
-        Identity { inner, authenticator: self.authenticator.clone() }
+        Identity { inner, authenticator: self.authenticator.clone(), limiter: self.limiter.clone() }
     }
 }
 
@@ -185,6 +199,7 @@ impl<S> Layer<S> for IdentityLayer {
 pub struct Identity<S> {
     inner: S,
     authenticator: SharedAuthenticator,
+    limiter: Option<Arc<RateLimiter>>,
 }
 
 impl<S, B> Service<http::Request<B>> for Identity<S>
@@ -207,6 +222,12 @@ where
             match self.authenticator.authenticate(req.headers()) {
                 Ok(principal) => {
                     tracing::Span::current().record("concord.agency", principal.agency.as_str());
+                    if let Some(wait) =
+                        self.limiter.as_ref().and_then(|l| l.check(&principal.agency).err())
+                    {
+                        let status = rate_limited(&principal.agency, wait);
+                        return Box::pin(async move { Ok(status.into_http()) });
+                    }
                     req.extensions_mut().insert(principal);
                 }
                 Err(e) => {

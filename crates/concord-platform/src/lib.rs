@@ -14,6 +14,7 @@
 //! - [`idempotency`]: request ids stored in the same transaction as the write.
 //! - [`filter`]: AIP-160 filter parsing and translation to SQL.
 //! - [`named_enum`]: domain enums stored and converted by name.
+//! - [`quota`]: per-agency rate limits and stream caps.
 //! - [`paging`]: AIP-158 page sizes and page tokens.
 //! - [`sql`]: a small SQL builder with `$n` placeholders that both dialects accept.
 //! - [`time`]: timestamps as microseconds since the epoch, and their protobuf form.
@@ -29,6 +30,7 @@ pub mod layers;
 pub mod named_enum;
 pub mod outbox;
 pub mod paging;
+pub mod quota;
 pub mod server;
 pub mod sql;
 pub mod storage;

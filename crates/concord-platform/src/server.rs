@@ -143,10 +143,16 @@ pub async fn serve(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
 
+    let limiter = (cfg.rate_limit_per_agency > 0.0).then(|| {
+        std::sync::Arc::new(crate::quota::RateLimiter::new(
+            cfg.rate_limit_per_agency,
+            cfg.rate_burst_per_agency,
+        ))
+    });
     let layers = tower::ServiceBuilder::new()
         .layer(TraceLayer)
         .layer(AdmissionLayer::new(cfg.max_concurrent_requests))
-        .layer(IdentityLayer::new(authenticator))
+        .layer(IdentityLayer::new(authenticator, limiter))
         .into_inner();
 
     let names = services.names.clone();

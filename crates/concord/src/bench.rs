@@ -147,7 +147,13 @@ async fn serve(url: String) -> anyhow::Result<()> {
     let telemetry = concord_platform::config::TelemetryConfig { log_filter, ..Default::default() };
     let _guard = concord_platform::telemetry::init("concord-bench", &telemetry)?;
     let (_trigger, shutdown) = Shutdown::new();
-    let cfg = concord_platform::config::ServerConfig::default();
+    // The per-agency rate limit stays on (its check is part of every call's cost) but high
+    // enough that one load-generating agency is never refused.
+    let cfg = concord_platform::config::ServerConfig {
+        rate_limit_per_agency: 1e9,
+        rate_burst_per_agency: 1e9,
+        ..Default::default()
+    };
     let (svc, _db) = concord_registry::build(&url, &cfg, shutdown.clone()).await?;
     let registry = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let echo = tokio::net::TcpListener::bind("127.0.0.1:0").await?;

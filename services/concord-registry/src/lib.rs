@@ -30,7 +30,8 @@ pub async fn build(
     shutdown: Shutdown,
 ) -> anyhow::Result<(RegistryServiceServer<Registry>, Db)> {
     let db = Db::connect(database_url, store::MIGRATIONS, DbOptions::default()).await?;
-    let registry = Registry::new(store::Store::new(db.clone()), shutdown);
+    let registry = Registry::new(store::Store::new(db.clone()), shutdown)
+        .with_stream_limit(cfg.max_streams_per_agency);
     Ok((server(registry, cfg), db))
 }
 

@@ -951,6 +951,42 @@ async fn family_and_identity_records_respect_scope() {
 }
 
 #[tokio::test]
+async fn agencies_are_rate_limited_and_stream_capped_each_on_their_own() {
+    let db = concord_testkit::database().await.unwrap();
+    let (trigger, shutdown) = Shutdown::new();
+    let mut cfg = concord_testkit::server_config();
+    cfg.rate_limit_per_agency = 1.0;
+    cfg.rate_burst_per_agency = 3.0;
+    cfg.max_streams_per_agency = 1;
+    let (svc, _db) = concord_registry::build(&db.url, &cfg, shutdown.clone()).await.unwrap();
+    let server =
+        TestServer::start(Services::new().with(svc), trigger, shutdown, cfg).await.unwrap();
+    let connect = |p: Principal| {
+        let uri = server.uri();
+        async move {
+            let channel = Channel::from_shared(uri).unwrap().connect().await.unwrap();
+            RegistryServiceClient::with_interceptor(channel, HeaderCredentials(p))
+        }
+    };
+    let mut france = connect(ministry("FR")).await;
+    // The first call opens a watch stream; two more calls use up the burst of three.
+    let mut watch =
+        france.watch_changes(pb::WatchChangesRequest::default()).await.unwrap().into_inner();
+    assert!(watch.next().await.unwrap().unwrap().event.unwrap().bookmark);
+    let second = france.watch_changes(pb::WatchChangesRequest::default()).await.unwrap_err();
+    assert_eq!(second.code(), Code::ResourceExhausted, "one open stream per agency");
+    france.list_persons(pb::ListPersonsRequest::default()).await.unwrap();
+    let limited = france.list_persons(pb::ListPersonsRequest::default()).await.unwrap_err();
+    assert_eq!(limited.code(), Code::ResourceExhausted);
+    let retry = limited.get_error_details().retry_info().cloned().expect("retry info");
+    assert!(retry.retry_delay.unwrap() <= std::time::Duration::from_secs(1));
+    // Another agency is not affected.
+    let mut germany = connect(ministry("DE")).await;
+    germany.list_persons(pb::ListPersonsRequest::default()).await.unwrap();
+    germany.watch_changes(pb::WatchChangesRequest::default()).await.unwrap();
+}
+
+#[tokio::test]
 async fn oversize_messages_are_refused() {
     let db = concord_testkit::database().await.unwrap();
     let (trigger, shutdown) = Shutdown::new();

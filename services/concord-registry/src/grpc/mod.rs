@@ -72,12 +72,24 @@ pub struct Registry {
     store: Store,
     shutdown: Shutdown,
     watch_tuning: WatchTuning,
+    streams: std::sync::Arc<concord_platform::quota::StreamLimiter>,
 }
 
 impl Registry {
     /// A registry over `store`; watch streams end when `shutdown` begins.
     pub fn new(store: Store, shutdown: Shutdown) -> Self {
-        Self { store, shutdown, watch_tuning: WatchTuning::default() }
+        Self {
+            store,
+            shutdown,
+            watch_tuning: WatchTuning::default(),
+            streams: std::sync::Arc::new(concord_platform::quota::StreamLimiter::new(16)),
+        }
+    }
+
+    /// Caps each agency's open watch streams.
+    pub fn with_stream_limit(mut self, per_agency: usize) -> Self {
+        self.streams = std::sync::Arc::new(concord_platform::quota::StreamLimiter::new(per_agency));
+        self
     }
 
     /// Overrides watch stream timings (tests use short ones).
@@ -898,6 +910,8 @@ impl RegistryService for Registry {
             event_types: m.event_types,
             scope: principal.scope(),
         };
+        // Held by the stream until it ends.
+        let permit = self.streams.open(&principal.agency).map_err(st)?;
         let stream = outbox::watch(
             self.store.db().clone(),
             params,
@@ -906,9 +920,10 @@ impl RegistryService for Registry {
         )
         .await
         .map_err(st)?;
-        Ok(Response::new(Box::pin(
-            stream.map(|r| r.map(|e| pb::WatchChangesResponse { event: Some(e) }).map_err(st)),
-        )))
+        Ok(Response::new(Box::pin(stream.map(move |r| {
+            let _held = &permit;
+            r.map(|e| pb::WatchChangesResponse { event: Some(e) }).map_err(st)
+        }))))
     }
 }
 
