@@ -16,23 +16,34 @@ use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_types::StatusExt;
 
-async fn suite(
-    drain_grace: Duration,
-) -> (
+type Suite = (
     concord::Running,
     concord_platform::server::ShutdownTrigger,
     tokio::task::JoinHandle<anyhow::Result<()>>,
     concord_testkit::TestDb,
-) {
+);
+
+async fn suite(drain_grace: Duration) -> Suite {
+    suite_with(drain_grace, |_| {}).await
+}
+
+/// The suite as `concord serve` runs it, with `tweak` applied to its configuration.
+async fn suite_with(drain_grace: Duration, tweak: impl FnOnce(&mut concord::Config)) -> Suite {
     let db = concord_testkit::database().await.unwrap();
     let cfg = concord::Config {
         target: concord::Target::All,
         data_dir: std::env::temp_dir(),
         registry_addr: "127.0.0.1:0".parse().unwrap(),
         registry_database_url: Some(db.url.clone()),
+        auth: concord::AuthMode::Dev,
+        oidc_issuer: None,
+        oidc_audience: "concord".into(),
+        oidc_key_files: vec![],
         server: concord_platform::config::ServerConfig { drain_grace, ..Default::default() },
         telemetry: TelemetryConfig::default(),
     };
+    let mut cfg = cfg;
+    tweak(&mut cfg);
     let (trigger, shutdown) = Shutdown::new();
     let (running, served) = concord::start(&cfg, shutdown).await.unwrap();
     (running, trigger, tokio::spawn(served), db)
@@ -116,4 +127,52 @@ async fn shutdown_reports_not_serving_then_drains_and_ends_watch_streams() {
     .await;
     assert!(ended.is_ok(), "watch stream ended on shutdown");
     tokio::time::timeout(Duration::from_secs(10), handle).await.unwrap().unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn with_oidc_only_a_valid_bearer_token_gets_in() {
+    let kp = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let key_file = dir.path().join("idp.pem");
+    std::fs::write(&key_file, kp.public_key_pem()).unwrap();
+    let (running, trigger, handle, _db) = suite_with(Duration::ZERO, |c| {
+        c.auth = concord::AuthMode::Oidc;
+        c.oidc_issuer = Some("https://idp.example.se".into());
+        c.oidc_key_files = vec![key_file.clone()];
+    })
+    .await;
+    let uri = format!("http://{}", running.registry.unwrap());
+    let channel = Channel::from_shared(uri).unwrap().connect().await.unwrap();
+    let exp =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() + 600;
+    let claims = serde_json::json!({
+        "iss": "https://idp.example.se", "aud": "concord", "sub": "analyst-3", "exp": exp,
+        "agency": "se-mfa", "agency_kind": "state_ministry", "state": "SE",
+    });
+    let encoding = jsonwebtoken::EncodingKey::from_ec_pem(kp.serialize_pem().as_bytes()).unwrap();
+    let token = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256),
+        &claims,
+        &encoding,
+    )
+    .unwrap();
+
+    let mut c = RegistryServiceClient::new(channel.clone());
+    let mut req = tonic::Request::new(pb::ListPersonsRequest::default());
+    req.metadata_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
+    c.list_persons(req).await.unwrap();
+
+    // Forged development metadata is not an identity here.
+    let mut forged = RegistryServiceClient::with_interceptor(
+        channel.clone(),
+        HeaderCredentials(concord_testkit::coordinator()),
+    );
+    let err = forged.list_persons(pb::ListPersonsRequest::default()).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unauthenticated);
+    // Health still answers without credentials, for probes.
+    let mut health = HealthClient::new(channel);
+    health.check(HealthCheckRequest { service: String::new() }).await.unwrap();
+
+    trigger.trigger();
+    handle.await.unwrap().unwrap();
 }

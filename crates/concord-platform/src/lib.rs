@@ -9,6 +9,7 @@
 //! - [`error`]: the error model; domain errors become `Status` here and only here.
 //! - [`audit`]: the append-only, hash-chained audit log and its verification.
 //! - [`auth`]: the caller's principal and scope, the seam the security work fills in.
+//! - [`oidc`]: OIDC bearer token authentication (issuer, audience, expiry, signature).
 //! - [`storage`]: SQLite (default) or PostgreSQL, migrations, transactions, sqlx errors.
 //! - [`outbox`]: the transactional outbox and the resumable `WatchChanges` stream.
 //! - [`idempotency`]: request ids stored in the same transaction as the write.
@@ -28,6 +29,7 @@ pub mod filter;
 pub mod idempotency;
 pub mod layers;
 pub mod named_enum;
+pub mod oidc;
 pub mod outbox;
 pub mod paging;
 pub mod quota;

@@ -13,8 +13,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use concord_platform::auth::HeaderAuthenticator;
+use concord_platform::auth::{HeaderAuthenticator, SharedAuthenticator};
 use concord_platform::config::{ServerConfig, TelemetryConfig};
+use concord_platform::oidc::{OidcAuthenticator, VerificationKey};
 use concord_platform::server::{self, Services, Shutdown};
 
 /// Which services to run.
@@ -24,6 +25,15 @@ pub enum Target {
     All,
     /// The registry.
     Registry,
+}
+
+/// How callers are authenticated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum AuthMode {
+    /// `x-concord-*` metadata, trusted as sent: development on a trusted network only.
+    Dev,
+    /// OIDC bearer tokens validated against the configured issuer, audience and keys.
+    Oidc,
 }
 
 /// `concord serve` settings.
@@ -41,6 +51,18 @@ pub struct Config {
     /// Registry database (sqlite:// or postgres://); default: a SQLite file in the data folder.
     #[arg(long, env = "CONCORD_REGISTRY_DATABASE_URL")]
     pub registry_database_url: Option<String>,
+    /// How callers are authenticated.
+    #[arg(long, env = "CONCORD_AUTH", value_enum, default_value_t = AuthMode::Dev)]
+    pub auth: AuthMode,
+    /// OIDC issuer tokens must come from (with `--auth oidc`).
+    #[arg(long, env = "CONCORD_OIDC_ISSUER")]
+    pub oidc_issuer: Option<String>,
+    /// OIDC audience tokens must be for (with `--auth oidc`).
+    #[arg(long, env = "CONCORD_OIDC_AUDIENCE", default_value = "concord")]
+    pub oidc_audience: String,
+    /// PEM public keys (EC for ES256, RSA for RS256) that sign tokens; repeat for rotation.
+    #[arg(long = "oidc-key-file", env = "CONCORD_OIDC_KEY_FILES", value_delimiter = ',')]
+    pub oidc_key_files: Vec<PathBuf>,
     /// Server limits and timings.
     #[command(flatten)]
     pub server: ServerConfig,
@@ -58,6 +80,35 @@ impl Config {
     }
 }
 
+/// The authenticator `cfg` asks for.
+pub fn authenticator(cfg: &Config) -> anyhow::Result<SharedAuthenticator> {
+    Ok(match cfg.auth {
+        AuthMode::Dev => {
+            tracing::warn!("development authentication: x-concord-* metadata is trusted as sent");
+            Arc::new(HeaderAuthenticator)
+        }
+        AuthMode::Oidc => {
+            let issuer = cfg
+                .oidc_issuer
+                .clone()
+                .ok_or_else(|| anyhow::anyhow!("--auth oidc needs --oidc-issuer"))?;
+            anyhow::ensure!(!cfg.oidc_key_files.is_empty(), "--auth oidc needs --oidc-key-file");
+            let keys = cfg
+                .oidc_key_files
+                .iter()
+                .map(|f| {
+                    let pem = std::fs::read(f)
+                        .map_err(|e| anyhow::anyhow!("reading {}: {e}", f.display()))?;
+                    VerificationKey::from_pem(&pem, None).map_err(|e| {
+                        anyhow::anyhow!("{} is not a PEM public key: {e}", f.display())
+                    })
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            Arc::new(OidcAuthenticator::new(issuer, cfg.oidc_audience.clone(), keys))
+        }
+    })
+}
+
 /// Addresses the running services listen on.
 #[derive(Debug, Clone)]
 pub struct Running {
@@ -72,7 +123,7 @@ pub async fn start(
     cfg: &Config,
     shutdown: Shutdown,
 ) -> anyhow::Result<(Running, impl std::future::Future<Output = anyhow::Result<()>>)> {
-    let authenticator = Arc::new(HeaderAuthenticator);
+    let authenticator = authenticator(cfg)?;
     let mut tasks = Vec::new();
     let mut running = Running { registry: None };
     if matches!(cfg.target, Target::All | Target::Registry) {

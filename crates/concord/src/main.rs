@@ -18,7 +18,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the suite, or one service of it, until SIGTERM or Ctrl-C.
-    Serve(concord::Config),
+    Serve(Box<concord::Config>),
     /// Verify or export a service's tamper-evident audit log.
     Audit {
         #[command(subcommand)]
