@@ -10,7 +10,7 @@ use concord_platform::time::now_micros;
 use sqlx::Row;
 
 use super::persons::check_version;
-use super::{fetch_person, Store};
+use super::{expect_one_row, fetch_person, Store};
 use crate::domain::{CustodyEvent, CustodyStatus, Person, Transition, TransitionRequest};
 use crate::events;
 
@@ -92,14 +92,7 @@ impl Store {
         .await
         .db()?
         .rows_affected();
-        // On PostgreSQL two transitions may read the same version concurrently; the second to
-        // write finds the version moved and loses, before it records anything.
-        if updated != 1 {
-            return Err(Error::Aborted(format!(
-                "{} changed concurrently; read it again and retry",
-                person.name()
-            )));
-        }
+        expect_one_row(updated, &person.name())?;
         let reference = if req.transition == Transition::StartTransfer {
             req.facility_id.clone()
         } else {

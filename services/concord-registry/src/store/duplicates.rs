@@ -14,7 +14,7 @@ use concord_platform::storage::{SqlxResultExt, Tx};
 use concord_platform::time::now_micros;
 use sqlx::Row;
 
-use super::{fetch_person, scope_sql, Store};
+use super::{expect_one_row, fetch_person, scope_sql, Store};
 use crate::domain::{DuplicateCandidate, DuplicateState, Person};
 use crate::{events, search_keys};
 
@@ -340,13 +340,8 @@ impl Store {
         .await
         .db()?
         .rows_affected();
-        // Two reviewers deciding at once on PostgreSQL: the later one finds the version moved
-        // and its whole transaction (the merge included) rolls back.
-        if updated != 1 {
-            return Err(Error::Aborted(format!(
-                "duplicateCandidates/{id} was reviewed concurrently; read it again"
-            )));
-        }
+        // The merge in the same transaction rolls back with it.
+        expect_one_row(updated, &format!("duplicateCandidates/{id}"))?;
         tx.commit().await?;
         if let Some(p) = &changed {
             self.cached(p);
@@ -378,9 +373,7 @@ async fn set_merged_into(
     .await
     .db()?
     .rows_affected();
-    if updated != 1 {
-        return Err(Error::Aborted(format!("{} changed concurrently; retry", p.name())));
-    }
+    expect_one_row(updated, &p.name())?;
     outbox::append(tx, events::person(event, &p)).await?;
     Ok(p)
 }

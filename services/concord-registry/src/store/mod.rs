@@ -66,6 +66,17 @@ impl Store {
     }
 }
 
+/// Checks a compare-and-set write (`... WHERE version = <read version>`): on PostgreSQL two
+/// transactions may read the same version, and the later writer finds it moved. It loses with
+/// ABORTED before it records anything, and its whole transaction rolls back.
+pub(crate) fn expect_one_row(rows_affected: u64, resource: &str) -> Result<()> {
+    if rows_affected == 1 {
+        Ok(())
+    } else {
+        Err(Error::Aborted(format!("{resource} changed concurrently; read it again and retry")))
+    }
+}
+
 /// `TRUE` for everyone, or the nationality test for a state-scoped caller; `alias` is the
 /// persons table's alias in the surrounding query.
 pub(crate) fn scope_sql(scope: &Scope, alias: &str) -> Sql {

@@ -9,7 +9,7 @@ use concord_platform::sql::{insert_rows, Sql, SqlValue};
 use concord_platform::storage::{SqlxResultExt, Tx};
 use concord_platform::time::now_micros;
 
-use super::{fetch_person, person_from_row, scope_sql, Store, PERSON_COLUMNS};
+use super::{expect_one_row, fetch_person, person_from_row, scope_sql, Store, PERSON_COLUMNS};
 use crate::domain::{Person, PersonData};
 use crate::{events, search_keys};
 
@@ -186,12 +186,8 @@ impl Store {
             .bind_text(&person.id)
             .push(" AND version = ")
             .bind_int(person.version - 1);
-        if sql.query(tx.dialect()).execute(tx.conn()).await.db()?.rows_affected() != 1 {
-            return Err(Error::Aborted(format!(
-                "{} changed concurrently; read it again",
-                person.name()
-            )));
-        }
+        let updated = sql.query(tx.dialect()).execute(tx.conn()).await.db()?.rows_affected();
+        expect_one_row(updated, &person.name())?;
         delete_index_rows(&mut tx, &old).await?;
         write_index_rows(&mut tx, &[&person]).await?;
         super::duplicates::detect(&mut tx, &[&person]).await?;
