@@ -25,7 +25,7 @@ const AUDIT_LOCK: i64 = 0x0061_7564_6974;
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
 /// What to record.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Entry {
     /// Agency of the caller.
     pub agency: String,
@@ -52,22 +52,9 @@ pub struct Stored {
     pub seq: i64,
     /// Micros since the epoch.
     pub record_time: i64,
-    /// Agency.
-    pub agency: String,
-    /// State.
-    pub state: String,
-    /// Action.
-    pub action: String,
-    /// Resource.
-    pub resource: String,
-    /// Fields.
-    pub fields: String,
-    /// Purpose.
-    pub purpose: String,
-    /// Outcome.
-    pub outcome: String,
-    /// Trace id.
-    pub trace_id: String,
+    /// What was recorded.
+    #[serde(flatten)]
+    pub entry: Entry,
     /// Hash of the previous entry.
     pub prev_hash: String,
     /// Hash of this entry.
@@ -166,14 +153,16 @@ fn stored_from_row(r: &sqlx::any::AnyRow) -> Result<Stored> {
     Ok(Stored {
         seq: r.try_get("seq").db()?,
         record_time: r.try_get("record_time").db()?,
-        agency: r.try_get("agency").db()?,
-        state: r.try_get("state").db()?,
-        action: r.try_get("action").db()?,
-        resource: r.try_get("resource").db()?,
-        fields: r.try_get("fields").db()?,
-        purpose: r.try_get("purpose").db()?,
-        outcome: r.try_get("outcome").db()?,
-        trace_id: r.try_get("trace_id").db()?,
+        entry: Entry {
+            agency: r.try_get("agency").db()?,
+            state: r.try_get("state").db()?,
+            action: r.try_get("action").db()?,
+            resource: r.try_get("resource").db()?,
+            fields: r.try_get("fields").db()?,
+            purpose: r.try_get("purpose").db()?,
+            outcome: r.try_get("outcome").db()?,
+            trace_id: r.try_get("trace_id").db()?,
+        },
         prev_hash: r.try_get("prev_hash").db()?,
         hash: r.try_get("hash").db()?,
     })
@@ -217,17 +206,7 @@ pub async fn verify(db: &Db, expected: Option<&Head>) -> Result<Verdict> {
                         .into(),
                 });
             }
-            let e = Entry {
-                agency: s.agency.clone(),
-                state: s.state.clone(),
-                action: s.action.clone(),
-                resource: s.resource.clone(),
-                fields: s.fields.clone(),
-                purpose: s.purpose.clone(),
-                outcome: s.outcome.clone(),
-                trace_id: s.trace_id.clone(),
-            };
-            if entry_hash(&prev, s.seq, s.record_time, &e) != s.hash {
+            if entry_hash(&prev, s.seq, s.record_time, &s.entry) != s.hash {
                 return Ok(Verdict::Broken { seq: s.seq, reason: "content was altered".into() });
             }
             prev = s.hash;
