@@ -87,6 +87,37 @@ async fn serve_answers_health_and_traces_errors_with_the_callers_trace_id() {
         "the server continued the caller's trace"
     );
 
+    // Reflection describes the error details too, so grpcurl prints them as fields.
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+    use tonic_reflection::pb::v1::{
+        server_reflection_client::ServerReflectionClient, ServerReflectionRequest,
+    };
+    let channel = Channel::from_shared(format!("http://{}", running.registry.unwrap()))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut reflection = ServerReflectionClient::new(channel);
+    for symbol in
+        ["google.rpc.BadRequest", "google.rpc.ErrorInfo", "concord.registry.v1.RegistryService"]
+    {
+        let req = ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::FileContainingSymbol(symbol.into())),
+        };
+        let mut answers = reflection
+            .server_reflection_info(futures::stream::iter([req]))
+            .await
+            .unwrap()
+            .into_inner();
+        let answer = answers.next().await.unwrap().unwrap().message_response.unwrap();
+        assert!(
+            matches!(answer, MessageResponse::FileDescriptorResponse(_)),
+            "{symbol}: {answer:?}"
+        );
+    }
+
     trigger.trigger();
     handle.await.unwrap().unwrap();
 }

@@ -16,6 +16,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out = PathBuf::from(std::env::var("OUT_DIR")?);
     // Served by server reflection (v1 and v1alpha) so grpcurl needs no proto files.
     std::fs::write(out.join("concord_descriptor.bin"), fds.encode_to_vec())?;
+    // google.rpc error details for reflection only (tonic-types provides the Rust types).
+    let third_party = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("third_party");
+    let details = protox::compile(["google/rpc/error_details.proto"], [&third_party])?;
+    std::fs::write(out.join("error_details_descriptor.bin"), details.encode_to_vec())?;
+    println!("cargo:rerun-if-changed={}", third_party.display());
     tonic_prost_build::configure().build_client(true).build_server(true).compile_fds(fds)?;
     println!("cargo:rerun-if-changed={}", root.display());
     Ok(())

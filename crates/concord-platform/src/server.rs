@@ -137,10 +137,16 @@ pub async fn serve(
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(concord_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        // google.rpc error details, so reflection clients (grpcurl) print ErrorInfo and
+        // BadRequest instead of raw bytes.
+        .register_encoded_file_descriptor_set(concord_proto::ERROR_DETAILS_DESCRIPTOR_SET)
         .build_v1()?;
     let reflection_v1alpha = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(concord_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        // google.rpc error details, so reflection clients (grpcurl) print ErrorInfo and
+        // BadRequest instead of raw bytes.
+        .register_encoded_file_descriptor_set(concord_proto::ERROR_DETAILS_DESCRIPTOR_SET)
         .build_v1alpha()?;
 
     let limiter = (cfg.rate_limit_per_agency > 0.0).then(|| {

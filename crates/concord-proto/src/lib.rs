@@ -10,6 +10,11 @@
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/concord_descriptor.bin"));
 
+/// Encoded `FileDescriptorSet` of the google.rpc error details Concord sends (ErrorInfo,
+/// BadRequest, RetryInfo), so reflection clients can print them.
+pub const ERROR_DETAILS_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/error_details_descriptor.bin"));
+
 /// Shared types: `concord.type.v1`.
 pub mod r#type {
     /// `concord.type.v1`
