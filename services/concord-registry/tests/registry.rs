@@ -24,9 +24,12 @@ struct Harness {
 
 impl Harness {
     async fn start() -> Harness {
+        Self::start_with(concord_testkit::server_config()).await
+    }
+
+    async fn start_with(cfg: concord_platform::config::ServerConfig) -> Harness {
         let db = concord_testkit::database().await.unwrap();
         let (trigger, shutdown) = Shutdown::new();
-        let cfg = concord_testkit::server_config();
         let (svc, _db) = concord_registry::build(&db.url, &cfg, shutdown.clone()).await.unwrap();
         let server =
             TestServer::start(Services::new().with(svc), trigger, shutdown, cfg).await.unwrap();
@@ -952,23 +955,12 @@ async fn family_and_identity_records_respect_scope() {
 
 #[tokio::test]
 async fn agencies_are_rate_limited_and_stream_capped_each_on_their_own() {
-    let db = concord_testkit::database().await.unwrap();
-    let (trigger, shutdown) = Shutdown::new();
     let mut cfg = concord_testkit::server_config();
     cfg.rate_limit_per_agency = 1.0;
     cfg.rate_burst_per_agency = 3.0;
     cfg.max_streams_per_agency = 1;
-    let (svc, _db) = concord_registry::build(&db.url, &cfg, shutdown.clone()).await.unwrap();
-    let server =
-        TestServer::start(Services::new().with(svc), trigger, shutdown, cfg).await.unwrap();
-    let connect = |p: Principal| {
-        let uri = server.uri();
-        async move {
-            let channel = Channel::from_shared(uri).unwrap().connect().await.unwrap();
-            RegistryServiceClient::with_interceptor(channel, HeaderCredentials(p))
-        }
-    };
-    let mut france = connect(ministry("FR")).await;
+    let h = Harness::start_with(cfg).await;
+    let mut france = h.client(ministry("FR")).await;
     // The first call opens a watch stream; two more calls use up the burst of three.
     let mut watch =
         france.watch_changes(pb::WatchChangesRequest::default()).await.unwrap().into_inner();
@@ -981,22 +973,17 @@ async fn agencies_are_rate_limited_and_stream_capped_each_on_their_own() {
     let retry = limited.get_error_details().retry_info().cloned().expect("retry info");
     assert!(retry.retry_delay.unwrap() <= std::time::Duration::from_secs(1));
     // Another agency is not affected.
-    let mut germany = connect(ministry("DE")).await;
+    let mut germany = h.client(ministry("DE")).await;
     germany.list_persons(pb::ListPersonsRequest::default()).await.unwrap();
     germany.watch_changes(pb::WatchChangesRequest::default()).await.unwrap();
 }
 
 #[tokio::test]
 async fn oversize_messages_are_refused() {
-    let db = concord_testkit::database().await.unwrap();
-    let (trigger, shutdown) = Shutdown::new();
     let mut cfg = concord_testkit::server_config();
     cfg.max_message_bytes = 4 * 1024;
-    let (svc, _db) = concord_registry::build(&db.url, &cfg, shutdown.clone()).await.unwrap();
-    let server =
-        TestServer::start(Services::new().with(svc), trigger, shutdown, cfg).await.unwrap();
-    let channel = Channel::from_shared(server.uri()).unwrap().connect().await.unwrap();
-    let mut c = RegistryServiceClient::with_interceptor(channel, HeaderCredentials(coordinator()));
+    let h = Harness::start_with(cfg).await;
+    let mut c = h.client(coordinator()).await;
     let mut p = person("Big Record", "FR", 1990);
     p.names = (0..30)
         .map(|i| pb::PersonName {
