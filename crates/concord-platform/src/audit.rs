@@ -15,7 +15,8 @@
 use sha2::{Digest, Sha256};
 use sqlx::Row;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
+use crate::sql::SqlValue;
 use crate::storage::{Db, Dialect, SqlxResultExt, Tx};
 
 /// Advisory lock key that serialises audit appends on PostgreSQL ("audit" in ASCII).
@@ -95,6 +96,14 @@ pub fn entry_hash(prev_hash: &str, seq: i64, record_time: i64, e: &Entry) -> Str
 
 /// Appends `entry` inside `tx`; returns its position.
 pub async fn append(tx: &mut Tx, entry: &Entry) -> Result<i64> {
+    append_many(tx, std::slice::from_ref(entry)).await
+}
+
+/// Appends `entries`, in order, inside `tx`; returns the position of the last (0 if none).
+pub async fn append_many(tx: &mut Tx, entries: &[Entry]) -> Result<i64> {
+    if entries.is_empty() {
+        return Ok(0);
+    }
     if tx.dialect() == Dialect::Postgres {
         sqlx::query("SELECT pg_advisory_xact_lock($1)")
             .bind(AUDIT_LOCK)
@@ -107,32 +116,106 @@ pub async fn append(tx: &mut Tx, entry: &Entry) -> Result<i64> {
             .fetch_optional(tx.conn())
             .await
             .db()?;
-    let (seq, prev) = match last {
-        Some((s, h)) => (s + 1, h),
-        None => (1, GENESIS.to_string()),
+    let (mut seq, mut prev) = match last {
+        Some((s, h)) => (s, h),
+        None => (0, GENESIS.to_string()),
     };
     let now = crate::time::now_micros();
-    let hash = entry_hash(&prev, seq, now, entry);
-    sqlx::query(
-        "INSERT INTO audit_log (seq, record_time, agency, state, action, resource, fields, purpose, outcome, trace_id, prev_hash, hash) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
-    )
-    .bind(seq)
-    .bind(now)
-    .bind(&entry.agency)
-    .bind(&entry.state)
-    .bind(&entry.action)
-    .bind(&entry.resource)
-    .bind(&entry.fields)
-    .bind(&entry.purpose)
-    .bind(&entry.outcome)
-    .bind(&entry.trace_id)
-    .bind(&prev)
-    .bind(&hash)
-    .execute(tx.conn())
-    .await
-    .db()?;
+    let mut rows = Vec::with_capacity(entries.len());
+    for e in entries {
+        seq += 1;
+        let hash = entry_hash(&prev, seq, now, e);
+        rows.push(vec![
+            SqlValue::Int(seq),
+            SqlValue::Int(now),
+            SqlValue::Text(e.agency.clone()),
+            SqlValue::Text(e.state.clone()),
+            SqlValue::Text(e.action.clone()),
+            SqlValue::Text(e.resource.clone()),
+            SqlValue::Text(e.fields.clone()),
+            SqlValue::Text(e.purpose.clone()),
+            SqlValue::Text(e.outcome.clone()),
+            SqlValue::Text(e.trace_id.clone()),
+            SqlValue::Text(std::mem::replace(&mut prev, hash.clone())),
+            SqlValue::Text(hash),
+        ]);
+    }
+    for stmt in crate::sql::insert_rows(
+        "INSERT INTO audit_log (seq, record_time, agency, state, action, resource, fields, purpose, outcome, trace_id, prev_hash, hash) VALUES ",
+        &rows,
+        "",
+    ) {
+        stmt.query(tx.dialect()).execute(tx.conn()).await.db()?;
+    }
     Ok(seq)
+}
+
+/// Entries waiting for the recorder, with whoever waits for their commit.
+type Pending = (Vec<Entry>, tokio::sync::oneshot::Sender<Result<()>>);
+
+/// Records audit entries that have no write transaction of their own (reads, refusals):
+/// callers wait until their entries are committed, and concurrent callers share one
+/// transaction (group commit), so auditing every read costs one commit per batch, not per
+/// read. A read whose entry cannot be committed fails instead of returning data unaudited.
+#[derive(Debug, Clone)]
+pub struct Recorder {
+    tx: tokio::sync::mpsc::Sender<Pending>,
+}
+
+/// Most entries committed together.
+const GROUP_MAX: usize = 2048;
+
+impl Recorder {
+    /// Starts the recorder's task on `db`. It ends when every clone is dropped.
+    pub fn spawn(db: Db) -> Self {
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Pending>(4096);
+        tokio::spawn(async move {
+            while let Some(first) = rx.recv().await {
+                let mut group = vec![first];
+                let mut n = group[0].0.len();
+                while n < GROUP_MAX {
+                    match rx.try_recv() {
+                        Ok(p) => {
+                            n += p.0.len();
+                            group.push(p);
+                        }
+                        Err(_) => break,
+                    }
+                }
+                let entries: Vec<Entry> =
+                    group.iter().flat_map(|(e, _)| e.iter().cloned()).collect();
+                let result = async {
+                    let mut t = db.begin().await?;
+                    append_many(&mut t, &entries).await?;
+                    t.commit().await
+                }
+                .await;
+                if let Err(e) = &result {
+                    tracing::error!(error = %e, entries = entries.len(), "audit entries not recorded");
+                }
+                for (_, done) in group {
+                    let _ = done.send(match &result {
+                        Ok(()) => Ok(()),
+                        Err(_) => Err(Error::Unavailable(
+                            "the audit log is unavailable; nothing was returned".into(),
+                        )),
+                    });
+                }
+            }
+        });
+        Self { tx }
+    }
+
+    /// Records `entries` and waits until they are committed.
+    pub async fn record(&self, entries: Vec<Entry>) -> Result<()> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let (done, wait) = tokio::sync::oneshot::channel();
+        let gone = || Error::Unavailable("the audit recorder has stopped".into());
+        self.tx.send((entries, done)).await.map_err(|_| gone())?;
+        wait.await.map_err(|_| gone())?
+    }
 }
 
 /// What [`verify`] found.

@@ -64,48 +64,136 @@ pub struct Principal {
     pub kind: AgencyKind,
     /// Roles granted to the caller.
     pub roles: Vec<String>,
+    /// Facilities the agency runs (custodial authorities).
+    pub facilities: Vec<String>,
+    /// The trusted forwarder (the gateway) this principal came through, if any.
+    pub via: Option<String>,
 }
 
-/// Which people a principal may see.
+impl Principal {
+    /// A principal for a service acting on its own behalf (consumers of watch streams).
+    pub fn service(name: &str) -> Self {
+        Self {
+            agency: name.into(),
+            state: None,
+            kind: AgencyKind::Service,
+            roles: vec![],
+            facilities: vec![],
+            via: None,
+        }
+    }
+}
+
+/// Which people a caller may see: everyone, or the union of the [`Visible`] sets.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Scope {
     /// Every person.
     All,
-    /// People who hold (claimed, documented or verified, not revoked) one of these
-    /// nationalities. Empty: nobody.
-    States(Vec<String>),
+    /// Only these.
+    Only(Visible),
 }
 
-impl Principal {
-    /// The people this principal may see. State agencies see their own nationals; the
-    /// coordinator, the custodial authority, monitors and services see everyone (the security
-    /// work narrows the last three by facility and field).
-    pub fn scope(&self) -> Scope {
-        match self.kind {
-            AgencyKind::StateMinistry | AgencyKind::Justice => {
-                Scope::States(self.state.iter().filter(|s| is_state_code(s)).cloned().collect())
-            }
-            AgencyKind::Coordinator
-            | AgencyKind::CustodialAuthority
-            | AgencyKind::HumanitarianMonitor
-            | AgencyKind::Service => Scope::All,
-        }
-    }
+/// The people a limited caller sees: a union. Every string in it is checked to be safe
+/// inside SQL patterns before it gets here ([`is_state_code`], [`is_tag_safe`]).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Visible {
+    /// People holding (claimed, documented or verified, not revoked) one of these
+    /// nationalities.
+    pub states: Vec<String>,
+    /// People held in one of these facilities.
+    pub facilities: Vec<String>,
+    /// These people, by id (sharing agreements naming them, break-the-glass grants).
+    pub persons: Vec<String>,
+    /// People of a category holding a state's nationality: `(state, category)`, from
+    /// sharing agreements by category.
+    pub categories: Vec<(String, String)>,
+}
 
-    /// A principal for a service acting on its own behalf (consumers of watch streams).
-    pub fn service(name: &str) -> Self {
-        Self { agency: name.into(), state: None, kind: AgencyKind::Service, roles: vec![] }
-    }
+/// What decides whether a person is visible: what [`Scope::admits`] and the watch tags
+/// look at.
+#[derive(Debug, Clone, Copy)]
+pub struct Subject<'a> {
+    /// The person's id.
+    pub id: &'a str,
+    /// States of its active nationalities.
+    pub states: &'a [String],
+    /// The facility holding it, or empty.
+    pub facility: &'a str,
+    /// Its category.
+    pub category: &'a str,
 }
 
 impl Scope {
-    /// True if a person holding `states` is visible.
-    pub fn allows_any<'a>(&self, mut states: impl Iterator<Item = &'a str>) -> bool {
+    /// Sees nobody.
+    pub fn nobody() -> Self {
+        Scope::Only(Visible::default())
+    }
+
+    /// True if `s` is visible. The same rule as the SQL each service builds from the scope.
+    pub fn admits(&self, s: &Subject<'_>) -> bool {
+        let v = match self {
+            Scope::All => return true,
+            Scope::Only(v) => v,
+        };
+        s.states.iter().any(|st| v.states.contains(st))
+            || (!s.facility.is_empty() && v.facilities.iter().any(|f| f == s.facility))
+            || v.persons.iter().any(|p| p == s.id)
+            || v.categories.iter().any(|(st, c)| c == s.category && s.states.contains(st))
+    }
+
+    /// True if every person holding one of `states` is visible (a state's own nationals).
+    pub fn covers_state(&self, state: &str) -> bool {
         match self {
             Scope::All => true,
-            Scope::States(allowed) => states.any(|s| allowed.iter().any(|a| a == s)),
+            Scope::Only(v) => v.states.iter().any(|s| s == state),
         }
     }
+}
+
+/// The visibility tags of a change event about `s`: `|FR|IQ|@fac-1|FR#child|`. A watcher
+/// sees the event if one of its [`watch_patterns`] matches.
+pub fn subject_tags(s: &Subject<'_>) -> String {
+    let mut t = String::from("|");
+    for st in s.states {
+        t.push_str(st);
+        t.push('|');
+    }
+    if !s.facility.is_empty() {
+        t.push('@');
+        t.push_str(s.facility);
+        t.push('|');
+    }
+    for st in s.states {
+        t.push_str(st);
+        t.push('#');
+        t.push_str(s.category);
+        t.push('|');
+    }
+    t
+}
+
+/// The LIKE patterns (with `\\` as the escape character) a watcher in `v` matches event
+/// tags with; strings that are not safe tags are skipped.
+pub fn watch_patterns(v: &Visible) -> Vec<String> {
+    let esc = |s: &str| s.replace('_', "\\_");
+    let mut out = Vec::new();
+    out.extend(v.states.iter().filter(|s| is_state_code(s)).map(|s| format!("%|{s}|%")));
+    out.extend(v.facilities.iter().filter(|f| is_tag_safe(f)).map(|f| format!("%|@{}|%", esc(f))));
+    out.extend(
+        v.categories
+            .iter()
+            .filter(|(s, c)| is_state_code(s) && is_tag_safe(c))
+            .map(|(s, c)| format!("%|{s}#{}|%", esc(c))),
+    );
+    out
+}
+
+/// True for identifiers usable in a tag: ASCII letters, digits, `-`, `_`, `.` and `:`, at
+/// most 128 bytes (no `%`, `|`, `#`, `@` or `\\`).
+pub fn is_tag_safe(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 128
+        && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
 }
 
 /// True for an ISO 3166-1 alpha-2 shaped code: two ASCII capital letters. Scopes hold only
@@ -114,17 +202,28 @@ pub fn is_state_code(s: &str) -> bool {
     s.len() == 2 && s.bytes().all(|b| b.is_ascii_uppercase())
 }
 
-/// Turns request metadata into a principal.
+/// What a caller presented: its metadata and, over mutual TLS, its certificate.
+#[derive(Debug, Clone, Copy)]
+pub struct Presented<'a> {
+    /// Request metadata.
+    pub headers: &'a http::HeaderMap,
+    /// DER of the client certificate the TLS handshake verified, if any.
+    pub peer_certificate: Option<&'a [u8]>,
+}
+
+/// Turns what a caller presented into a principal.
 pub trait Authenticator: Send + Sync + 'static {
     /// The caller, or UNAUTHENTICATED.
-    fn authenticate(&self, headers: &http::HeaderMap) -> Result<Principal>;
+    fn authenticate(&self, presented: &Presented<'_>) -> Result<Principal>;
 }
 
 /// Shared authenticator.
 pub type SharedAuthenticator = Arc<dyn Authenticator>;
 
-/// Reads `x-concord-agency`, `x-concord-agency-kind`, `x-concord-state` and
-/// `x-concord-roles`. Development only: it trusts the caller.
+/// Reads a principal from `x-concord-*` metadata: how a trusted forwarder (the gateway)
+/// passes on the partner it authenticated. On its own it trusts whoever sends the metadata,
+/// so the binary only uses it inside [`EdgeAuthenticator`], after the forwarder proved who
+/// it is; tests of single services use it directly.
 #[derive(Debug, Default, Clone)]
 pub struct HeaderAuthenticator;
 
@@ -138,10 +237,57 @@ pub mod headers {
     pub const STATE: &str = "x-concord-state";
     /// Comma-separated roles.
     pub const ROLES: &str = "x-concord-roles";
+    /// Comma-separated facilities.
+    pub const FACILITIES: &str = "x-concord-facilities";
+    /// Why the caller reads or writes personal data; recorded in the audit log.
+    pub const PURPOSE: &str = "x-concord-purpose";
+}
+
+/// True if the metadata carries a forwarded principal.
+pub fn has_forwarded_principal(h: &http::HeaderMap) -> bool {
+    [headers::AGENCY, headers::AGENCY_KIND, headers::STATE, headers::ROLES, headers::FACILITIES]
+        .iter()
+        .any(|k| h.contains_key(*k))
+}
+
+fn list(v: Option<&str>) -> Vec<String> {
+    v.map(|r| r.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect())
+        .unwrap_or_default()
+}
+
+/// Checks the shape of a principal from any source: state agencies name a state, codes and
+/// facility ids are safe, roles are plain words.
+pub fn check_principal(p: &Principal) -> Result<()> {
+    if let Some(s) = &p.state {
+        if !is_state_code(s) {
+            return Err(Error::Unauthenticated(format!(
+                "state '{s}' is not an ISO 3166-1 alpha-2 code"
+            )));
+        }
+    }
+    if matches!(p.kind, AgencyKind::StateMinistry | AgencyKind::Justice) && p.state.is_none() {
+        return Err(Error::Unauthenticated(format!(
+            "a {} agency must name its state",
+            p.kind.as_str()
+        )));
+    }
+    if p.agency.is_empty() || p.agency.len() > 128 {
+        return Err(Error::Unauthenticated("the agency identifier is empty or too long".into()));
+    }
+    if let Some(f) = p.facilities.iter().find(|f| !is_tag_safe(f)) {
+        return Err(Error::Unauthenticated(format!("facility id '{f}' has unsafe characters")));
+    }
+    if let Some(r) =
+        p.roles.iter().find(|r| !r.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'))
+    {
+        return Err(Error::Unauthenticated(format!("role '{r}' is not [A-Za-z0-9_]+")));
+    }
+    Ok(())
 }
 
 impl Authenticator for HeaderAuthenticator {
-    fn authenticate(&self, h: &http::HeaderMap) -> Result<Principal> {
+    fn authenticate(&self, presented: &Presented<'_>) -> Result<Principal> {
+        let h = presented.headers;
         let get = |k: &str| {
             h.get(k).and_then(|v| v.to_str().ok()).map(str::trim).filter(|v| !v.is_empty())
         };
@@ -153,39 +299,88 @@ impl Authenticator for HeaderAuthenticator {
         })?;
         let kind = AgencyKind::parse(kind_s)
             .ok_or_else(|| Error::Unauthenticated(format!("unknown agency kind '{kind_s}'")))?;
-        let state = get(headers::STATE).map(str::to_ascii_uppercase);
-        if let Some(s) = &state {
-            if !is_state_code(s) {
-                return Err(Error::Unauthenticated(format!(
-                    "{} must be an ISO 3166-1 alpha-2 code",
-                    headers::STATE
-                )));
-            }
-        }
-        if matches!(kind, AgencyKind::StateMinistry | AgencyKind::Justice) && state.is_none() {
-            return Err(Error::Unauthenticated(format!(
-                "a {} agency must name its state in {}",
-                kind.as_str(),
-                headers::STATE
-            )));
-        }
-        let roles = get(headers::ROLES)
-            .map(|r| r.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect())
-            .unwrap_or_default();
-        Ok(Principal { agency: agency.to_string(), state, kind, roles })
+        let p = Principal {
+            agency: agency.to_string(),
+            state: get(headers::STATE).map(str::to_ascii_uppercase),
+            kind,
+            roles: list(get(headers::ROLES)),
+            facilities: list(get(headers::FACILITIES)),
+            via: None,
+        };
+        check_principal(&p)?;
+        Ok(p)
     }
 }
 
-/// Writes a principal as `x-concord-*` metadata: what a client of the
-/// [`HeaderAuthenticator`] sends.
+/// The authenticator of a real deployment. The transport identity comes from the client
+/// certificate (mutual TLS, looked up in the agency directory) or, without one, from an
+/// OIDC bearer token. A principal forwarded in `x-concord-*` metadata is accepted only when
+/// the transport identity is a trusted forwarder (the gateway); from anyone else the call is
+/// refused, so a partner cannot forge a principal.
+pub struct EdgeAuthenticator {
+    /// Client certificates.
+    pub mtls: Option<crate::pki::CertificateAuthenticator>,
+    /// Bearer tokens.
+    pub oidc: Option<crate::oidc::OidcAuthenticator>,
+    /// Agencies trusted to forward principals.
+    pub forwarders: Vec<String>,
+}
+
+impl Authenticator for EdgeAuthenticator {
+    fn authenticate(&self, presented: &Presented<'_>) -> Result<Principal> {
+        let transport = match (presented.peer_certificate, &self.mtls, &self.oidc) {
+            (Some(_), Some(m), _) => m.authenticate(presented)?,
+            (_, _, Some(o)) if presented.headers.contains_key(http::header::AUTHORIZATION) => {
+                o.authenticate(presented)?
+            }
+            _ => {
+                return Err(Error::Unauthenticated(
+                    "no credentials: present a client certificate or a bearer token".into(),
+                ))
+            }
+        };
+        if !has_forwarded_principal(presented.headers) {
+            return Ok(transport);
+        }
+        if !self.forwarders.iter().any(|f| f == &transport.agency) {
+            return Err(Error::Unauthenticated(format!(
+                "agency '{}' is not trusted to forward principals; remove the x-concord-* \
+                 identity metadata",
+                transport.agency
+            )));
+        }
+        let mut p = HeaderAuthenticator.authenticate(presented)?;
+        p.via = Some(transport.agency);
+        Ok(p)
+    }
+}
+
+/// Writes a principal as `x-concord-*` metadata, and a purpose: what a trusted forwarder
+/// (and a test client of the [`HeaderAuthenticator`]) sends.
 #[derive(Debug, Clone)]
-pub struct HeaderCredentials(pub Principal);
+pub struct HeaderCredentials {
+    /// The principal forwarded.
+    pub principal: Principal,
+    /// The purpose sent with every call, if any.
+    pub purpose: Option<String>,
+}
 
 impl HeaderCredentials {
+    /// Forwards `principal`, with no purpose.
+    pub fn new(principal: Principal) -> Self {
+        Self { principal, purpose: None }
+    }
+
+    /// Sends `purpose` with every call.
+    pub fn with_purpose(mut self, purpose: impl Into<String>) -> Self {
+        self.purpose = Some(purpose.into());
+        self
+    }
+
     /// Adds the metadata to a request.
     pub fn apply<T>(&self, req: &mut tonic::Request<T>) {
         let md = req.metadata_mut();
-        let p = &self.0;
+        let p = &self.principal;
         if let Ok(v) = p.agency.parse() {
             md.insert(headers::AGENCY, v);
         }
@@ -200,6 +395,32 @@ impl HeaderCredentials {
                 md.insert(headers::ROLES, v);
             }
         }
+        if !p.facilities.is_empty() {
+            if let Ok(v) = p.facilities.join(",").parse() {
+                md.insert(headers::FACILITIES, v);
+            }
+        }
+        if let Some(Ok(v)) = self.purpose.as_ref().map(|s| s.parse()) {
+            if !md.contains_key(headers::PURPOSE) {
+                md.insert(headers::PURPOSE, v);
+            }
+        }
+    }
+}
+
+/// Sends a purpose (`x-concord-purpose`) with every call: what a partner authenticated by its
+/// certificate or token adds.
+#[derive(Debug, Clone)]
+pub struct Purpose(pub String);
+
+impl tonic::service::Interceptor for Purpose {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        let v = self
+            .0
+            .parse()
+            .map_err(|_| tonic::Status::invalid_argument("the purpose is not valid metadata"))?;
+        req.metadata_mut().insert(headers::PURPOSE, v);
+        Ok(req)
     }
 }
 
@@ -230,48 +451,82 @@ mod tests {
         h
     }
 
-    #[test]
-    fn state_agencies_are_scoped_to_their_state() {
-        let p = HeaderAuthenticator
-            .authenticate(&headers(&[
-                (headers::AGENCY, "fr-mfa"),
-                (headers::AGENCY_KIND, "state_ministry"),
-                (headers::STATE, "fr"),
-            ]))
-            .expect("authenticated");
-        assert_eq!(p.scope(), Scope::States(vec!["FR".into()]));
-        assert!(p.scope().allows_any(["IQ", "FR"].into_iter()));
-        assert!(!p.scope().allows_any(["IQ"].into_iter()));
+    fn auth(h: &http::HeaderMap) -> Result<Principal> {
+        HeaderAuthenticator.authenticate(&Presented { headers: h, peer_certificate: None })
     }
 
     #[test]
-    fn refuses_state_codes_that_are_not_codes() {
-        let wildcard = headers(&[
-            (headers::AGENCY, "x"),
+    fn reads_a_forwarded_principal() {
+        let p = auth(&headers(&[
+            (headers::AGENCY, "fr-mfa"),
             (headers::AGENCY_KIND, "state_ministry"),
-            (headers::STATE, "%"),
-        ]);
-        assert!(matches!(
-            HeaderAuthenticator.authenticate(&wildcard),
-            Err(Error::Unauthenticated(_))
-        ));
+            (headers::STATE, "fr"),
+            (headers::ROLES, "consular, prosecutor"),
+        ]))
+        .expect("authenticated");
+        assert_eq!(p.state.as_deref(), Some("FR"));
+        assert_eq!(p.roles, vec!["consular", "prosecutor"]);
+    }
+
+    #[test]
+    fn refuses_codes_and_ids_that_could_widen_a_pattern() {
+        for (k, v) in [(headers::STATE, "%"), (headers::FACILITIES, "al-hol,%")] {
+            let h = headers(&[
+                (headers::AGENCY, "x"),
+                (headers::AGENCY_KIND, "state_ministry"),
+                (headers::STATE, "FR"),
+                (k, v),
+            ]);
+            assert!(matches!(auth(&h), Err(Error::Unauthenticated(_))), "{k}={v}");
+        }
     }
 
     #[test]
     fn refuses_missing_or_unknown_identity() {
-        assert!(matches!(
-            HeaderAuthenticator.authenticate(&headers(&[])),
-            Err(Error::Unauthenticated(_))
-        ));
+        assert!(matches!(auth(&headers(&[])), Err(Error::Unauthenticated(_))));
         let unknown = headers(&[(headers::AGENCY, "x"), (headers::AGENCY_KIND, "pirate")]);
-        assert!(matches!(
-            HeaderAuthenticator.authenticate(&unknown),
-            Err(Error::Unauthenticated(_))
-        ));
+        assert!(matches!(auth(&unknown), Err(Error::Unauthenticated(_))));
         let stateless = headers(&[(headers::AGENCY, "x"), (headers::AGENCY_KIND, "justice")]);
-        assert!(matches!(
-            HeaderAuthenticator.authenticate(&stateless),
-            Err(Error::Unauthenticated(_))
-        ));
+        assert!(matches!(auth(&stateless), Err(Error::Unauthenticated(_))));
+    }
+
+    #[test]
+    fn scope_admits_the_union_of_its_parts() {
+        let v = Visible {
+            states: vec!["FR".into()],
+            facilities: vec!["al-hol".into()],
+            persons: vec!["p9".into()],
+            categories: vec![("IQ".into(), "CHILD".into())],
+        };
+        let scope = Scope::Only(v.clone());
+        let subject = |id, states: &'static [&'static str], facility, category| {
+            (id, states.iter().map(|s| s.to_string()).collect::<Vec<_>>(), facility, category)
+        };
+        let cases = [
+            (subject("p1", &["FR", "IQ"], "", "ADULT_MALE"), true),
+            (subject("p2", &["IQ"], "al-hol", "ADULT_MALE"), true),
+            (subject("p9", &["IQ"], "", "ADULT_MALE"), true),
+            (subject("p3", &["IQ"], "", "CHILD"), true),
+            (subject("p4", &["DE"], "", "CHILD"), false),
+            (subject("p5", &["IQ"], "roj", "ADULT_FEMALE"), false),
+        ];
+        let patterns = watch_patterns(&v);
+        for ((id, states, facility, category), expected) in cases {
+            let s = Subject { id, states: &states, facility, category };
+            assert_eq!(scope.admits(&s), expected, "{id}");
+            // The watch tags agree with admits (persons by id are matched by resource name).
+            let tags = subject_tags(&s);
+            let tagged = patterns.iter().any(|p| {
+                let inner = p.trim_matches('%').replace("\\_", "_");
+                tags.contains(&inner)
+            });
+            assert_eq!(tagged || v.persons.iter().any(|p| p == id), expected, "{id} {tags}");
+        }
+        assert!(!Scope::nobody().admits(&Subject {
+            id: "p1",
+            states: &["FR".to_string()],
+            facility: "x",
+            category: "CHILD"
+        }));
     }
 }

@@ -11,23 +11,33 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 /// A channel that injects tracecontext; what generated clients are built on.
 pub type TracedChannel = InjectTrace<Channel>;
 
-/// Connects lazily to `uri` (for example `http://127.0.0.1:50051`): the first call connects,
-/// and the channel reconnects by itself after failures.
-pub fn connect_lazy(uri: &str) -> anyhow::Result<TracedChannel> {
-    let endpoint = Endpoint::from_shared(uri.to_string())?
+fn endpoint(uri: &str, tls: Option<tonic::transport::ClientTlsConfig>) -> anyhow::Result<Endpoint> {
+    let mut endpoint = Endpoint::from_shared(uri.to_string())?
         .connect_timeout(Duration::from_secs(5))
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(30))
         .keep_alive_while_idle(true);
-    Ok(InjectTraceLayer.layer(endpoint.connect_lazy()))
+    if let Some(tls) = tls {
+        endpoint = endpoint.tls_config(tls)?;
+    }
+    Ok(endpoint)
+}
+
+/// Connects lazily to `uri` (for example `https://concord-registry:50051`), over mutual TLS
+/// with `tls`: the first call connects, and the channel reconnects by itself after failures.
+pub fn connect_lazy(
+    uri: &str,
+    tls: Option<tonic::transport::ClientTlsConfig>,
+) -> anyhow::Result<TracedChannel> {
+    Ok(InjectTraceLayer.layer(endpoint(uri, tls)?.connect_lazy()))
 }
 
 /// Connects to `uri` now, failing if it cannot.
-pub async fn connect(uri: &str) -> anyhow::Result<TracedChannel> {
-    let endpoint = Endpoint::from_shared(uri.to_string())?
-        .connect_timeout(Duration::from_secs(5))
-        .tcp_nodelay(true);
-    Ok(InjectTraceLayer.layer(endpoint.connect().await?))
+pub async fn connect(
+    uri: &str,
+    tls: Option<tonic::transport::ClientTlsConfig>,
+) -> anyhow::Result<TracedChannel> {
+    Ok(InjectTraceLayer.layer(endpoint(uri, tls)?.connect().await?))
 }
 
 /// Adds W3C tracecontext headers for the current span to every request.

@@ -16,7 +16,7 @@ use tower::{Layer, Service};
 use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
-use crate::auth::SharedAuthenticator;
+use crate::auth::{Presented, SharedAuthenticator};
 use crate::quota::RateLimiter;
 
 /// RESOURCE_EXHAUSTED with ErrorInfo and RetryInfo saying when to try again.
@@ -219,7 +219,17 @@ where
 
     fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
         if !is_public(req.uri().path()) {
-            match self.authenticator.authenticate(req.headers()) {
+            let info =
+                req.extensions()
+                    .get::<tonic::transport::server::TlsConnectInfo<
+                        tonic::transport::server::TcpConnectInfo,
+                    >>()
+                    .and_then(|i| i.peer_certs());
+            let presented = Presented {
+                headers: req.headers(),
+                peer_certificate: info.as_ref().and_then(|c| c.first()).map(|c| c.as_ref()),
+            };
+            match self.authenticator.authenticate(&presented) {
                 Ok(principal) => {
                     tracing::Span::current().record("concord.agency", principal.agency.as_str());
                     if let Some(wait) =

@@ -7,8 +7,11 @@
 //! - [`layers`]: the tower layers every server stacks (trace, admission, identity).
 //! - [`client`]: channels to other services, with tracecontext injected on every call.
 //! - [`error`]: the error model; domain errors become `Status` here and only here.
+//! - [`access`]: one call's authorization: grant, scope, redaction, purpose, audit entries.
+//! - [`policy`]: the declarative authorization policy and its schema.
+//! - [`pki`]: mutual TLS: agency directory, certificate authentication, the demo CA.
 //! - [`audit`]: the append-only, hash-chained audit log and its verification.
-//! - [`auth`]: the caller's principal and scope, the seam the security work fills in.
+//! - [`auth`]: the caller's principal and scope; authenticators and trusted forwarding.
 //! - [`oidc`]: OIDC bearer token authentication (issuer, audience, expiry, signature).
 //! - [`storage`]: SQLite (default) or PostgreSQL, migrations, transactions, sqlx errors.
 //! - [`outbox`]: the transactional outbox and the resumable `WatchChanges` stream.
@@ -20,6 +23,7 @@
 //! - [`sql`]: a small SQL builder with `$n` placeholders that both dialects accept.
 //! - [`time`]: timestamps as microseconds since the epoch, and their protobuf form.
 
+pub mod access;
 pub mod audit;
 pub mod auth;
 pub mod client;
@@ -32,6 +36,8 @@ pub mod named_enum;
 pub mod oidc;
 pub mod outbox;
 pub mod paging;
+pub mod pki;
+pub mod policy;
 pub mod quota;
 pub mod server;
 pub mod sql;

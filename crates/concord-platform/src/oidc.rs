@@ -6,7 +6,7 @@
 use jsonwebtoken::{decode, decode_header, errors::ErrorKind, Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 
-use crate::auth::{is_state_code, AgencyKind, Authenticator, Principal};
+use crate::auth::{check_principal, AgencyKind, Authenticator, Presented, Principal};
 use crate::error::{Error, Result};
 
 /// A verification key and its algorithm.
@@ -61,6 +61,9 @@ struct Claims {
     /// Roles.
     #[serde(default)]
     roles: Vec<String>,
+    /// Facilities the agency runs.
+    #[serde(default)]
+    facilities: Vec<String>,
 }
 
 impl OidcAuthenticator {
@@ -80,8 +83,9 @@ fn unauthenticated(msg: &str) -> Error {
 }
 
 impl Authenticator for OidcAuthenticator {
-    fn authenticate(&self, headers: &http::HeaderMap) -> Result<Principal> {
-        let value = headers
+    fn authenticate(&self, presented: &Presented<'_>) -> Result<Principal> {
+        let value = presented
+            .headers
             .get(http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .ok_or_else(|| unauthenticated("missing authorization: Bearer token"))?;
@@ -134,13 +138,19 @@ fn principal(c: Claims) -> Result<Principal> {
         return Err(unauthenticated("token names no agency"));
     }
     let state = c.state.map(|s| s.to_ascii_uppercase()).filter(|s| !s.is_empty());
-    if state.as_deref().is_some_and(|s| !is_state_code(s)) {
-        return Err(unauthenticated("token state is not an ISO 3166-1 alpha-2 code"));
-    }
-    if matches!(kind, AgencyKind::StateMinistry | AgencyKind::Justice) && state.is_none() {
-        return Err(unauthenticated("a state agency's token must name its state"));
-    }
-    Ok(Principal { agency: c.agency, state, kind, roles: c.roles })
+    let p = Principal {
+        agency: c.agency,
+        state,
+        kind,
+        roles: c.roles,
+        facilities: c.facilities,
+        via: None,
+    };
+    check_principal(&p).map_err(|e| match e {
+        Error::Unauthenticated(m) => Error::Unauthenticated(format!("token: {m}")),
+        other => other,
+    })?;
+    Ok(p)
 }
 
 #[cfg(test)]
@@ -190,8 +200,12 @@ mod tests {
         h
     }
 
+    fn auth(a: &OidcAuthenticator, h: &http::HeaderMap) -> Result<Principal> {
+        a.authenticate(&Presented { headers: h, peer_certificate: None })
+    }
+
     fn refused(a: &OidcAuthenticator, h: &http::HeaderMap) -> String {
-        match a.authenticate(h) {
+        match auth(a, h) {
             Err(Error::Unauthenticated(m)) => m,
             other => panic!("expected UNAUTHENTICATED, got {other:?}"),
         }
@@ -203,7 +217,7 @@ mod tests {
         let a = auth_with(&i);
         let mut h = bearer(&token(&i, claims()));
         h.insert(crate::auth::headers::AGENCY_KIND, "coordinator".parse().expect("header"));
-        let p = a.authenticate(&h).expect("authenticated");
+        let p = auth(&a, &h).expect("authenticated");
         assert_eq!(p.agency, "fr-mfa");
         assert_eq!(p.kind, AgencyKind::StateMinistry, "forged metadata is ignored");
         assert_eq!(p.state.as_deref(), Some("FR"));

@@ -34,8 +34,8 @@ pub struct NewEvent {
     pub event_type: &'static str,
     /// For example `persons/0192...`.
     pub resource_name: String,
-    /// States whose agencies may see the event; `None`: every caller of the service.
-    pub scope_states: Option<Vec<String>>,
+    /// Visibility tags ([`crate::auth::subject_tags`]); `None`: every caller of the service.
+    pub scope_tags: Option<String>,
     /// The resource after the change.
     pub payload: prost_types::Any,
 }
@@ -66,7 +66,7 @@ pub async fn append_many(tx: &mut Tx, events: Vec<NewEvent>) -> Result<i64> {
             vec![
                 SqlValue::Text(e.event_type.to_string()),
                 SqlValue::Text(e.resource_name),
-                SqlValue::Text(scope_column(e.scope_states.as_deref())),
+                SqlValue::Text(e.scope_tags.unwrap_or_else(|| "*".to_string())),
                 SqlValue::Text(e.payload.type_url),
                 SqlValue::Bytes(e.payload.value),
                 SqlValue::Text(traceparent.clone()),
@@ -85,13 +85,6 @@ pub async fn append_many(tx: &mut Tx, events: Vec<NewEvent>) -> Result<i64> {
     }
     tx.note_outbox(last);
     Ok(last)
-}
-
-fn scope_column(states: Option<&[String]>) -> String {
-    match states {
-        None => "*".to_string(),
-        Some(states) => format!("|{}|", states.join("|")),
-    }
 }
 
 /// Where a watch starts and what it sees.
@@ -184,12 +177,16 @@ pub async fn watch(
                     sql.push(" AND event_type IN ")
                         .bind_list(params.event_types.iter().map(|t| SqlValue::Text(t.clone())));
                 }
-                if let Scope::States(states) = &params.scope {
+                if let Scope::Only(visible) = &params.scope {
+                    // The column keeps its first name; it holds visibility tags.
                     sql.push(" AND (scope_states = '*'");
-                    // Scopes hold only two-letter codes (checked at authentication); anything
-                    // else is skipped rather than used as a LIKE pattern.
-                    for s in states.iter().filter(|s| crate::auth::is_state_code(s)) {
-                        sql.push(" OR scope_states LIKE ").bind_text(format!("%|{s}|%"));
+                    for p in crate::auth::watch_patterns(visible) {
+                        sql.push(" OR scope_states LIKE ").bind_text(p).push(" ESCAPE '\\'");
+                    }
+                    for chunk in visible.persons.chunks(crate::sql::MAX_IN_LIST) {
+                        sql.push(" OR resource_name IN ").bind_list(
+                            chunk.iter().map(|p| SqlValue::Text(format!("persons/{p}"))),
+                        );
                     }
                     sql.push(")");
                 }

@@ -120,11 +120,21 @@ pub fn incoming(listener: TcpListener) -> tonic::transport::server::TcpIncoming 
     tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true))
 }
 
+/// How a server proves who it is and learns who calls.
+#[derive(Clone)]
+pub struct Security {
+    /// Turns what callers present into principals.
+    pub authenticator: SharedAuthenticator,
+    /// TLS, with client certificates verified against the client CA; `None` serves
+    /// plaintext (tests of a single service, and deployments that terminate TLS in front).
+    pub tls: Option<tonic::transport::ServerTlsConfig>,
+}
+
 /// Serves `services` on `listener` until `shutdown`, with health, reflection and the layers.
 pub async fn serve(
     listener: TcpListener,
     services: Services,
-    authenticator: SharedAuthenticator,
+    security: Security,
     cfg: &ServerConfig,
     mut shutdown: Shutdown,
 ) -> anyhow::Result<()> {
@@ -158,7 +168,7 @@ pub async fn serve(
     let layers = tower::ServiceBuilder::new()
         .layer(TraceLayer)
         .layer(AdmissionLayer::new(cfg.max_concurrent_requests))
-        .layer(IdentityLayer::new(authenticator, limiter))
+        .layer(IdentityLayer::new(security.authenticator, limiter))
         .into_inner();
 
     let names = services.names.clone();
@@ -174,10 +184,14 @@ pub async fn serve(
         tokio::time::sleep(drain_grace).await;
     };
     tracing::info!(%addr, services = ?services.names, "serving");
-    let mut builder = services.routes;
-    builder.add_service(health_service).add_service(reflection_v1).add_service(reflection_v1alpha);
-    let routes = builder.routes();
-    let server = tonic::transport::Server::builder()
+    let mut routes = services.routes;
+    routes.add_service(health_service).add_service(reflection_v1).add_service(reflection_v1alpha);
+    let routes = routes.routes();
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = security.tls {
+        builder = builder.tls_config(tls)?;
+    }
+    let server = builder
         .timeout(cfg.request_timeout)
         .tcp_nodelay(true)
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use concord_platform::auth::Scope;
+use concord_platform::auth::{Scope, Visible};
 use concord_platform::outbox::{self, NewEvent, WatchParams, WatchTuning};
 use concord_platform::server::Shutdown;
 use concord_platform::storage::{Db, DbOptions, Dialect, Migrations};
@@ -25,7 +25,7 @@ fn event(i: usize, states: Option<Vec<String>>) -> NewEvent {
     NewEvent {
         event_type: "thing.changed",
         resource_name: format!("things/{i}"),
-        scope_states: states,
+        scope_tags: states.map(|s| format!("|{}|", s.join("|"))),
         payload: prost_types::Any { type_url: "t".into(), value: vec![i as u8] },
     }
 }
@@ -160,12 +160,20 @@ async fn watch_filters_by_scope_and_resumes_after_a_cursor() {
             names
         }
     };
-    let france = collect(String::new(), Scope::States(vec!["FR".into()])).await;
+    let france = collect(
+        String::new(),
+        Scope::Only(Visible { states: vec!["FR".into()], ..Visible::default() }),
+    )
+    .await;
     let names: Vec<&str> = france.iter().map(|(n, _)| n.as_str()).collect();
     assert_eq!(names, vec!["things/1", "things/3", "things/4"]);
-    let nobody = collect(String::new(), Scope::States(vec![])).await;
+    let nobody = collect(String::new(), Scope::nobody()).await;
     assert_eq!(nobody.len(), 1, "only the event visible to everyone");
-    let resumed = collect(france[1].1.clone(), Scope::States(vec!["FR".into()])).await;
+    let resumed = collect(
+        france[1].1.clone(),
+        Scope::Only(Visible { states: vec!["FR".into()], ..Visible::default() }),
+    )
+    .await;
     assert_eq!(resumed.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(), vec!["things/4"]);
     let params = WatchParams {
         cursor: "999999".into(),

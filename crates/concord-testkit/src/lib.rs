@@ -8,9 +8,9 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use concord_platform::auth::{AgencyKind, HeaderAuthenticator, Principal};
+use concord_platform::auth::{AgencyKind, HeaderAuthenticator, HeaderCredentials, Principal};
 use concord_platform::config::{ServerConfig, TelemetryConfig};
-use concord_platform::server::{self, Services, Shutdown, ShutdownTrigger};
+use concord_platform::server::{self, Security, Services, Shutdown, ShutdownTrigger};
 use sqlx::Connection;
 
 /// Which database the storage tests run against.
@@ -86,18 +86,32 @@ pub struct TestServer {
 }
 
 impl TestServer {
-    /// Starts `services` on `127.0.0.1:0` with the development authenticator; the shutdown
-    /// signal is the one the services were built with.
+    /// Starts `services` on `127.0.0.1:0` in plaintext, trusting `x-concord-*` metadata
+    /// (the [`HeaderAuthenticator`]): tests of one service's behaviour. Tests of identity
+    /// use [`TestServer::start_secure`]. The shutdown signal is the one the services were
+    /// built with.
     pub async fn start(
         services: Services,
         trigger: ShutdownTrigger,
         shutdown: Shutdown,
         cfg: ServerConfig,
     ) -> anyhow::Result<Self> {
+        let security = Security { authenticator: Arc::new(HeaderAuthenticator), tls: None };
+        Self::start_secure(services, trigger, shutdown, cfg, security).await
+    }
+
+    /// Starts `services` on `127.0.0.1:0` with `security`.
+    pub async fn start_secure(
+        services: Services,
+        trigger: ShutdownTrigger,
+        shutdown: Shutdown,
+        cfg: ServerConfig,
+        security: Security,
+    ) -> anyhow::Result<Self> {
         let listener = server::bind("127.0.0.1:0".parse()?).await?;
         let addr = listener.local_addr()?;
         let handle = tokio::spawn(async move {
-            server::serve(listener, services, Arc::new(HeaderAuthenticator), &cfg, shutdown).await
+            server::serve(listener, services, security, &cfg, shutdown).await
         });
         Ok(Self { addr, trigger: Some(trigger), handle: Some(handle) })
     }
@@ -127,22 +141,46 @@ impl Drop for TestServer {
     }
 }
 
+fn principal(agency: &str, kind: AgencyKind, state: Option<&str>) -> Principal {
+    Principal {
+        agency: agency.into(),
+        state: state.map(Into::into),
+        kind,
+        roles: vec![],
+        facilities: vec![],
+        via: None,
+    }
+}
+
+/// Metadata credentials for `p` with a test purpose: what test clients send.
+pub fn caller(p: Principal) -> HeaderCredentials {
+    HeaderCredentials::new(p).with_purpose("concord integration test")
+}
+
 /// The coalition coordination cell.
 pub fn coordinator() -> Principal {
-    Principal {
-        agency: "coalition-cell".into(),
-        state: None,
-        kind: AgencyKind::Coordinator,
-        roles: vec![],
-    }
+    principal("coalition-cell", AgencyKind::Coordinator, None)
 }
 
 /// A state's ministry of foreign affairs.
 pub fn ministry(state: &str) -> Principal {
+    principal(&format!("{}-mfa", state.to_lowercase()), AgencyKind::StateMinistry, Some(state))
+}
+
+/// A state's prosecutors.
+pub fn justice(state: &str) -> Principal {
+    principal(&format!("{}-justice", state.to_lowercase()), AgencyKind::Justice, Some(state))
+}
+
+/// The custodial authority running `facilities`.
+pub fn custodial(facilities: &[&str]) -> Principal {
     Principal {
-        agency: format!("{}-mfa", state.to_lowercase()),
-        state: Some(state.into()),
-        kind: AgencyKind::StateMinistry,
-        roles: vec![],
+        facilities: facilities.iter().map(|f| f.to_string()).collect(),
+        ..principal("custodial-authority", AgencyKind::CustodialAuthority, None)
     }
+}
+
+/// A humanitarian monitor.
+pub fn monitor() -> Principal {
+    principal("humanitarian-monitor", AgencyKind::HumanitarianMonitor, None)
 }

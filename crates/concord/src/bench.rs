@@ -11,7 +11,9 @@
 //! Scenarios, per backend: bulk import of synthetic people (people per second), then name
 //! search latency over them (p50, p99), then GetPerson throughput against a bare tonic
 //! server answering the same payload without storage or layers, interleaved over several
-//! rounds (median ratio and range).
+//! rounds (median ratio and range); then the cost of security: GetPerson and search
+//! throughput over mutual TLS with the policy, scope, redaction and read auditing, against
+//! the same registry in plaintext with none of them.
 
 use std::convert::Infallible;
 use std::io::{BufRead, BufReader};
@@ -22,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Parser;
-use concord_platform::auth::HeaderCredentials;
+use concord_platform::auth::{HeaderCredentials, Purpose};
 use concord_platform::server::{Services, Shutdown};
 use concord_proto::registry::v1 as pb;
 use concord_proto::registry::v1::registry_service_client::RegistryServiceClient;
@@ -58,12 +60,16 @@ struct Args {
     /// Internal: run the servers for DATABASE_URL and print their addresses.
     #[arg(long, hide = true)]
     serve: Option<String>,
+    /// Internal: the demo PKI folder the servers use.
+    #[arg(long, hide = true)]
+    pki: Option<std::path::PathBuf>,
 }
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     if let Some(url) = &args.serve {
-        return tokio::runtime::Runtime::new()?.block_on(serve(url.clone()));
+        let pki = args.pki.clone().context("--serve needs --pki")?;
+        return tokio::runtime::Runtime::new()?.block_on(serve(url.clone(), pki));
     }
     // The load generator runs on one thread: it is pinned to one core.
     tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(run(args))
@@ -142,7 +148,7 @@ impl tower::Service<http::Request<tonic::body::Body>> for Echo {
     }
 }
 
-async fn serve(url: String) -> anyhow::Result<()> {
+async fn serve(url: String, pki_dir: std::path::PathBuf) -> anyhow::Result<()> {
     let log_filter = std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into());
     let telemetry = concord_platform::config::TelemetryConfig { log_filter, ..Default::default() };
     let _guard = concord_platform::telemetry::init("concord-bench", &telemetry)?;
@@ -154,21 +160,70 @@ async fn serve(url: String) -> anyhow::Result<()> {
         rate_burst_per_agency: 1e9,
         ..Default::default()
     };
-    let (svc, _db) = concord_registry::build(&url, &cfg, shutdown.clone()).await?;
+    let db = concord_platform::storage::Db::connect(
+        &url,
+        concord_registry::store::MIGRATIONS,
+        concord_platform::storage::DbOptions::default(),
+    )
+    .await?;
+    let store = concord_registry::store::Store::new(db);
+    let policy = Arc::new(concord_platform::policy::Policy::embedded());
+    let enforced = concord_registry::server(
+        concord_registry::Registry::new(store.clone(), policy.clone(), shutdown.clone()),
+        &cfg,
+    );
+    let bare = concord_registry::server(
+        concord_registry::Registry::new(store, policy, shutdown.clone())
+            .unenforced_for_benchmarks(),
+        &cfg,
+    );
+    let pki = concord_platform::pki::ensure_demo(
+        &pki_dir,
+        &["localhost"],
+        &concord_platform::pki::demo_agencies(),
+    )?;
+    let secure = concord_platform::server::Security {
+        authenticator: Arc::new(concord_platform::auth::EdgeAuthenticator {
+            mtls: Some(concord_platform::pki::CertificateAuthenticator::new(
+                concord_platform::pki::Directory::from_file(&pki.directory())?,
+            )),
+            oidc: None,
+            forwarders: vec![],
+        }),
+        tls: Some(pki.server().server_config()?),
+    };
+    let plain = concord_platform::server::Security {
+        authenticator: Arc::new(concord_platform::auth::HeaderAuthenticator),
+        tls: None,
+    };
     let registry = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let secured = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let echo = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     println!("REGISTRY {}", registry.local_addr()?);
+    println!("SECURED {}", secured.local_addr()?);
     println!("ECHO {}", echo.local_addr()?);
-    let auth = Arc::new(concord_platform::auth::HeaderAuthenticator);
+    let cfg2 = cfg.clone();
+    let shutdown2 = shutdown.clone();
     let reg = tokio::spawn(async move {
-        concord_platform::server::serve(registry, Services::new().with(svc), auth, &cfg, shutdown)
+        concord_platform::server::serve(registry, Services::new().with(bare), plain, &cfg, shutdown)
             .await
+    });
+    let sec = tokio::spawn(async move {
+        concord_platform::server::serve(
+            secured,
+            Services::new().with(enforced),
+            secure,
+            &cfg2,
+            shutdown2,
+        )
+        .await
     });
     let bare = tonic::transport::Server::builder()
         .add_service(Echo::default())
         .serve_with_incoming(concord_platform::server::incoming(echo));
     tokio::select! {
         r = reg => r??,
+        r = sec => r??,
         r = bare => r?,
     }
     Ok(())
@@ -178,8 +233,12 @@ async fn serve(url: String) -> anyhow::Result<()> {
 
 struct Servers {
     child: Child,
+    /// The registry without security (plaintext, trusted metadata, no policy or audit).
     registry: String,
+    /// The same registry behind mutual TLS, the policy and the audit log.
+    secured: String,
     echo: String,
+    pki: concord_platform::pki::DemoPki,
 }
 
 impl Drop for Servers {
@@ -189,7 +248,12 @@ impl Drop for Servers {
     }
 }
 
-fn spawn_servers(url: &str) -> anyhow::Result<Servers> {
+fn spawn_servers(url: &str, pki_dir: &std::path::Path) -> anyhow::Result<Servers> {
+    let pki = concord_platform::pki::ensure_demo(
+        pki_dir,
+        &["localhost"],
+        &concord_platform::pki::demo_agencies(),
+    )?;
     let exe = std::env::current_exe()?;
     let pinned = Command::new("taskset").arg("--version").output().is_ok();
     let mut cmd = if pinned {
@@ -199,17 +263,25 @@ fn spawn_servers(url: &str) -> anyhow::Result<Servers> {
     } else {
         Command::new(&exe)
     };
-    let mut child =
-        cmd.arg("--serve").arg(url).stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn()?;
+    let mut child = cmd
+        .arg("--serve")
+        .arg(url)
+        .arg("--pki")
+        .arg(pki_dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()?;
     let out = child.stdout.take().context("child stdout")?;
     let mut lines = BufReader::new(out).lines();
     let mut registry = String::new();
     let mut echo = String::new();
-    for _ in 0..2 {
+    let mut secured = String::new();
+    for _ in 0..3 {
         let line = lines.next().context("servers exited before printing their addresses")??;
         match line.split_once(' ') {
             Some(("REGISTRY", a)) => registry = format!("http://{a}"),
             Some(("ECHO", a)) => echo = format!("http://{a}"),
+            Some(("SECURED", a)) => secured = format!("https://{a}"),
             _ => anyhow::bail!("unexpected line from servers: {line}"),
         }
     }
@@ -217,20 +289,44 @@ fn spawn_servers(url: &str) -> anyhow::Result<Servers> {
         "servers on {registry} and {echo} ({})",
         if pinned { "pinned to core 1" } else { "not pinned" }
     );
-    Ok(Servers { child, registry, echo })
+    Ok(Servers { child, registry, secured, echo, pki })
 }
 
-type Client = RegistryServiceClient<
-    tonic::service::interceptor::InterceptedService<Channel, HeaderCredentials>,
->;
+/// Trusted metadata (plaintext registry) or a purpose only (mutual TLS names the caller).
+#[derive(Clone)]
+enum Creds {
+    Header(HeaderCredentials),
+    Purpose(Purpose),
+}
+
+impl tonic::service::Interceptor for Creds {
+    fn call(&mut self, req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        match self {
+            Creds::Header(h) => h.call(req),
+            Creds::Purpose(p) => p.call(req),
+        }
+    }
+}
+
+type Client =
+    RegistryServiceClient<tonic::service::interceptor::InterceptedService<Channel, Creds>>;
+
+const PURPOSE: &str = "concord benchmark";
 
 async fn client(uri: &str) -> anyhow::Result<Client> {
     let ch = Channel::from_shared(uri.to_string())?.connect().await?;
-    Ok(RegistryServiceClient::with_interceptor(
-        ch,
-        HeaderCredentials(concord_testkit::coordinator()),
-    )
-    .max_decoding_message_size(16 * 1024 * 1024))
+    let creds =
+        Creds::Header(HeaderCredentials::new(concord_testkit::coordinator()).with_purpose(PURPOSE));
+    Ok(RegistryServiceClient::with_interceptor(ch, creds)
+        .max_decoding_message_size(16 * 1024 * 1024))
+}
+
+/// A client of the secured registry holding `agency`'s demo certificate.
+async fn secure_client(s: &Servers, agency: &str) -> anyhow::Result<Client> {
+    let tls = s.pki.agency(agency).client_config("localhost")?;
+    let ch = Channel::from_shared(s.secured.clone())?.tls_config(tls)?.connect().await?;
+    Ok(RegistryServiceClient::with_interceptor(ch, Creds::Purpose(Purpose(PURPOSE.into())))
+        .max_decoding_message_size(16 * 1024 * 1024))
 }
 
 async fn import(c: &mut Client, people: usize) -> anyhow::Result<f64> {
@@ -399,7 +495,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             }
             other => anyhow::bail!("unknown backend {other}"),
         };
-        let servers = spawn_servers(&url)?;
+        let servers = spawn_servers(&url, &dir.path().join("pki"))?;
         let mut c = client(&servers.registry).await?;
         let rate = import(&mut c, args.people).await?;
         println!("[{backend}] import of {} people: {rate:.0} people/s", args.people);
@@ -425,6 +521,112 @@ async fn run(args: Args) -> anyhow::Result<()> {
         }
         println!("[{backend}] GetPerson:");
         get_vs_echo(&servers, &args).await?;
+        println!("[{backend}] cost of security:");
+        security_cost(&servers, &args).await?;
     }
     Ok(())
 }
+
+/// One scenario of [`security_cost`]: a client and what it calls.
+struct Variant {
+    label: &'static str,
+    client: Client,
+    names: Vec<String>,
+}
+
+/// GetPerson and search throughput with mutual TLS, the policy, scope, redaction and read
+/// auditing, against the plaintext registry with none of them, interleaved over the rounds.
+async fn security_cost(s: &Servers, args: &Args) -> anyhow::Result<()> {
+    let mut bare = client(&s.registry).await?;
+    let list = |c: &mut Client, filter: &str| {
+        let mut c = c.clone();
+        let filter = filter.to_string();
+        async move {
+            anyhow::Ok(
+                c.list_persons(pb::ListPersonsRequest {
+                    page_size: 1000,
+                    filter,
+                    ..Default::default()
+                })
+                .await?
+                .into_inner()
+                .persons
+                .into_iter()
+                .map(|p| p.name)
+                .collect::<Vec<_>>(),
+            )
+        }
+    };
+    let everyone = list(&mut bare, "").await?;
+    let french = list(&mut bare, "nationality = \"FR\"").await?;
+    anyhow::ensure!(!french.is_empty(), "no French nationals in the synthetic data");
+    let variants = [
+        Variant {
+            label: "plaintext, no policy, no audit (coordinator)",
+            client: bare,
+            names: everyone.clone(),
+        },
+        Variant {
+            label: "mTLS + policy + audit (coordinator)",
+            client: secure_client(s, "coalition-coordinator").await?,
+            names: everyone,
+        },
+        Variant {
+            label: "mTLS + policy + audit + nationals scope (fr-mfa)",
+            client: secure_client(s, "fr-mfa").await?,
+            names: french,
+        },
+    ];
+    type Scenario = (&'static str, fn(Client, String, usize) -> BoxCall);
+    let scenarios: [Scenario; 2] = [
+        ("GetPerson", |mut c, name, _| {
+            Box::pin(async move {
+                c.get_person(pb::GetPersonRequest { name }).await?;
+                Ok(())
+            })
+        }),
+        ("SearchPersons", |mut c, _, i| {
+            Box::pin(async move {
+                let mut rng = SmallRng::seed_from_u64(i as u64);
+                let query = concord::synthetic::query(&mut rng);
+                c.search_persons(pb::SearchPersonsRequest {
+                    query,
+                    page_size: 20,
+                    ..Default::default()
+                })
+                .await?;
+                Ok(())
+            })
+        }),
+    ];
+    for (scenario, call) in scenarios {
+        let mut rates: Vec<Vec<f64>> = vec![Vec::new(); variants.len()];
+        for _ in 0..args.rounds {
+            for (v, out) in variants.iter().zip(rates.iter_mut()) {
+                let rps = throughput(args.concurrency, args.seconds, |i| {
+                    call(v.client.clone(), v.names[i % v.names.len()].clone(), i)
+                })
+                .await?;
+                out.push(rps);
+            }
+        }
+        let base: Vec<f64> = rates[0].clone();
+        for (v, r) in variants.iter().zip(&rates) {
+            let mut ratios: Vec<f64> = r.iter().zip(&base).map(|(a, b)| a / b).collect();
+            ratios.sort_by(f64::total_cmp);
+            let mut sorted = r.clone();
+            sorted.sort_by(f64::total_cmp);
+            println!(
+                "  {scenario} {}: median {:.0}/s, {:.2}x of plaintext (range {:.2}-{:.2})",
+                v.label,
+                sorted[sorted.len() / 2],
+                ratios[ratios.len() / 2],
+                ratios[0],
+                ratios[ratios.len() - 1]
+            );
+        }
+    }
+    Ok(())
+}
+
+type BoxCall = Pin<Box<dyn std::future::Future<Output = anyhow::Result<()>>>>;

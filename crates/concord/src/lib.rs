@@ -13,10 +13,12 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use concord_platform::auth::{HeaderAuthenticator, SharedAuthenticator};
+use concord_platform::auth::EdgeAuthenticator;
 use concord_platform::config::{ServerConfig, TelemetryConfig};
 use concord_platform::oidc::{OidcAuthenticator, VerificationKey};
-use concord_platform::server::{self, Services, Shutdown};
+use concord_platform::pki::{self, CertificateAuthenticator, Directory, TlsFiles};
+use concord_platform::policy::Policy;
+use concord_platform::server::{self, Security, Services, Shutdown};
 
 /// Which services to run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -27,22 +29,13 @@ pub enum Target {
     Registry,
 }
 
-/// How callers are authenticated.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum AuthMode {
-    /// `x-concord-*` metadata, trusted as sent: development on a trusted network only.
-    Dev,
-    /// OIDC bearer tokens validated against the configured issuer, audience and keys.
-    Oidc,
-}
-
 /// `concord serve` settings.
 #[derive(Debug, Clone, clap::Args)]
 pub struct Config {
     /// Services to run in this process.
     #[arg(long, env = "CONCORD_TARGET", value_enum, default_value_t = Target::All)]
     pub target: Target,
-    /// Folder for the SQLite files of the embedded default.
+    /// Folder for the SQLite files and the demo certificates of the embedded default.
     #[arg(long, env = "CONCORD_DATA_DIR", default_value = "./data")]
     pub data_dir: PathBuf,
     /// Address of the registry's gRPC server.
@@ -51,13 +44,42 @@ pub struct Config {
     /// Registry database (sqlite:// or postgres://); default: a SQLite file in the data folder.
     #[arg(long, env = "CONCORD_REGISTRY_DATABASE_URL")]
     pub registry_database_url: Option<String>,
-    /// How callers are authenticated.
-    #[arg(long, env = "CONCORD_AUTH", value_enum, default_value_t = AuthMode::Dev)]
-    pub auth: AuthMode,
-    /// OIDC issuer tokens must come from (with `--auth oidc`).
-    #[arg(long, env = "CONCORD_OIDC_ISSUER")]
+    /// PEM certificate chain of the servers. With --tls-key and --tls-client-ca; without
+    /// them, a demo CA and credentials are created under <data-dir>/pki on first start.
+    #[arg(long, env = "CONCORD_TLS_CERT", requires_all = ["tls_key", "tls_client_ca", "agencies"])]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of the servers.
+    #[arg(long, env = "CONCORD_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// PEM CA that signs client (agency and service) certificates.
+    #[arg(long, env = "CONCORD_TLS_CLIENT_CA")]
+    pub tls_client_ca: Option<PathBuf>,
+    /// Agency directory (TOML); default: the demo one under <data-dir>/pki.
+    #[arg(long, env = "CONCORD_AGENCIES")]
+    pub agencies: Option<PathBuf>,
+    /// Host names and addresses the demo server certificate is made for.
+    #[arg(
+        long,
+        env = "CONCORD_DEMO_SERVER_NAMES",
+        value_delimiter = ',',
+        default_value = "localhost,127.0.0.1,concord,concord-registry,concord-gateway"
+    )]
+    pub demo_server_names: Vec<String>,
+    /// Authorization policy (TOML); default: the embedded one.
+    #[arg(long, env = "CONCORD_POLICY")]
+    pub policy: Option<PathBuf>,
+    /// Agencies trusted to forward the principal of the partner they authenticated.
+    #[arg(
+        long,
+        env = "CONCORD_TRUSTED_FORWARDERS",
+        value_delimiter = ',',
+        default_value = "concord-gateway"
+    )]
+    pub trusted_forwarders: Vec<String>,
+    /// OIDC issuer whose bearer tokens are accepted (besides client certificates).
+    #[arg(long, env = "CONCORD_OIDC_ISSUER", requires = "oidc_key_files")]
     pub oidc_issuer: Option<String>,
-    /// OIDC audience tokens must be for (with `--auth oidc`).
+    /// OIDC audience tokens must be for.
     #[arg(long, env = "CONCORD_OIDC_AUDIENCE", default_value = "concord")]
     pub oidc_audience: String,
     /// PEM public keys (EC for ES256, RSA for RS256) that sign tokens; repeat for rotation.
@@ -72,27 +94,64 @@ pub struct Config {
 }
 
 impl Config {
+    /// Settings for `data_dir` with every other value at its default.
+    pub fn with_data_dir(data_dir: PathBuf) -> Self {
+        #[derive(clap::Parser)]
+        struct Wrap {
+            #[command(flatten)]
+            cfg: Config,
+        }
+        let dir = data_dir.display().to_string();
+        let mut cfg =
+            <Wrap as clap::Parser>::parse_from(["concord", "--data-dir", dir.as_str()]).cfg;
+        cfg.data_dir = data_dir;
+        cfg
+    }
+
     /// The registry's database URL.
     pub fn registry_database_url(&self) -> String {
         self.registry_database_url
             .clone()
             .unwrap_or_else(|| format!("sqlite://{}", self.data_dir.join("registry.db").display()))
     }
+
+    /// Where the demo certificates are (or will be).
+    pub fn demo_pki_dir(&self) -> PathBuf {
+        self.data_dir.join("pki")
+    }
 }
 
-/// The authenticator `cfg` asks for.
-pub fn authenticator(cfg: &Config) -> anyhow::Result<SharedAuthenticator> {
-    Ok(match cfg.auth {
-        AuthMode::Dev => {
-            tracing::warn!("development authentication: x-concord-* metadata is trusted as sent");
-            Arc::new(HeaderAuthenticator)
+/// The policy `cfg` names, or the embedded one.
+pub fn policy(cfg: &Config) -> anyhow::Result<Arc<Policy>> {
+    Ok(Arc::new(match &cfg.policy {
+        Some(path) => Policy::from_file(path)?,
+        None => Policy::embedded(),
+    }))
+}
+
+/// Server TLS and the authenticator `cfg` asks for: the configured certificates, or the demo
+/// PKI (created on first start, with instructions printed); client certificates looked up in
+/// the agency directory; bearer tokens if an OIDC issuer is set; forwarded principals only
+/// from the trusted forwarders.
+pub fn security(cfg: &Config) -> anyhow::Result<Security> {
+    let (tls_files, directory_path) = match (&cfg.tls_cert, &cfg.tls_key, &cfg.tls_client_ca) {
+        (Some(cert), Some(key), Some(ca)) => (
+            TlsFiles { cert: cert.clone(), key: key.clone(), ca: ca.clone() },
+            cfg.agencies.clone().ok_or_else(|| anyhow::anyhow!("--tls-cert needs --agencies"))?,
+        ),
+        _ => {
+            let names: Vec<&str> = cfg.demo_server_names.iter().map(String::as_str).collect();
+            let pki = pki::ensure_demo(&cfg.demo_pki_dir(), &names, &pki::demo_agencies())?;
+            if pki.created {
+                print_demo_instructions(&pki, cfg);
+            }
+            (pki.server(), cfg.agencies.clone().unwrap_or_else(|| pki.directory()))
         }
-        AuthMode::Oidc => {
-            let issuer = cfg
-                .oidc_issuer
-                .clone()
-                .ok_or_else(|| anyhow::anyhow!("--auth oidc needs --oidc-issuer"))?;
-            anyhow::ensure!(!cfg.oidc_key_files.is_empty(), "--auth oidc needs --oidc-key-file");
+    };
+    let directory = Directory::from_file(&directory_path)?;
+    let oidc = match &cfg.oidc_issuer {
+        None => None,
+        Some(issuer) => {
             let keys = cfg
                 .oidc_key_files
                 .iter()
@@ -104,9 +163,33 @@ pub fn authenticator(cfg: &Config) -> anyhow::Result<SharedAuthenticator> {
                     })
                 })
                 .collect::<anyhow::Result<Vec<_>>>()?;
-            Arc::new(OidcAuthenticator::new(issuer, cfg.oidc_audience.clone(), keys))
+            Some(OidcAuthenticator::new(issuer.clone(), cfg.oidc_audience.clone(), keys))
         }
-    })
+    };
+    let authenticator = EdgeAuthenticator {
+        mtls: Some(CertificateAuthenticator::new(directory)),
+        oidc,
+        forwarders: cfg.trusted_forwarders.clone(),
+    };
+    Ok(Security { authenticator: Arc::new(authenticator), tls: Some(tls_files.server_config()?) })
+}
+
+fn print_demo_instructions(pki: &pki::DemoPki, cfg: &Config) {
+    let d = pki.dir.display();
+    eprintln!(
+        "\nCreated a demo certificate authority and credentials under {d}:\n\
+         \x20 agencies: {}\n\
+         \x20 directory: {}\n\
+         Call the registry as the French ministry of foreign affairs, for example:\n\
+         \x20 grpcurl -cacert {d}/ca.pem -cert {d}/agencies/fr-mfa.pem -key {d}/agencies/fr-mfa.key \\\n\
+         \x20   -H 'x-concord-purpose: consular case review' \\\n\
+         \x20   localhost:{} concord.registry.v1.RegistryService/ListPersons\n\
+         These credentials are for demonstration only; production uses --tls-cert, --tls-key,\n\
+         --tls-client-ca and --agencies.\n",
+        pki::demo_agencies().iter().map(|a| a.id.as_str()).collect::<Vec<_>>().join(", "),
+        pki.directory().display(),
+        cfg.registry_addr.port(),
+    );
 }
 
 /// Addresses the running services listen on.
@@ -123,20 +206,26 @@ pub async fn start(
     cfg: &Config,
     shutdown: Shutdown,
 ) -> anyhow::Result<(Running, impl std::future::Future<Output = anyhow::Result<()>>)> {
-    let authenticator = authenticator(cfg)?;
+    let security = security(cfg)?;
+    let policy = policy(cfg)?;
     let mut tasks = Vec::new();
     let mut running = Running { registry: None };
     if matches!(cfg.target, Target::All | Target::Registry) {
-        let (svc, db) =
-            concord_registry::build(&cfg.registry_database_url(), &cfg.server, shutdown.clone())
-                .await?;
+        let (svc, db) = concord_registry::build(
+            &cfg.registry_database_url(),
+            policy.clone(),
+            &cfg.server,
+            shutdown.clone(),
+        )
+        .await?;
         let listener = server::bind(cfg.registry_addr).await?;
         running.registry = Some(listener.local_addr()?);
         let server_cfg = cfg.server.clone();
-        let auth = authenticator.clone();
+        let security = security.clone();
         let sd = shutdown.clone();
         tasks.push(tokio::spawn(async move {
-            let r = server::serve(listener, Services::new().with(svc), auth, &server_cfg, sd).await;
+            let r =
+                server::serve(listener, Services::new().with(svc), security, &server_cfg, sd).await;
             db.close().await;
             r
         }));

@@ -208,6 +208,17 @@ impl Person {
     pub fn scope_states(&self) -> Vec<String> {
         self.data.active_states()
     }
+
+    /// Calls `f` with what decides who sees this person.
+    pub fn with_subject<R>(&self, f: impl FnOnce(&concord_platform::auth::Subject<'_>) -> R) -> R {
+        let states = self.scope_states();
+        f(&concord_platform::auth::Subject {
+            id: &self.id,
+            states: &states,
+            facility: &self.facility_id,
+            category: self.data.category.as_str(),
+        })
+    }
 }
 
 impl PersonData {

@@ -15,22 +15,26 @@ pub mod grpc;
 pub mod search_keys;
 pub mod store;
 
+use std::sync::Arc;
+
 use concord_platform::config::ServerConfig;
+use concord_platform::policy::Policy;
 use concord_platform::server::Shutdown;
 use concord_platform::storage::{Db, DbOptions};
 use concord_proto::registry::v1::registry_service_server::RegistryServiceServer;
 
 pub use grpc::Registry;
 
-/// Connects to the registry's database (running migrations) and builds the gRPC service with
-/// the message size caps of `cfg`.
+/// Connects to the registry's database (running migrations) and builds the gRPC service,
+/// enforcing `policy`, with the message size caps of `cfg`.
 pub async fn build(
     database_url: &str,
+    policy: Arc<Policy>,
     cfg: &ServerConfig,
     shutdown: Shutdown,
 ) -> anyhow::Result<(RegistryServiceServer<Registry>, Db)> {
     let db = Db::connect(database_url, store::MIGRATIONS, DbOptions::default()).await?;
-    let registry = Registry::new(store::Store::new(db.clone()), shutdown)
+    let registry = Registry::new(store::Store::new(db.clone()), policy, shutdown)
         .with_stream_limit(cfg.max_streams_per_agency);
     Ok((server(registry, cfg), db))
 }

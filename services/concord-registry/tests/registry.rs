@@ -30,7 +30,9 @@ impl Harness {
     async fn start_with(cfg: concord_platform::config::ServerConfig) -> Harness {
         let db = concord_testkit::database().await.unwrap();
         let (trigger, shutdown) = Shutdown::new();
-        let (svc, _db) = concord_registry::build(&db.url, &cfg, shutdown.clone()).await.unwrap();
+        let policy = std::sync::Arc::new(concord_platform::policy::Policy::embedded());
+        let (svc, _db) =
+            concord_registry::build(&db.url, policy, &cfg, shutdown.clone()).await.unwrap();
         let server =
             TestServer::start(Services::new().with(svc), trigger, shutdown, cfg).await.unwrap();
         Harness { server, _db: db }
@@ -38,7 +40,7 @@ impl Harness {
 
     async fn client(&self, p: Principal) -> Client {
         let channel = Channel::from_shared(self.server.uri()).unwrap().connect().await.unwrap();
-        RegistryServiceClient::with_interceptor(channel, HeaderCredentials(p))
+        RegistryServiceClient::with_interceptor(channel, concord_testkit::caller(p))
     }
 }
 
@@ -343,6 +345,16 @@ async fn a_state_sees_only_its_nationals() {
         .into_inner();
     assert_eq!(r.results.len(), 1);
     let err = france
+        .update_person(pb::UpdatePersonRequest {
+            person: Some(de.clone()),
+            update_mask: Some(prost_types::FieldMask { paths: vec!["names".into()] }),
+            request_id: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    // What the policy does not permit is refused before any lookup, so it reveals nothing.
+    let err = france
         .record_escape(pb::RecordEscapeRequest {
             name: de.name.clone(),
             transition: transition("x"),
@@ -350,7 +362,7 @@ async fn a_state_sees_only_its_nationals() {
         })
         .await
         .unwrap_err();
-    assert_eq!(err.code(), Code::NotFound);
+    assert_eq!(err.code(), Code::PermissionDenied);
 
     let channel = Channel::from_shared(h.server.uri()).unwrap().connect().await.unwrap();
     let mut anonymous = RegistryServiceClient::new(channel);
@@ -635,13 +647,25 @@ async fn renaming_a_person_moves_them_in_search_and_keeps_document_matches() {
         number: "P-777".into(),
         ..Default::default()
     };
-    c.create_identity_document(pb::CreateIdentityDocumentRequest {
-        parent: p.name.clone(),
-        identity_document: Some(doc.clone()),
-        request_id: String::new(),
-    })
-    .await
-    .unwrap();
+    // Documents are for the state concerned; the coordinator may not read or write them.
+    let mut morocco = h.client(ministry("MA")).await;
+    let err = c
+        .create_identity_document(pb::CreateIdentityDocumentRequest {
+            parent: p.name.clone(),
+            identity_document: Some(doc.clone()),
+            request_id: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
+    morocco
+        .create_identity_document(pb::CreateIdentityDocumentRequest {
+            parent: p.name.clone(),
+            identity_document: Some(doc.clone()),
+            request_id: String::new(),
+        })
+        .await
+        .unwrap();
     let mut renamed = p.clone();
     renamed.names = vec![pb::PersonName { full_name: "Anas Darwish".into(), ..Default::default() }];
     c.update_person(pb::UpdatePersonRequest {
@@ -665,13 +689,14 @@ async fn renaming_a_person_moves_them_in_search_and_keeps_document_matches() {
     );
     // The passport still links a new record to this one.
     let other = create(&mut c, person("Someone Different", "MA", 1993)).await;
-    c.create_identity_document(pb::CreateIdentityDocumentRequest {
-        parent: other.name.clone(),
-        identity_document: Some(doc),
-        request_id: String::new(),
-    })
-    .await
-    .unwrap();
+    morocco
+        .create_identity_document(pb::CreateIdentityDocumentRequest {
+            parent: other.name.clone(),
+            identity_document: Some(doc),
+            request_id: String::new(),
+        })
+        .await
+        .unwrap();
     let cands = c
         .list_duplicate_candidates(pb::ListDuplicateCandidatesRequest::default())
         .await
@@ -887,15 +912,16 @@ async fn family_and_identity_records_respect_scope() {
         number: "X123".into(),
         ..Default::default()
     };
-    c.create_identity_document(pb::CreateIdentityDocumentRequest {
-        parent: mother.name.clone(),
-        identity_document: Some(doc.clone()),
-        request_id: String::new(),
-    })
-    .await
-    .unwrap();
-
     let mut sweden = h.client(ministry("SE")).await;
+    sweden
+        .create_identity_document(pb::CreateIdentityDocumentRequest {
+            parent: mother.name.clone(),
+            identity_document: Some(doc.clone()),
+            request_id: String::new(),
+        })
+        .await
+        .unwrap();
+
     let rel = sweden
         .list_relationships(pb::ListRelationshipsRequest { parent: mother.name.clone() })
         .await
@@ -942,7 +968,7 @@ async fn family_and_identity_records_respect_scope() {
         Code::NotFound
     );
 
-    let err = c
+    let err = sweden
         .create_identity_document(pb::CreateIdentityDocumentRequest {
             parent: mother.name,
             identity_document: Some(pb::IdentityDocument { issuing_state: "Sweden".into(), ..doc }),

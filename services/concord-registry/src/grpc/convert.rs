@@ -2,6 +2,7 @@
 //! at fault for anything that does not fit; nothing invalid gets past here.
 
 use concord_platform::error::{quote, Result, Violations};
+use concord_platform::policy::{FieldClass, FieldSet};
 use concord_platform::time::{from_timestamp, to_timestamp};
 use concord_proto::r#type::v1 as tpb;
 use concord_proto::registry::v1 as pb;
@@ -37,6 +38,7 @@ macro_rules! enum_out {
         <$proto>::from_str_name(&$value.proto_name()).map_or(0, |e| e as i32)
     };
 }
+pub(crate) use enum_out;
 
 /// Parses the caller-written fields of a person; `prefix` is the field path (`person`).
 pub fn person_data(p: &pb::Person, prefix: &str) -> Result<PersonData> {
@@ -226,7 +228,58 @@ pub fn person_out(p: &Person) -> pb::Person {
         etag: p.etag(),
         receiving_state: p.receiving_state.clone(),
         disposition: p.disposition.map_or(0, |x| enum_out!(pb::Disposition, x)),
+        redacted_fields: vec![],
     }
+}
+
+/// Which class each field of a person is in, for redaction and for update masks.
+pub const PERSON_FIELD_CLASSES: &[(&str, FieldClass)] = &[
+    ("names", FieldClass::Identity),
+    ("sex", FieldClass::Identity),
+    ("birth_date", FieldClass::Identity),
+    ("nationalities", FieldClass::Identity),
+    ("category", FieldClass::Identity),
+    ("identity_confidence", FieldClass::Identity),
+    ("legal_status", FieldClass::Identity),
+    ("biometric_references", FieldClass::Biometrics),
+    ("custody_status", FieldClass::Custody),
+    ("facility_id", FieldClass::Custody),
+    ("section_id", FieldClass::Custody),
+    ("receiving_state", FieldClass::Custody),
+    ("disposition", FieldClass::Custody),
+];
+
+/// `m` with the fields of classes outside `readable` cleared and named in
+/// `redacted_fields`, whether or not they held anything (so the list reveals nothing).
+pub fn redact(mut m: pb::Person, readable: FieldSet) -> pb::Person {
+    for (field, class) in PERSON_FIELD_CLASSES {
+        if readable.contains(*class) {
+            continue;
+        }
+        match *field {
+            "names" => m.names.clear(),
+            "sex" => m.sex = 0,
+            "birth_date" => m.birth_date = None,
+            "nationalities" => m.nationalities.clear(),
+            "category" => m.category = 0,
+            "identity_confidence" => m.identity_confidence = 0,
+            "legal_status" => m.legal_status = 0,
+            "biometric_references" => m.biometric_references.clear(),
+            "custody_status" => m.custody_status = 0,
+            "facility_id" => m.facility_id.clear(),
+            "section_id" => m.section_id.clear(),
+            "receiving_state" => m.receiving_state.clear(),
+            "disposition" => m.disposition = 0,
+            _ => {}
+        }
+        m.redacted_fields.push((*field).to_string());
+    }
+    m
+}
+
+/// The contract's view of `p` for a caller who may read `readable`.
+pub fn person_for(p: &Person, readable: FieldSet) -> pb::Person {
+    redact(person_out(p), readable)
 }
 
 /// The contract's view of a custody event.

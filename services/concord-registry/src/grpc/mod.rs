@@ -7,10 +7,13 @@ pub mod convert;
 
 use std::pin::Pin;
 
-use concord_platform::auth::{self, Principal, Scope};
+use concord_platform::access::{self, Access};
+use concord_platform::audit::Recorder;
+use concord_platform::auth::{self, Scope};
 use concord_platform::error::{Error, Result};
 use concord_platform::filter::{self, Field, FieldType};
 use concord_platform::outbox::{self, WatchParams, WatchTuning};
+use concord_platform::policy::{Action, FieldClass, Policy};
 use concord_platform::server::Shutdown;
 use concord_platform::time::{from_timestamp, now_micros};
 use concord_platform::{idempotency, paging};
@@ -21,8 +24,8 @@ use prost::Message;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::domain::{self, *};
-use crate::store::{InsertOutcome, NewPerson, RecordKind, Store};
-use convert::{enum_in, person_id};
+use crate::store::{AccessGrant, GrantKind, InsertOutcome, NewPerson, RecordKind, Store};
+use convert::{enum_in, enum_out, person_id};
 
 /// Error domain of the registry (google.rpc.ErrorInfo.domain).
 pub const DOMAIN: &str = "registry.concord";
@@ -70,20 +73,35 @@ const CANDIDATE_FILTER: &[Field] = &[
 #[derive(Debug, Clone)]
 pub struct Registry {
     store: Store,
+    policy: std::sync::Arc<Policy>,
+    recorder: Recorder,
+    /// False only in the benchmark's baseline (see [`Registry::unenforced_for_benchmarks`]).
+    enforce: bool,
     shutdown: Shutdown,
     watch_tuning: WatchTuning,
     streams: std::sync::Arc<concord_platform::quota::StreamLimiter>,
 }
 
 impl Registry {
-    /// A registry over `store`; watch streams end when `shutdown` begins.
-    pub fn new(store: Store, shutdown: Shutdown) -> Self {
+    /// A registry over `store` enforcing `policy`; watch streams end when `shutdown` begins.
+    pub fn new(store: Store, policy: std::sync::Arc<Policy>, shutdown: Shutdown) -> Self {
+        let recorder = Recorder::spawn(store.db().clone());
         Self {
             store,
+            policy,
+            recorder,
+            enforce: true,
             shutdown,
             watch_tuning: WatchTuning::default(),
             streams: std::sync::Arc::new(concord_platform::quota::StreamLimiter::new(16)),
         }
+    }
+
+    /// A registry that skips the policy, the shared-records lookup and read auditing: the
+    /// baseline `concord-bench` measures their cost against. Never served by `concord`.
+    pub fn unenforced_for_benchmarks(mut self) -> Self {
+        self.enforce = false;
+        self
     }
 
     /// Caps each agency's open watch streams.
@@ -103,8 +121,96 @@ fn st(e: Error) -> Status {
     e.into_status(DOMAIN)
 }
 
-fn principal<T>(req: &Request<T>) -> Result<Principal, Status> {
-    auth::principal(req).map_err(st)
+impl Registry {
+    /// The call's access: PERMISSION_DENIED (audited) unless the policy permits `action`,
+    /// INVALID_ARGUMENT without a purpose; then the caller's scope with what is shared with it.
+    async fn access<T>(
+        &self,
+        req: &Request<T>,
+        action: Action,
+        rpc: &'static str,
+    ) -> Result<Access, Status> {
+        let principal = auth::principal(req).map_err(st)?;
+        let purpose = access::purpose(req.metadata());
+        if !self.enforce {
+            let grant = concord_platform::policy::Grant::unrestricted();
+            let purpose = purpose.unwrap_or_default();
+            return Ok(Access::resolve(principal, grant, Default::default(), purpose, rpc));
+        }
+        let grant = match Access::grant(&self.policy, &principal, action) {
+            Ok(g) => g,
+            Err(e) => {
+                let a = Access::resolve(
+                    principal,
+                    Default::default(),
+                    Default::default(),
+                    purpose.unwrap_or_default(),
+                    rpc,
+                );
+                self.audit(&a, action.as_str(), "", "PERMISSION_DENIED").await?;
+                return Err(st(e));
+            }
+        };
+        let purpose = purpose.map_err(st)?;
+        let shared = self.store.shared_with(&principal).await.map_err(st)?;
+        Ok(Access::resolve(principal, grant, shared, purpose, rpc))
+    }
+
+    /// Records a read (or a refusal) and waits for the record to commit: nothing is returned
+    /// that is not in the audit log.
+    async fn audit(
+        &self,
+        a: &Access,
+        resource: &str,
+        fields: &str,
+        outcome: &str,
+    ) -> Result<(), Status> {
+        if !self.enforce {
+            return Ok(());
+        }
+        self.recorder.record(vec![a.entry(resource, fields, outcome)]).await.map_err(st)
+    }
+
+    /// Records the read of `persons` and returns them as the caller may see them.
+    async fn persons_read(
+        &self,
+        a: &Access,
+        persons: &[&Person],
+    ) -> Result<Vec<pb::Person>, Status> {
+        let mut resources = Vec::with_capacity(persons.len());
+        let mut out = Vec::with_capacity(persons.len());
+        let mut fields = a.grant.fields;
+        for p in persons {
+            let basis = p.with_subject(|s| a.basis(s));
+            resources.push(if basis == "own" {
+                p.name()
+            } else {
+                format!("{} [{basis}]", p.name())
+            });
+            let readable = a.fields_for(&p.id);
+            if readable != a.grant.fields {
+                fields = readable;
+            }
+            out.push(convert::person_for(p, readable));
+        }
+        let resource =
+            if resources.is_empty() { "(none)".to_string() } else { resources.join(" ") };
+        self.audit(a, &resource, &fields.names(), "OK").await?;
+        Ok(out)
+    }
+
+    /// Checks that the caller may read `class` on person `id` (break-the-glass opens every
+    /// class), for the record lists.
+    fn require_class(a: &Access, id: &str, class: FieldClass, what: &str) -> Result<(), Status> {
+        if a.fields_for(id).contains(class) {
+            Ok(())
+        } else {
+            Err(st(concord_platform::Error::PermissionDenied(format!(
+                "{what} are {} data, which this caller may not read or write",
+                class.as_str()
+            ))))
+        }
+    }
 }
 
 /// Request id and fingerprint of `msg`, if a request id was sent.
@@ -142,24 +248,27 @@ impl RegistryService for Registry {
         &self,
         req: Request<pb::CreatePersonRequest>,
     ) -> Result<Response<pb::Person>, Status> {
-        let principal = principal(&req)?;
+        let a = self.access(&req, Action::PersonsCreate, "CreatePerson").await?;
         let msg = req.into_inner();
         let rid = request_id(&msg.request_id, "request_id", &msg).map_err(st)?;
         let person =
             msg.person.as_ref().ok_or_else(|| st(Error::invalid("person", "is required")))?;
         let data = convert::person_data(person, "person").map_err(st)?;
-        check_writable(&principal.scope(), None, &data).map_err(st)?;
+        check_writable(&a.write_scope, None, &data).map_err(st)?;
         let mut out = self
             .store
-            .insert_persons(&principal, vec![NewPerson { data, request_id: rid }], "CreatePerson")
+            .insert_persons(&a, vec![NewPerson { data, request_id: rid }], "CreatePerson")
             .await
             .map_err(st)?;
         match out.pop() {
-            Some(InsertOutcome::Created(p)) => Ok(Response::new(convert::person_out(&p))),
+            Some(InsertOutcome::Created(p)) => {
+                Ok(Response::new(convert::person_for(&p, a.fields_for(&p.id))))
+            }
             Some(InsertOutcome::Replayed(name)) => {
                 let id = person_id(&name, "name").map_err(st)?;
-                let p = self.store.get_person(&principal.scope(), &id).await.map_err(st)?;
-                Ok(Response::new(convert::person_out(&p)))
+                let p = self.store.get_person(&a.scope, &id).await.map_err(st)?;
+                let mut out = self.persons_read(&a, &[&p]).await?;
+                Ok(Response::new(out.remove(0)))
             }
             Some(InsertOutcome::Rejected(e)) => Err(st(e)),
             None => Err(st(Error::internal(anyhow::anyhow!("insert returned no outcome")))),
@@ -170,17 +279,26 @@ impl RegistryService for Registry {
         &self,
         req: Request<pb::GetPersonRequest>,
     ) -> Result<Response<pb::Person>, Status> {
-        let principal = principal(&req)?;
+        let a = self.access(&req, Action::PersonsRead, "GetPerson").await?;
         let id = person_id(&req.get_ref().name, "name").map_err(st)?;
-        let p = self.store.get_person(&principal.scope(), &id).await.map_err(st)?;
-        Ok(Response::new(convert::person_out(&p)))
+        let p = match self.store.get_person(&a.scope, &id).await {
+            Ok(p) => p,
+            Err(e) => {
+                if matches!(e, Error::NotFound(_)) {
+                    self.audit(&a, &format!("persons/{id}"), "", "NOT_FOUND").await?;
+                }
+                return Err(st(e));
+            }
+        };
+        let mut out = self.persons_read(&a, &[&p]).await?;
+        Ok(Response::new(out.remove(0)))
     }
 
     async fn list_persons(
         &self,
         req: Request<pb::ListPersonsRequest>,
     ) -> Result<Response<pb::ListPersonsResponse>, Status> {
-        let principal = principal(&req)?;
+        let a = self.access(&req, Action::PersonsRead, "ListPersons").await?;
         let msg = req.into_inner();
         let size = paging::page_size(msg.page_size).map_err(st)?;
         let filter = parse_filter(&msg.filter, PERSON_FILTER).map_err(st)?;
@@ -188,12 +306,12 @@ impl RegistryService for Registry {
         let after: Option<String> = paging::decode(&msg.page_token, &fp).map_err(st)?;
         let mut persons = self
             .store
-            .list_persons(&principal.scope(), filter.as_ref(), after.as_deref(), size + 1)
+            .list_persons(&a.scope, filter.as_ref(), after.as_deref(), size + 1)
             .await
             .map_err(st)?;
         let next = paging::finish_page(&mut persons, size, &fp, |p| p.id.clone());
         Ok(Response::new(pb::ListPersonsResponse {
-            persons: persons.iter().map(convert::person_out).collect(),
+            persons: self.persons_read(&a, &persons.iter().collect::<Vec<_>>()).await?,
             next_page_token: next,
         }))
     }
@@ -202,7 +320,7 @@ impl RegistryService for Registry {
         &self,
         req: Request<pb::UpdatePersonRequest>,
     ) -> Result<Response<pb::Person>, Status> {
-        let principal = principal(&req)?;
+        let a = self.access(&req, Action::PersonsUpdate, "UpdatePerson").await?;
         let msg = req.into_inner();
         let rid = request_id(&msg.request_id, "request_id", &msg).map_err(st)?;
         let incoming =
@@ -237,10 +355,18 @@ impl RegistryService for Registry {
             }
         }
         v.finish(()).map_err(st)?;
-        let scope = principal.scope();
+        // A caller may not overwrite what it may not read.
+        for path in &paths {
+            if let Some((_, class)) = convert::PERSON_FIELD_CLASSES.iter().find(|(f, _)| f == path)
+            {
+                a.grant.require_field(*class, path).map_err(st)?;
+            }
+        }
+        let scope = a.write_scope.clone();
+        let fields = paths.join(",");
         let p = self
             .store
-            .update_person(&principal, &id, expected, rid, |current| {
+            .update_person(&a, &id, &fields, expected, rid, |current| {
                 // Start from the stored record in its wire form, overwrite the masked fields,
                 // and parse the whole: one validation path for create and update.
                 let mut merged =
@@ -268,14 +394,14 @@ impl RegistryService for Registry {
             })
             .await
             .map_err(st)?;
-        Ok(Response::new(convert::person_out(&p)))
+        Ok(Response::new(convert::person_for(&p, a.fields_for(&p.id))))
     }
 
     async fn search_persons(
         &self,
         req: Request<pb::SearchPersonsRequest>,
     ) -> Result<Response<pb::SearchPersonsResponse>, Status> {
-        let principal = principal(&req)?;
+        let a = self.access(&req, Action::PersonsRead, "SearchPersons").await?;
         let msg = req.into_inner();
         let size = paging::page_size(msg.page_size).map_err(st)?;
         if msg.query.chars().count() > domain::MAX_NAME_CHARS {
@@ -293,7 +419,7 @@ impl RegistryService for Registry {
         let after: Option<(i64, String)> = paging::decode(&msg.page_token, &fp).map_err(st)?;
         let mut hits = self
             .store
-            .search(&principal.scope(), &tokens, filter.as_ref(), after, size + 1)
+            .search(&a.scope, &tokens, filter.as_ref(), after, size + 1)
             .await
             .map_err(st)?;
         let next = if hits.len() as i64 > size {
@@ -305,23 +431,29 @@ impl RegistryService for Registry {
             String::new()
         };
         let skeletons: Vec<&str> = tokens.iter().map(|t| t.skeleton.as_str()).collect();
+        let persons =
+            self.persons_read(&a, &hits.iter().map(|h| &h.person).collect::<Vec<_>>()).await?;
         let results = hits
             .iter()
-            .map(|h| pb::SearchResult {
-                person: Some(convert::person_out(&h.person)),
+            .zip(persons)
+            .map(|(h, person)| pb::SearchResult {
+                matched_names: if person.redacted_fields.iter().any(|f| f == "names") {
+                    vec![]
+                } else {
+                    h.person
+                        .data
+                        .names
+                        .iter()
+                        .filter(|n| {
+                            crate::search_keys::tokens(&n.full_name)
+                                .iter()
+                                .any(|t| skeletons.contains(&t.skeleton.as_str()))
+                        })
+                        .map(|n| n.full_name.clone())
+                        .collect()
+                },
+                person: Some(person),
                 score: h.score as f64,
-                matched_names: h
-                    .person
-                    .data
-                    .names
-                    .iter()
-                    .filter(|n| {
-                        crate::search_keys::tokens(&n.full_name)
-                            .iter()
-                            .any(|t| skeletons.contains(&t.skeleton.as_str()))
-                    })
-                    .map(|n| n.full_name.clone())
-                    .collect(),
             })
             .collect();
         Ok(Response::new(pb::SearchPersonsResponse { results, next_page_token: next }))
@@ -331,9 +463,9 @@ impl RegistryService for Registry {
         &self,
         req: Request<Streaming<pb::ImportPersonsRequest>>,
     ) -> Result<Response<pb::ImportPersonsResponse>, Status> {
-        let principal = principal(&req)?;
+        let a = self.access(&req, Action::PersonsImport, "ImportPersons").await?;
         let mut stream = req.into_inner();
-        let scope = principal.scope();
+        let scope = a.write_scope.clone();
         // A reader task decodes and validates rows while the previous batch is being written,
         // so neither the network nor the database waits for the other.
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<(i64, NewPerson)>>(2);
@@ -376,7 +508,7 @@ impl RegistryService for Registry {
         while let Some(batch) = rx.recv().await {
             let (indexes, rows): (Vec<i64>, Vec<NewPerson>) = batch.into_iter().unzip();
             let outcomes =
-                self.store.insert_persons(&principal, rows, "ImportPersons").await.map_err(st)?;
+                self.store.insert_persons(&a, rows, "ImportPersons").await.map_err(st)?;
             for (i, o) in indexes.into_iter().zip(outcomes) {
                 match o {
                     InsertOutcome::Created(_) => resp.created_count += 1,
@@ -419,7 +551,7 @@ impl RegistryService for Registry {
         &self,
         req: Request<pb::AdmitPersonRequest>,
     ) -> Result<Response<pb::Person>, Status> {
-        let p = principal(&req)?;
+        let p = self.access(&req, Action::CustodyRecord, "AdmitPerson").await?;
         let m = req.into_inner();
         let mut t =
             transition_in(&m.name, m.transition.as_ref(), &m, Transition::Admit).map_err(st)?;
@@ -432,7 +564,7 @@ impl RegistryService for Registry {
         &self,
         req: Request<pb::StartTransferRequest>,
     ) -> Result<Response<pb::Person>, Status> {
-        let p = principal(&req)?;
+        let p = self.access(&req, Action::CustodyRecord, "StartTransfer").await?;
         let m = req.into_inner();
         let mut t = transition_in(&m.name, m.transition.as_ref(), &m, Transition::StartTransfer)
             .map_err(st)?;
@@ -445,7 +577,7 @@ impl RegistryService for Registry {
         &self,
         req: Request<pb::HospitalisePersonRequest>,
     ) -> Result<Response<pb::Person>, Status> {
-        let p = principal(&req)?;
+        let p = self.access(&req, Action::CustodyRecord, "HospitalisePerson").await?;
         let m = req.into_inner();
         let mut t = transition_in(&m.name, m.transition.as_ref(), &m, Transition::Hospitalise)
             .map_err(st)?;
@@ -457,7 +589,7 @@ impl RegistryService for Registry {
         &self,
         req: Request<pb::AdmitToRehabilitationRequest>,
     ) -> Result<Response<pb::Person>, Status> {
-        let p = principal(&req)?;
+        let p = self.access(&req, Action::CustodyRecord, "AdmitToRehabilitation").await?;
         let m = req.into_inner();
         let mut t =
             transition_in(&m.name, m.transition.as_ref(), &m, Transition::AdmitToRehabilitation)
@@ -470,7 +602,7 @@ impl RegistryService for Registry {
         &self,
         req: Request<pb::ReturnToCustodyRequest>,
     ) -> Result<Response<pb::Person>, Status> {
-        let p = principal(&req)?;
+        let p = self.access(&req, Action::CustodyRecord, "ReturnToCustody").await?;
         let m = req.into_inner();
         let mut t = transition_in(&m.name, m.transition.as_ref(), &m, Transition::ReturnToCustody)
             .map_err(st)?;
@@ -483,7 +615,7 @@ impl RegistryService for Registry {
         &self,
         req: Request<pb::RecordEscapeRequest>,
     ) -> Result<Response<pb::Person>, Status> {
-        let p = principal(&req)?;
+        let p = self.access(&req, Action::CustodyRecord, "RecordEscape").await?;
         let m = req.into_inner();
         let mut t =
             transition_in(&m.name, m.transition.as_ref(), &m, Transition::Escape).map_err(st)?;
@@ -495,7 +627,7 @@ impl RegistryService for Registry {
         &self,
         req: Request<pb::RecordRecaptureRequest>,
     ) -> Result<Response<pb::Person>, Status> {
-        let p = principal(&req)?;
+        let p = self.access(&req, Action::CustodyRecord, "RecordRecapture").await?;
         let m = req.into_inner();
         let t =
             transition_in(&m.name, m.transition.as_ref(), &m, Transition::Recapture).map_err(st)?;
@@ -506,7 +638,7 @@ impl RegistryService for Registry {
         &self,
         req: Request<pb::MarkUnaccountedRequest>,
     ) -> Result<Response<pb::Person>, Status> {
-        let p = principal(&req)?;
+        let p = self.access(&req, Action::CustodyRecord, "MarkUnaccounted").await?;
         let m = req.into_inner();
         let mut t = transition_in(&m.name, m.transition.as_ref(), &m, Transition::MarkUnaccounted)
             .map_err(st)?;
@@ -518,7 +650,7 @@ impl RegistryService for Registry {
         &self,
         req: Request<pb::RecordHandOverRequest>,
     ) -> Result<Response<pb::Person>, Status> {
-        let p = principal(&req)?;
+        let p = self.access(&req, Action::CustodyRecord, "RecordHandOver").await?;
         let m = req.into_inner();
         let mut v = concord_platform::error::Violations::new();
         let t = v.absorb(transition_in(&m.name, m.transition.as_ref(), &m, Transition::HandOver));
@@ -541,7 +673,7 @@ impl RegistryService for Registry {
         &self,
         req: Request<pb::RecordReleaseRequest>,
     ) -> Result<Response<pb::Person>, Status> {
-        let p = principal(&req)?;
+        let p = self.access(&req, Action::CustodyRecord, "RecordRelease").await?;
         let m = req.into_inner();
         let t =
             transition_in(&m.name, m.transition.as_ref(), &m, Transition::Release).map_err(st)?;
@@ -552,7 +684,7 @@ impl RegistryService for Registry {
         &self,
         req: Request<pb::RecordDeathRequest>,
     ) -> Result<Response<pb::Person>, Status> {
-        let p = principal(&req)?;
+        let p = self.access(&req, Action::CustodyRecord, "RecordDeath").await?;
         let m = req.into_inner();
         let t = transition_in(&m.name, m.transition.as_ref(), &m, Transition::Death).map_err(st)?;
         self.apply(&p, t).await
@@ -562,18 +694,20 @@ impl RegistryService for Registry {
         &self,
         req: Request<pb::ListCustodyEventsRequest>,
     ) -> Result<Response<pb::ListCustodyEventsResponse>, Status> {
-        let principal = principal(&req)?;
+        let a = self.access(&req, Action::CustodyRead, "ListCustodyEvents").await?;
         let m = req.into_inner();
         let id = person_id(&m.parent, "parent").map_err(st)?;
+        Self::require_class(&a, &id, FieldClass::Custody, "custody events")?;
         let size = paging::page_size(m.page_size).map_err(st)?;
         let fp = paging::request_fingerprint(&[&id]);
         let after: Option<String> = paging::decode(&m.page_token, &fp).map_err(st)?;
         let mut events = self
             .store
-            .custody_events(&principal.scope(), &id, after.as_deref(), size + 1)
+            .custody_events(&a.scope, &id, after.as_deref(), size + 1)
             .await
             .map_err(st)?;
         let next = paging::finish_page(&mut events, size, &fp, |e| e.id.clone());
+        self.audit(&a, &format!("persons/{id}/custodyEvents"), "custody", "OK").await?;
         Ok(Response::new(pb::ListCustodyEventsResponse {
             custody_events: events.iter().map(convert::custody_event_out).collect(),
             next_page_token: next,
@@ -584,7 +718,7 @@ impl RegistryService for Registry {
         &self,
         req: Request<pb::ListDuplicateCandidatesRequest>,
     ) -> Result<Response<pb::ListDuplicateCandidatesResponse>, Status> {
-        let principal = principal(&req)?;
+        let a = self.access(&req, Action::DuplicatesReview, "ListDuplicateCandidates").await?;
         let m = req.into_inner();
         let size = paging::page_size(m.page_size).map_err(st)?;
         let filter = parse_filter(&m.filter, CANDIDATE_FILTER).map_err(st)?;
@@ -592,10 +726,13 @@ impl RegistryService for Registry {
         let before: Option<String> = paging::decode(&m.page_token, &fp).map_err(st)?;
         let mut cs = self
             .store
-            .list_candidates(&principal.scope(), filter.as_ref(), before.as_deref(), size + 1)
+            .list_candidates(&a.scope, filter.as_ref(), before.as_deref(), size + 1)
             .await
             .map_err(st)?;
         let next = paging::finish_page(&mut cs, size, &fp, |c| c.id.clone());
+        let names: Vec<String> =
+            cs.iter().map(|c| format!("duplicateCandidates/{}", c.id)).collect();
+        self.audit(&a, &names.join(" "), "identity", "OK").await?;
         Ok(Response::new(pb::ListDuplicateCandidatesResponse {
             duplicate_candidates: cs.iter().map(convert::candidate_out).collect(),
             next_page_token: next,
@@ -606,7 +743,7 @@ impl RegistryService for Registry {
         &self,
         req: Request<pb::RejectDuplicateCandidateRequest>,
     ) -> Result<Response<pb::DuplicateCandidate>, Status> {
-        let p = principal(&req)?;
+        let p = self.access(&req, Action::DuplicatesReview, "RejectDuplicateCandidate").await?;
         let m = req.into_inner();
         self.review(&p, &m.name, DuplicateState::Invalid, None, &m.reason, &m.etag).await
     }
@@ -615,7 +752,7 @@ impl RegistryService for Registry {
         &self,
         req: Request<pb::MergeDuplicateCandidateRequest>,
     ) -> Result<Response<pb::DuplicateCandidate>, Status> {
-        let p = principal(&req)?;
+        let p = self.access(&req, Action::DuplicatesReview, "MergeDuplicateCandidate").await?;
         let m = req.into_inner();
         let survivor = person_id(&m.surviving_person, "surviving_person").map_err(st)?;
         self.review(&p, &m.name, DuplicateState::Merged, Some(&survivor), &m.reason, &m.etag).await
@@ -625,7 +762,7 @@ impl RegistryService for Registry {
         &self,
         req: Request<pb::UnmergeDuplicateCandidateRequest>,
     ) -> Result<Response<pb::DuplicateCandidate>, Status> {
-        let p = principal(&req)?;
+        let p = self.access(&req, Action::DuplicatesReview, "UnmergeDuplicateCandidate").await?;
         let m = req.into_inner();
         self.review(&p, &m.name, DuplicateState::Open, None, &m.reason, &m.etag).await
     }
@@ -634,7 +771,8 @@ impl RegistryService for Registry {
         &self,
         req: Request<pb::CreateRelationshipRequest>,
     ) -> Result<Response<pb::Relationship>, Status> {
-        let p = principal(&req)?;
+        let p = self.access(&req, Action::RecordsWrite, "CreateRelationship").await?;
+        p.grant.require_field(FieldClass::Identity, "relationships").map_err(st)?;
         let m = req.into_inner();
         let rid = request_id(&m.request_id, "request_id", &m).map_err(st)?;
         let mut r =
@@ -666,10 +804,12 @@ impl RegistryService for Registry {
         &self,
         req: Request<pb::ListRelationshipsRequest>,
     ) -> Result<Response<pb::ListRelationshipsResponse>, Status> {
-        let p = principal(&req)?;
+        let p = self.access(&req, Action::RecordsRead, "ListRelationships").await?;
         let id = person_id(&req.get_ref().parent, "parent").map_err(st)?;
+        Self::require_class(&p, &id, FieldClass::Identity, "relationships")?;
         let recs =
-            self.store.list_records(&p.scope(), RecordKind::Relationship, &id).await.map_err(st)?;
+            self.store.list_records(&p.scope, RecordKind::Relationship, &id).await.map_err(st)?;
+        self.audit(&p, &format!("persons/{id}/relationships"), "identity", "OK").await?;
         let relationships = recs.iter().map(relationship_out).collect::<Result<_, _>>()?;
         Ok(Response::new(pb::ListRelationshipsResponse { relationships }))
     }
@@ -678,7 +818,8 @@ impl RegistryService for Registry {
         &self,
         req: Request<pb::CreateHouseholdRequest>,
     ) -> Result<Response<pb::Household>, Status> {
-        let p = principal(&req)?;
+        let p = self.access(&req, Action::RecordsWrite, "CreateHousehold").await?;
+        p.grant.require_field(FieldClass::Identity, "households").map_err(st)?;
         let m = req.into_inner();
         let rid = request_id(&m.request_id, "request_id", &m).map_err(st)?;
         let h = m.household.ok_or_else(|| st(Error::invalid("household", "is required")))?;
@@ -718,9 +859,11 @@ impl RegistryService for Registry {
         &self,
         req: Request<pb::GetHouseholdRequest>,
     ) -> Result<Response<pb::Household>, Status> {
-        let p = principal(&req)?;
+        let p = self.access(&req, Action::RecordsRead, "GetHousehold").await?;
+        p.grant.require_field(FieldClass::Identity, "households").map_err(st)?;
         let id = convert::resource_id(&req.get_ref().name, "households/", "name").map_err(st)?;
-        let h = self.store.get_household(&p.scope(), &id).await.map_err(st)?;
+        let h = self.store.get_household(&p.scope, &id).await.map_err(st)?;
+        self.audit(&p, &format!("households/{id}"), "identity", "OK").await?;
         Ok(Response::new(household_out(&h)))
     }
 
@@ -728,7 +871,8 @@ impl RegistryService for Registry {
         &self,
         req: Request<pb::CreateIdentityDocumentRequest>,
     ) -> Result<Response<pb::IdentityDocument>, Status> {
-        let p = principal(&req)?;
+        let p = self.access(&req, Action::RecordsWrite, "CreateIdentityDocument").await?;
+        p.grant.require_field(FieldClass::Documents, "identity documents").map_err(st)?;
         let m = req.into_inner();
         let rid = request_id(&m.request_id, "request_id", &m).map_err(st)?;
         let mut v = concord_platform::error::Violations::new();
@@ -761,10 +905,12 @@ impl RegistryService for Registry {
         &self,
         req: Request<pb::ListIdentityDocumentsRequest>,
     ) -> Result<Response<pb::ListIdentityDocumentsResponse>, Status> {
-        let p = principal(&req)?;
+        let p = self.access(&req, Action::RecordsRead, "ListIdentityDocuments").await?;
         let id = person_id(&req.get_ref().parent, "parent").map_err(st)?;
+        Self::require_class(&p, &id, FieldClass::Documents, "identity documents")?;
         let recs =
-            self.store.list_records(&p.scope(), RecordKind::Document, &id).await.map_err(st)?;
+            self.store.list_records(&p.scope, RecordKind::Document, &id).await.map_err(st)?;
+        self.audit(&p, &format!("persons/{id}/documents"), "documents", "OK").await?;
         let identity_documents = recs
             .iter()
             .map(|r| {
@@ -781,7 +927,8 @@ impl RegistryService for Registry {
         &self,
         req: Request<pb::CreateIdentityVerificationRequest>,
     ) -> Result<Response<pb::IdentityVerification>, Status> {
-        let p = principal(&req)?;
+        let p = self.access(&req, Action::RecordsWrite, "CreateIdentityVerification").await?;
+        p.grant.require_field(FieldClass::Documents, "identity verifications").map_err(st)?;
         let m = req.into_inner();
         let rid = request_id(&m.request_id, "request_id", &m).map_err(st)?;
         let mut v = concord_platform::error::Violations::new();
@@ -834,10 +981,12 @@ impl RegistryService for Registry {
         &self,
         req: Request<pb::ListIdentityVerificationsRequest>,
     ) -> Result<Response<pb::ListIdentityVerificationsResponse>, Status> {
-        let p = principal(&req)?;
+        let p = self.access(&req, Action::RecordsRead, "ListIdentityVerifications").await?;
         let id = person_id(&req.get_ref().parent, "parent").map_err(st)?;
+        Self::require_class(&p, &id, FieldClass::Documents, "identity verifications")?;
         let recs =
-            self.store.list_records(&p.scope(), RecordKind::Verification, &id).await.map_err(st)?;
+            self.store.list_records(&p.scope, RecordKind::Verification, &id).await.map_err(st)?;
+        self.audit(&p, &format!("persons/{id}/verifications"), "documents", "OK").await?;
         let identity_verifications = recs
             .iter()
             .map(|r| decode_record::<pb::IdentityVerification>(r, |x, name, _| x.name = name))
@@ -849,7 +998,8 @@ impl RegistryService for Registry {
         &self,
         req: Request<pb::CreateConsentRecordRequest>,
     ) -> Result<Response<pb::ConsentRecord>, Status> {
-        let p = principal(&req)?;
+        let p = self.access(&req, Action::RecordsWrite, "CreateConsentRecord").await?;
+        p.grant.require_field(FieldClass::Welfare, "consent records").map_err(st)?;
         let m = req.into_inner();
         let rid = request_id(&m.request_id, "request_id", &m).map_err(st)?;
         let mut v = concord_platform::error::Violations::new();
@@ -883,10 +1033,11 @@ impl RegistryService for Registry {
         &self,
         req: Request<pb::ListConsentRecordsRequest>,
     ) -> Result<Response<pb::ListConsentRecordsResponse>, Status> {
-        let p = principal(&req)?;
+        let p = self.access(&req, Action::RecordsRead, "ListConsentRecords").await?;
         let id = person_id(&req.get_ref().parent, "parent").map_err(st)?;
-        let recs =
-            self.store.list_records(&p.scope(), RecordKind::Consent, &id).await.map_err(st)?;
+        Self::require_class(&p, &id, FieldClass::Welfare, "consent records")?;
+        let recs = self.store.list_records(&p.scope, RecordKind::Consent, &id).await.map_err(st)?;
+        self.audit(&p, &format!("persons/{id}/consents"), "welfare", "OK").await?;
         // A consent given by a parent is listed under the child only.
         let consent_records = recs
             .iter()
@@ -896,22 +1047,184 @@ impl RegistryService for Registry {
         Ok(Response::new(pb::ListConsentRecordsResponse { consent_records }))
     }
 
+    async fn create_sharing_agreement(
+        &self,
+        req: Request<pb::CreateSharingAgreementRequest>,
+    ) -> Result<Response<pb::SharingAgreement>, Status> {
+        let a = self.access(&req, Action::SharingManage, "CreateSharingAgreement").await?;
+        let m = req.into_inner();
+        let rid = request_id(&m.request_id, "request_id", &m).map_err(st)?;
+        let grantor = a.principal.state.clone().ok_or_else(|| {
+            st(Error::PermissionDenied("only a state's agencies share its nationals".into()))
+        })?;
+        let g = m.sharing_agreement.unwrap_or_default();
+        let mut v = concord_platform::error::Violations::new();
+        v.absorb(domain::validate_state(&g.grantee_state, "sharing_agreement.grantee_state"));
+        if g.grantee_state == grantor {
+            v.add("sharing_agreement.grantee_state", "must be another state than yours");
+        }
+        let persons: Vec<String> = g
+            .persons
+            .iter()
+            .enumerate()
+            .filter_map(|(i, n)| v.absorb(person_id(n, &format!("sharing_agreement.persons[{i}]"))))
+            .collect();
+        let mut categories = Vec::new();
+        for (i, c) in g.categories.iter().enumerate() {
+            let field = format!("sharing_agreement.categories[{i}]");
+            if *c == 0 {
+                v.add(field, "must not be PERSON_CATEGORY_UNSPECIFIED");
+            } else if let Some(c) = enum_in!(v, field, *c, pb::PersonCategory, Category) {
+                categories.push(c.as_str().to_string());
+            }
+        }
+        if persons.is_empty() && categories.is_empty() {
+            v.add("sharing_agreement.persons", "name at least one person or category to share");
+        }
+        if persons.len() > 1000 {
+            v.add("sharing_agreement.persons", "at most 1000 people per agreement");
+        }
+        text(&mut v, "sharing_agreement.purpose", &g.purpose, true, 500);
+        let expire = expiry(
+            &mut v,
+            "sharing_agreement.expire_time",
+            g.expire_time.as_ref(),
+            None,
+            366 * 24 * 3600,
+        );
+        v.finish(()).map_err(st)?;
+        let stored = self
+            .store
+            .create_grant(
+                &a,
+                AccessGrant {
+                    id: String::new(),
+                    kind: GrantKind::Agreement,
+                    grantor_state: grantor,
+                    grantee: g.grantee_state.clone(),
+                    persons,
+                    categories,
+                    purpose: g.purpose.trim().to_string(),
+                    expire_time: expire,
+                    revoke_time: 0,
+                    create_time: 0,
+                    created_by: String::new(),
+                },
+                rid,
+            )
+            .await
+            .map_err(st)?;
+        Ok(Response::new(agreement_out(&stored)))
+    }
+
+    async fn list_sharing_agreements(
+        &self,
+        req: Request<pb::ListSharingAgreementsRequest>,
+    ) -> Result<Response<pb::ListSharingAgreementsResponse>, Status> {
+        let a = self.access(&req, Action::SharingManage, "ListSharingAgreements").await?;
+        let state = a.principal.state.clone().ok_or_else(|| {
+            st(Error::PermissionDenied("sharing agreements are between states".into()))
+        })?;
+        let m = req.into_inner();
+        let size = paging::page_size(m.page_size).map_err(st)?;
+        let fp = paging::request_fingerprint(&[&state]);
+        let before: Option<String> = paging::decode(&m.page_token, &fp).map_err(st)?;
+        let mut gs =
+            self.store.list_agreements(&state, before.as_deref(), size + 1).await.map_err(st)?;
+        let next = paging::finish_page(&mut gs, size, &fp, |g| g.id.clone());
+        let names: Vec<String> = gs.iter().map(|g| g.name()).collect();
+        self.audit(&a, &names.join(" "), "*", "OK").await?;
+        Ok(Response::new(pb::ListSharingAgreementsResponse {
+            sharing_agreements: gs.iter().map(agreement_out).collect(),
+            next_page_token: next,
+        }))
+    }
+
+    async fn revoke_sharing_agreement(
+        &self,
+        req: Request<pb::RevokeSharingAgreementRequest>,
+    ) -> Result<Response<pb::SharingAgreement>, Status> {
+        let a = self.access(&req, Action::SharingManage, "RevokeSharingAgreement").await?;
+        let state = a.principal.state.clone().ok_or_else(|| {
+            st(Error::PermissionDenied("sharing agreements are between states".into()))
+        })?;
+        let id =
+            convert::resource_id(&req.get_ref().name, "sharingAgreements/", "name").map_err(st)?;
+        let g = self.store.revoke_agreement(&a, &state, &id).await.map_err(st)?;
+        Ok(Response::new(agreement_out(&g)))
+    }
+
+    async fn create_break_glass_grant(
+        &self,
+        req: Request<pb::CreateBreakGlassGrantRequest>,
+    ) -> Result<Response<pb::BreakGlassGrant>, Status> {
+        let a = self.access(&req, Action::BreakGlass, "CreateBreakGlassGrant").await?;
+        let g = req.into_inner().break_glass_grant.unwrap_or_default();
+        let mut v = concord_platform::error::Violations::new();
+        let id = v.absorb(person_id(&g.person, "break_glass_grant.person"));
+        text(&mut v, "break_glass_grant.reason", &g.reason, true, 1000);
+        if !g.reason.trim().is_empty() && g.reason.trim().chars().count() < 20 {
+            v.add(
+                "break_glass_grant.reason",
+                "must explain the emergency in at least 20 characters",
+            );
+        }
+        let expire = expiry(
+            &mut v,
+            "break_glass_grant.expire_time",
+            g.expire_time.as_ref(),
+            Some(BREAK_GLASS_MAX_SECS),
+            BREAK_GLASS_MAX_SECS,
+        );
+        let id = v.finish(id).map_err(st)?.unwrap_or_default();
+        let stored = self
+            .store
+            .create_grant(
+                &a,
+                AccessGrant {
+                    id: String::new(),
+                    kind: GrantKind::BreakGlass,
+                    grantor_state: String::new(),
+                    grantee: a.principal.agency.clone(),
+                    persons: vec![id],
+                    categories: vec![],
+                    purpose: g.reason.trim().to_string(),
+                    expire_time: expire,
+                    revoke_time: 0,
+                    create_time: 0,
+                    created_by: String::new(),
+                },
+                None,
+            )
+            .await
+            .map_err(st)?;
+        tracing::warn!(agency = %a.principal.agency, grant = %stored.name(), "break-the-glass access granted");
+        Ok(Response::new(pb::BreakGlassGrant {
+            name: stored.name(),
+            person: format!("persons/{}", stored.persons.first().cloned().unwrap_or_default()),
+            reason: stored.purpose.clone(),
+            expire_time: Some(concord_platform::time::to_timestamp(stored.expire_time)),
+            agency: stored.created_by.clone(),
+            create_time: Some(concord_platform::time::to_timestamp(stored.create_time)),
+        }))
+    }
+
     type WatchChangesStream = WatchStream;
 
     async fn watch_changes(
         &self,
         req: Request<pb::WatchChangesRequest>,
     ) -> Result<Response<Self::WatchChangesStream>, Status> {
-        let principal = principal(&req)?;
+        let a = self.access(&req, Action::ChangesWatch, "WatchChanges").await?;
         let m = req.into_inner();
         let params = WatchParams {
             cursor: m.cursor,
             start_at_end: m.start_at_end,
             event_types: m.event_types,
-            scope: principal.scope(),
+            scope: a.scope.clone(),
         };
         // Held by the stream until it ends.
-        let permit = self.streams.open(&principal.agency).map_err(st)?;
+        let permit = self.streams.open(&a.principal.agency).map_err(st)?;
         let stream = outbox::watch(
             self.store.db().clone(),
             params,
@@ -920,26 +1233,134 @@ impl RegistryService for Registry {
         )
         .await
         .map_err(st)?;
+        let recorder = self.recorder.clone();
+        // Events that are ready are sent together, after one audit record for them all.
+        let stream = stream.ready_chunks(256).then(move |chunk| {
+            let a = a.clone();
+            let recorder = recorder.clone();
+            async move {
+                let mut out = Vec::with_capacity(chunk.len());
+                let mut resources = Vec::new();
+                for r in chunk {
+                    match r {
+                        Ok(e) => {
+                            let e = redact_event(&a, e).map_err(st)?;
+                            if !e.bookmark {
+                                resources.push(e.resource_name.clone());
+                            }
+                            out.push(Ok(pb::WatchChangesResponse { event: Some(e) }));
+                        }
+                        Err(e) => out.push(Err(st(e))),
+                    }
+                }
+                if !resources.is_empty() {
+                    recorder
+                        .record(vec![a.entry(resources.join(" "), a.grant.fields.names(), "OK")])
+                        .await
+                        .map_err(st)?;
+                }
+                Ok::<_, Status>(futures::stream::iter(out))
+            }
+        });
+        let stream = stream
+            .map(|r| match r {
+                Ok(s) => s.left_stream(),
+                Err(e) => futures::stream::iter(vec![Err(e)]).right_stream(),
+            })
+            .flatten();
         Ok(Response::new(Box::pin(stream.map(move |r| {
             let _held = &permit;
-            r.map(|e| pb::WatchChangesResponse { event: Some(e) }).map_err(st)
+            r
         }))))
     }
+}
+
+/// Longest break-the-glass access, and its default.
+const BREAK_GLASS_MAX_SECS: i64 = 4 * 3600;
+
+/// An expiry in the future, at most `max_secs` ahead; `default_secs` when unset (else it is
+/// required).
+fn expiry(
+    v: &mut concord_platform::error::Violations,
+    field: &str,
+    t: Option<&prost_types::Timestamp>,
+    default_secs: Option<i64>,
+    max_secs: i64,
+) -> i64 {
+    let now = now_micros();
+    match (t, default_secs) {
+        (None, Some(d)) => now + d * 1_000_000,
+        (None, None) => {
+            v.add(field, "is required");
+            0
+        }
+        (Some(ts), _) => match from_timestamp(ts) {
+            None => {
+                v.add(field, "is not a valid timestamp");
+                0
+            }
+            Some(m) if m <= now => {
+                v.add(field, "must be in the future");
+                0
+            }
+            Some(m) if m > now + max_secs * 1_000_000 => {
+                v.add(field, format!("must be at most {} hours ahead", max_secs / 3600));
+                0
+            }
+            Some(m) => m,
+        },
+    }
+}
+
+fn agreement_out(g: &AccessGrant) -> pb::SharingAgreement {
+    use concord_platform::time::to_timestamp;
+    pb::SharingAgreement {
+        name: g.name(),
+        grantor_state: g.grantor_state.clone(),
+        grantee_state: g.grantee.clone(),
+        persons: g.persons.iter().map(|p| format!("persons/{p}")).collect(),
+        categories: g
+            .categories
+            .iter()
+            .filter_map(|c| Category::parse(c))
+            .map(|c| enum_out!(pb::PersonCategory, c))
+            .collect(),
+        purpose: g.purpose.clone(),
+        expire_time: Some(to_timestamp(g.expire_time)),
+        revoke_time: (g.revoke_time != 0).then(|| to_timestamp(g.revoke_time)),
+        create_time: Some(to_timestamp(g.create_time)),
+        creator_agency: g.created_by.clone(),
+    }
+}
+
+/// A change event as the watcher may see it: the person in its payload redacted like a read.
+fn redact_event(
+    a: &Access,
+    mut e: concord_proto::r#type::v1::ChangeEvent,
+) -> Result<concord_proto::r#type::v1::ChangeEvent> {
+    if let Some(any) = e.resource.as_mut() {
+        if any.type_url == crate::events::PERSON_TYPE_URL {
+            let p = pb::Person::decode(any.value.as_slice()).map_err(Error::internal)?;
+            let id = p.name.trim_start_matches("persons/").to_string();
+            any.value = convert::redact(p, a.fields_for(&id)).encode_to_vec();
+        }
+    }
+    Ok(e)
 }
 
 impl Registry {
     async fn apply(
         &self,
-        p: &Principal,
+        a: &Access,
         t: TransitionRequest,
     ) -> Result<Response<pb::Person>, Status> {
-        let person = self.store.transition(p, t).await.map_err(st)?;
-        Ok(Response::new(convert::person_out(&person)))
+        let person = self.store.transition(a, t).await.map_err(st)?;
+        Ok(Response::new(convert::person_for(&person, a.fields_for(&person.id))))
     }
 
     async fn review(
         &self,
-        p: &Principal,
+        p: &Access,
         name: &str,
         to: DuplicateState,
         survivor: Option<&str>,
@@ -960,15 +1381,21 @@ impl Registry {
     }
 }
 
-/// A state-scoped caller may only write people in its scope, and may not touch the
-/// nationality entries of other states (adding, changing or removing them would grant or take
-/// away another state's access).
+/// A limited caller may only write people in its own scope (sharing agreements and
+/// break-the-glass open records for reading only), may not write a person out of it, and
+/// may not touch the nationality entries of other states (adding, changing or removing them
+/// would grant or take away another state's access).
 fn check_writable(scope: &Scope, old: Option<&PersonData>, new: &PersonData) -> Result<()> {
-    let Scope::States(own) = scope else { return Ok(()) };
-    if !scope.allows_any(new.active_states().iter().map(String::as_str)) {
+    let Scope::Only(visible) = scope else { return Ok(()) };
+    let own = &visible.states;
+    if (old.is_none() || !own.is_empty()) && !new.active_states().iter().any(|s| own.contains(s)) {
         return Err(Error::invalid(
             "person.nationalities",
-            format!("must include an active nationality of your state ({})", own.join(", ")),
+            if own.is_empty() {
+                "only a state's agencies or the coordinator register people".to_string()
+            } else {
+                format!("must include an active nationality of your state ({})", own.join(", "))
+            },
         ));
     }
     let foreign = |d: &PersonData| -> Vec<Nationality> {

@@ -1,7 +1,9 @@
 //! Custody transitions: checked against the state machine inside the transaction that applies
 //! them, recorded in the timeline, and announced in the outbox, all in one commit.
 
-use concord_platform::auth::{Principal, Scope};
+use concord_platform::access::Access;
+use concord_platform::audit;
+use concord_platform::auth::Scope;
 use concord_platform::error::{Error, Result};
 use concord_platform::idempotency;
 use concord_platform::outbox;
@@ -16,17 +18,13 @@ use crate::events;
 
 impl Store {
     /// Applies a custody transition.
-    pub async fn transition(
-        &self,
-        principal: &Principal,
-        req: TransitionRequest,
-    ) -> Result<Person> {
-        let scope = principal.scope();
+    pub async fn transition(&self, access: &Access, req: TransitionRequest) -> Result<Person> {
+        let scope = access.write_scope.clone();
         let mut tx = self.db.begin().await?;
         if let Some((rid, fp)) = &req.request_id {
             let method = req.transition.method();
             if let idempotency::Claim::Replay(_) =
-                idempotency::claim(&mut tx, &principal.agency, rid, method, fp).await?
+                idempotency::claim(&mut tx, &access.principal.agency, rid, method, fp).await?
             {
                 drop(tx);
                 return self.get_person(&scope, &req.person_id).await;
@@ -112,14 +110,15 @@ impl Store {
         .bind(&reference)
         .bind(req.occur_time)
         .bind(now)
-        .bind(&principal.agency)
+        .bind(&access.principal.agency)
         .execute(tx.conn())
         .await
         .db()?;
         if let Some((rid, _)) = &req.request_id {
-            idempotency::complete(&mut tx, &principal.agency, rid, &person.name()).await?;
+            idempotency::complete(&mut tx, &access.principal.agency, rid, &person.name()).await?;
         }
         outbox::append(&mut tx, events::person("person.custody_changed", &person)).await?;
+        audit::append(&mut tx, &access.entry(person.name(), "custody", "OK")).await?;
         tx.commit().await?;
         self.cached(&person);
         Ok(person)

@@ -6,7 +6,9 @@
 
 use std::collections::{BTreeSet, HashMap};
 
-use concord_platform::auth::{Principal, Scope};
+use concord_platform::access::Access;
+use concord_platform::audit;
+use concord_platform::auth::Scope;
 use concord_platform::error::{Error, Result};
 use concord_platform::outbox;
 use concord_platform::sql::{insert_rows, Sql, SqlValue};
@@ -234,14 +236,14 @@ impl Store {
     /// (undoing a merge).
     pub async fn review_candidate(
         &self,
-        principal: &Principal,
+        access: &Access,
         id: &str,
         to: DuplicateState,
         surviving: Option<&str>,
         reason: &str,
         expected_version: Option<i64>,
     ) -> Result<DuplicateCandidate> {
-        let scope = principal.scope();
+        let scope = access.write_scope.clone();
         let mut tx = self.db.begin().await?;
         let mut sql = Sql::new(format!(
             "SELECT {CANDIDATE_COLUMNS} FROM duplicate_candidates d WHERE d.id = "
@@ -342,6 +344,11 @@ impl Store {
         .rows_affected();
         // The merge in the same transaction rolls back with it.
         expect_one_row(updated, &format!("duplicateCandidates/{id}"))?;
+        audit::append(
+            &mut tx,
+            &access.entry(format!("duplicateCandidates/{id}"), "identity", "OK"),
+        )
+        .await?;
         tx.commit().await?;
         if let Some(p) = &changed {
             self.cached(p);

@@ -6,10 +6,12 @@
 mod cache;
 mod custody;
 mod duplicates;
+mod grants;
 mod persons;
 mod records;
 mod search;
 
+pub use grants::{AccessGrant, GrantKind};
 pub use persons::{InsertOutcome, NewPerson};
 pub use records::{Household, Record, RecordKind};
 pub use search::SearchHit;
@@ -77,19 +79,51 @@ pub(crate) fn expect_one_row(rows_affected: u64, resource: &str) -> Result<()> {
     }
 }
 
-/// `TRUE` for everyone, or the nationality test for a state-scoped caller; `alias` is the
-/// persons table's alias in the surrounding query.
+/// `1 = 1` for everyone, else the union of the visible sets as a test on the persons row
+/// aliased `alias`: the same rule as [`Scope::admits`].
 pub(crate) fn scope_sql(scope: &Scope, alias: &str) -> Sql {
-    match scope {
-        Scope::All => Sql::new("1 = 1"),
-        Scope::States(states) => {
-            let mut sql = Sql::new(format!(
-                "EXISTS (SELECT 1 FROM person_nationalities sn WHERE sn.person_id = {alias}.id AND sn.state IN "
-            ));
-            sql.bind_list(states.iter().map(|s| SqlValue::Text(s.clone()))).push(")");
-            sql
-        }
+    let v = match scope {
+        Scope::All => return Sql::new("1 = 1"),
+        Scope::Only(v) => v,
+    };
+    let mut parts: Vec<Sql> = Vec::new();
+    if !v.states.is_empty() {
+        let mut sql = Sql::new(format!(
+            "EXISTS (SELECT 1 FROM person_nationalities sn WHERE sn.person_id = {alias}.id AND sn.state IN "
+        ));
+        sql.bind_list(v.states.iter().map(|s| SqlValue::Text(s.clone()))).push(")");
+        parts.push(sql);
     }
+    if !v.facilities.is_empty() {
+        let mut sql = Sql::new(format!("{alias}.facility_id IN "));
+        sql.bind_list(v.facilities.iter().map(|f| SqlValue::Text(f.clone())));
+        parts.push(sql);
+    }
+    for chunk in v.persons.chunks(concord_platform::sql::MAX_IN_LIST) {
+        let mut sql = Sql::new(format!("{alias}.id IN "));
+        sql.bind_list(chunk.iter().map(|p| SqlValue::Text(p.clone())));
+        parts.push(sql);
+    }
+    for (state, category) in &v.categories {
+        let mut sql = Sql::new(format!("({alias}.category = "));
+        sql.bind_text(category).push(&format!(
+            " AND EXISTS (SELECT 1 FROM person_nationalities sc WHERE sc.person_id = {alias}.id AND sc.state = "
+        ));
+        sql.bind_text(state).push("))");
+        parts.push(sql);
+    }
+    if parts.is_empty() {
+        return Sql::new("1 = 0");
+    }
+    let mut sql = Sql::new("(");
+    for (i, part) in parts.iter().enumerate() {
+        if i > 0 {
+            sql.push(" OR ");
+        }
+        sql.append(part);
+    }
+    sql.push(")");
+    sql
 }
 
 pub(crate) fn person_from_row(row: &AnyRow) -> Result<Person> {

@@ -1,7 +1,9 @@
 //! Creating, reading, listing and updating people. Creation is batched: a single create is a
 //! batch of one, and an import sends hundreds of rows per statement.
 
-use concord_platform::auth::{Principal, Scope};
+use concord_platform::access::Access;
+use concord_platform::audit;
+use concord_platform::auth::Scope;
 use concord_platform::error::{Error, Result};
 use concord_platform::idempotency;
 use concord_platform::outbox;
@@ -38,7 +40,7 @@ impl Store {
     /// outbox event each.
     pub async fn insert_persons(
         &self,
-        principal: &Principal,
+        access: &Access,
         rows: Vec<NewPerson>,
         method: &str,
     ) -> Result<Vec<InsertOutcome>> {
@@ -71,7 +73,8 @@ impl Store {
             claim_rows.push(i);
         }
         let mut tx = self.db.begin().await?;
-        let results = idempotency::claim_many(&mut tx, &principal.agency, method, &claims).await?;
+        let results =
+            idempotency::claim_many(&mut tx, &access.principal.agency, method, &claims).await?;
         for (i, r) in claim_rows.into_iter().zip(results) {
             match r {
                 Ok(idempotency::Claim::New) => {}
@@ -97,6 +100,10 @@ impl Store {
             persons.iter().map(|p| events::person("person.created", p)).collect(),
         )
         .await?;
+        let names: Vec<String> = persons.iter().map(|p| p.name()).collect();
+        if !names.is_empty() {
+            audit::append(&mut tx, &access.entry(names.join(" "), "*", "OK")).await?;
+        }
         tx.commit().await?;
         for (i, p) in created {
             self.cached(&p);
@@ -115,8 +122,8 @@ impl Store {
     /// One person in the caller's scope.
     pub async fn get_person(&self, scope: &Scope, id: &str) -> Result<Person> {
         if let Some(hit) = self.cache.as_ref().and_then(|c| c.get(id)) {
-            // The same rule as the SQL scope: a state sees its active nationals.
-            return if scope.allows_any(hit.scope_states().iter().map(String::as_str)) {
+            // The same rule as the SQL scope.
+            return if hit.with_subject(|s| scope.admits(s)) {
                 Ok((*hit).clone())
             } else {
                 Err(Error::NotFound(format!("persons/{id}")))
@@ -155,8 +162,9 @@ impl Store {
     /// matches, and re-runs duplicate detection.
     pub async fn update_person<F>(
         &self,
-        principal: &Principal,
+        access: &Access,
         id: &str,
+        fields: &str,
         expected_version: Option<i64>,
         request_id: Option<(String, String)>,
         change: F,
@@ -165,10 +173,11 @@ impl Store {
         F: FnOnce(&PersonData) -> Result<PersonData>,
     {
         let mut tx = self.db.begin().await?;
-        let scope = principal.scope();
+        let scope = access.write_scope.clone();
         if let Some((rid, fp)) = &request_id {
             if let idempotency::Claim::Replay(_) =
-                idempotency::claim(&mut tx, &principal.agency, rid, "UpdatePerson", fp).await?
+                idempotency::claim(&mut tx, &access.principal.agency, rid, "UpdatePerson", fp)
+                    .await?
             {
                 drop(tx);
                 return self.get_person(&scope, id).await;
@@ -192,9 +201,10 @@ impl Store {
         write_index_rows(&mut tx, &[&person]).await?;
         super::duplicates::detect(&mut tx, &[&person]).await?;
         if let Some((rid, _)) = &request_id {
-            idempotency::complete(&mut tx, &principal.agency, rid, &person.name()).await?;
+            idempotency::complete(&mut tx, &access.principal.agency, rid, &person.name()).await?;
         }
         outbox::append(&mut tx, events::person("person.updated", &person)).await?;
+        audit::append(&mut tx, &access.entry(person.name(), fields, "OK")).await?;
         tx.commit().await?;
         self.cached(&person);
         Ok(person)

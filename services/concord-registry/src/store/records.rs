@@ -7,9 +7,12 @@ use std::collections::BTreeSet;
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
-use concord_platform::auth::{Principal, Scope};
+use concord_platform::access::Access;
+use concord_platform::audit;
+use concord_platform::auth::Scope;
 use concord_platform::error::{Error, Result};
 use concord_platform::idempotency;
+use concord_platform::policy::FieldClass;
 use concord_platform::storage::SqlxResultExt;
 use concord_platform::time::now_micros;
 use sqlx::Row;
@@ -19,6 +22,17 @@ use super::{fetch_person, Store};
 concord_platform::named_enum! {
     /// Kinds of record.
     pub enum RecordKind("") { Relationship = "relationship", Document = "document", Verification = "verification", Consent = "consent" }
+}
+
+impl RecordKind {
+    /// The class of fields a record of this kind is: who may read and write it.
+    pub fn field_class(self) -> FieldClass {
+        match self {
+            RecordKind::Relationship => FieldClass::Identity,
+            RecordKind::Document | RecordKind::Verification => FieldClass::Documents,
+            RecordKind::Consent => FieldClass::Welfare,
+        }
+    }
 }
 
 /// A stored record.
@@ -57,7 +71,7 @@ impl Store {
     #[allow(clippy::too_many_arguments)]
     pub async fn create_record(
         &self,
-        principal: &Principal,
+        access: &Access,
         kind: RecordKind,
         person_id: &str,
         other_person_id: &str,
@@ -65,12 +79,12 @@ impl Store {
         match_key: Option<String>,
         request_id: Option<(String, String)>,
     ) -> Result<Record> {
-        let scope = principal.scope();
+        let scope = access.write_scope.clone();
         let mut tx = self.db.begin().await?;
         if let Some((rid, fp)) = &request_id {
             let method = format!("Create{kind}");
             if let idempotency::Claim::Replay(name) =
-                idempotency::claim(&mut tx, &principal.agency, rid, &method, fp).await?
+                idempotency::claim(&mut tx, &access.principal.agency, rid, &method, fp).await?
             {
                 drop(tx);
                 return self.get_record(&scope, &name).await;
@@ -112,8 +126,13 @@ impl Store {
             .await?;
         }
         if let Some((rid, _)) = &request_id {
-            idempotency::complete(&mut tx, &principal.agency, rid, &rec.id).await?;
+            idempotency::complete(&mut tx, &access.principal.agency, rid, &rec.id).await?;
         }
+        audit::append(
+            &mut tx,
+            &access.entry(format!("persons/{person_id}"), kind.field_class().as_str(), "OK"),
+        )
+        .await?;
         tx.commit().await?;
         Ok(rec)
     }
@@ -166,16 +185,17 @@ impl Store {
     /// Creates a household; every member must be in scope.
     pub async fn create_household(
         &self,
-        principal: &Principal,
+        access: &Access,
         head: &str,
         members: &[String],
         request_id: Option<(String, String)>,
     ) -> Result<Household> {
-        let scope = principal.scope();
+        let scope = access.write_scope.clone();
         let mut tx = self.db.begin().await?;
         if let Some((rid, fp)) = &request_id {
             if let idempotency::Claim::Replay(id) =
-                idempotency::claim(&mut tx, &principal.agency, rid, "CreateHousehold", fp).await?
+                idempotency::claim(&mut tx, &access.principal.agency, rid, "CreateHousehold", fp)
+                    .await?
             {
                 drop(tx);
                 return self.get_household(&scope, &id).await;
@@ -206,8 +226,10 @@ impl Store {
                 .db()?;
         }
         if let Some((rid, _)) = &request_id {
-            idempotency::complete(&mut tx, &principal.agency, rid, &h.id).await?;
+            idempotency::complete(&mut tx, &access.principal.agency, rid, &h.id).await?;
         }
+        audit::append(&mut tx, &access.entry(format!("households/{}", h.id), "identity", "OK"))
+            .await?;
         tx.commit().await?;
         Ok(h)
     }
