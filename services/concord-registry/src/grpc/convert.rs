@@ -341,3 +341,39 @@ pub fn resource_id(name: &str, collection: &str, field: &str) -> Result<String> 
         )),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redaction_clears_every_field_of_every_unreadable_class_and_names_it() {
+        let full = pb::Person {
+            name: "persons/p1".into(),
+            names: vec![pb::PersonName { full_name: "A".into(), ..Default::default() }],
+            sex: 1,
+            birth_date: Some(tpb::ApproximateDate { year: 1990, ..Default::default() }),
+            nationalities: vec![pb::Nationality { state: "FR".into(), ..Default::default() }],
+            category: 1,
+            identity_confidence: 1,
+            biometric_references: vec![pb::BiometricReference::default()],
+            legal_status: 1,
+            custody_status: 1,
+            facility_id: "al-hol".into(),
+            section_id: "s".into(),
+            receiving_state: "FR".into(),
+            disposition: 1,
+            etag: "\"1\"".into(),
+            ..Default::default()
+        };
+        let none = redact(full.clone(), FieldSet::default());
+        let expected = pb::Person {
+            name: full.name.clone(),
+            etag: full.etag.clone(),
+            redacted_fields: PERSON_FIELD_CLASSES.iter().map(|(f, _)| f.to_string()).collect(),
+            ..Default::default()
+        };
+        assert_eq!(none, expected, "nothing of any class is left, the name and etag stay");
+        assert_eq!(redact(full.clone(), FieldSet::all()), full);
+    }
+}
