@@ -168,7 +168,12 @@ async fn serve_answers_health_and_traces_errors_with_the_callers_trace_id() {
 
 #[tokio::test]
 async fn shutdown_reports_not_serving_then_drains_and_ends_watch_streams() {
-    let s = suite(Duration::from_millis(600)).await;
+    let s = suite_with(Duration::from_millis(600), |c| {
+        c.health_addr = Some("127.0.0.1:0".parse().unwrap());
+    })
+    .await;
+    let probe = format!("http://{}", s.running.health.unwrap());
+    let probe = Channel::from_shared(probe).unwrap().connect().await.unwrap();
     let mut c = s.client("coalition-coordinator").await;
     let mut watch = c.watch_changes(pb::WatchChangesRequest::default()).await.unwrap().into_inner();
     assert!(watch.next().await.unwrap().unwrap().event.unwrap().bookmark);
@@ -177,6 +182,14 @@ async fn shutdown_reports_not_serving_then_drains_and_ends_watch_streams() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     let mut health = HealthClient::new(s.channel(None).await);
     let status = health
+        .check(HealthCheckRequest { service: String::new() })
+        .await
+        .unwrap()
+        .into_inner()
+        .status;
+    assert_eq!(status, tonic_health::pb::health_check_response::ServingStatus::NotServing as i32);
+    // Kubernetes' probes, in plaintext, see the same.
+    let status = HealthClient::new(probe)
         .check(HealthCheckRequest { service: String::new() })
         .await
         .unwrap()

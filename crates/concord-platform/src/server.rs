@@ -81,6 +81,7 @@ async fn wait_for_signal() {
 pub struct Services {
     routes: RoutesBuilder,
     names: Vec<&'static str>,
+    plain_health: Option<TcpListener>,
 }
 
 impl Services {
@@ -104,6 +105,13 @@ impl Services {
     {
         self.names.push(S::NAME);
         self.routes.add_service(svc);
+        self
+    }
+
+    /// Also answers the health protocol, and nothing else, in plaintext on `listener`: for
+    /// Kubernetes' native gRPC probes, which cannot speak TLS.
+    pub fn with_plain_health(mut self, listener: TcpListener) -> Self {
+        self.plain_health = Some(listener);
         self
     }
 }
@@ -184,6 +192,26 @@ pub async fn serve(
         tokio::time::sleep(drain_grace).await;
     };
     tracing::info!(%addr, services = ?services.names, "serving");
+    if let Some(plain) = services.plain_health {
+        let health = health_service.clone();
+        let mut stop = deadline_shutdown.clone();
+        let grace = cfg.drain_grace;
+        let at = plain.local_addr()?;
+        tracing::info!(%at, "serving health in plaintext for probes");
+        tokio::spawn(async move {
+            let r = tonic::transport::Server::builder()
+                .add_service(health)
+                .serve_with_incoming_shutdown(incoming(plain), async move {
+                    // Probes see NOT_SERVING through the grace period, as on the TLS port.
+                    stop.wait().await;
+                    tokio::time::sleep(grace).await;
+                })
+                .await;
+            if let Err(e) = r {
+                tracing::error!(error = %e, "plaintext health server failed");
+            }
+        });
+    }
     let mut routes = services.routes;
     routes.add_service(health_service).add_service(reflection_v1).add_service(reflection_v1alpha);
     let routes = routes.routes();

@@ -41,6 +41,10 @@ pub struct Config {
     /// Address of the registry's gRPC server.
     #[arg(long, env = "CONCORD_REGISTRY_ADDR", default_value = "127.0.0.1:50051")]
     pub registry_addr: SocketAddr,
+    /// Plaintext address answering only the gRPC health protocol, for Kubernetes probes (which
+    /// cannot speak TLS); unset: health is served on the TLS port only.
+    #[arg(long, env = "CONCORD_HEALTH_ADDR")]
+    pub health_addr: Option<SocketAddr>,
     /// Registry database (sqlite:// or postgres://); default: a SQLite file in the data folder.
     #[arg(long, env = "CONCORD_REGISTRY_DATABASE_URL")]
     pub registry_database_url: Option<String>,
@@ -197,6 +201,8 @@ fn print_demo_instructions(pki: &pki::DemoPki, cfg: &Config) {
 pub struct Running {
     /// The registry's address, if it runs.
     pub registry: Option<SocketAddr>,
+    /// The plaintext health address, if any.
+    pub health: Option<SocketAddr>,
 }
 
 /// Starts the targets on their listeners and returns their addresses and a future that
@@ -209,7 +215,7 @@ pub async fn start(
     let security = security(cfg)?;
     let policy = policy(cfg)?;
     let mut tasks = Vec::new();
-    let mut running = Running { registry: None };
+    let mut running = Running { registry: None, health: None };
     if matches!(cfg.target, Target::All | Target::Registry) {
         let (svc, db) = concord_registry::build(
             &cfg.registry_database_url(),
@@ -220,12 +226,17 @@ pub async fn start(
         .await?;
         let listener = server::bind(cfg.registry_addr).await?;
         running.registry = Some(listener.local_addr()?);
+        let mut services = Services::new().with(svc);
+        if let Some(addr) = cfg.health_addr {
+            let plain = server::bind(addr).await?;
+            running.health = Some(plain.local_addr()?);
+            services = services.with_plain_health(plain);
+        }
         let server_cfg = cfg.server.clone();
         let security = security.clone();
         let sd = shutdown.clone();
         tasks.push(tokio::spawn(async move {
-            let r =
-                server::serve(listener, Services::new().with(svc), security, &server_cfg, sd).await;
+            let r = server::serve(listener, services, security, &server_cfg, sd).await;
             db.close().await;
             r
         }));
