@@ -344,3 +344,39 @@ async fn watched_events_are_redacted_like_reads_and_audited() {
         && e.entry.agency == "fr-justice"
         && e.entry.fields.contains("biometrics")));
 }
+
+#[tokio::test]
+async fn a_merged_record_does_not_point_at_a_survivor_outside_the_scope() {
+    let h = Harness::start().await;
+    let mut cell = h.client(concord_testkit::coordinator()).await;
+    let mut dual = person("Rania Yousef", "IQ", pb::PersonCategory::AdultFemale);
+    dual.nationalities.push(pb::Nationality {
+        state: "FR".into(),
+        basis: pb::NationalityBasis::Claimed as i32,
+        ..Default::default()
+    });
+    let merged = create(&mut cell, dual).await;
+    let survivor =
+        create(&mut cell, person("Rania Yousef", "IQ", pb::PersonCategory::AdultFemale)).await;
+    let candidate = cell
+        .list_duplicate_candidates(pb::ListDuplicateCandidatesRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .duplicate_candidates
+        .into_iter()
+        .next()
+        .expect("a candidate");
+    cell.merge_duplicate_candidate(pb::MergeDuplicateCandidateRequest {
+        name: candidate.name,
+        surviving_person: survivor.name.clone(),
+        reason: "same person, two registrations".into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    assert_eq!(get(&mut cell, &merged.name).await.unwrap().merged_into, survivor.name);
+    let mut france = h.client(ministry("FR")).await;
+    let seen = get(&mut france, &merged.name).await.unwrap();
+    assert_eq!(seen.merged_into, "", "the Iraqi-only survivor does not exist for France");
+}

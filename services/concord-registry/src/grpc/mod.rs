@@ -191,7 +191,15 @@ impl Registry {
             if readable != a.grant.fields {
                 fields = readable;
             }
-            out.push(convert::person_for(p, readable));
+            let mut m = convert::person_for(p, readable);
+            // A merged record points at its survivor; a survivor outside the caller's scope
+            // does not exist for it, so neither does the pointer. Merges are rare: one lookup.
+            if !p.merged_into.is_empty()
+                && self.store.get_person(&a.scope, &p.merged_into).await.is_err()
+            {
+                m.merged_into.clear();
+            }
+            out.push(m);
         }
         let resource =
             if resources.is_empty() { "(none)".to_string() } else { resources.join(" ") };
