@@ -8,13 +8,22 @@
 #   - every YAML file parses (duplicate keys are errors)
 #   - each kustomization.yaml's resources / patches / generator files exist
 #   - every manifest has apiVersion, kind, metadata.name; JSON 6902 patches are well formed
-#   - per kustomization: container ports match the Services' targetPorts, probes use the
-#     container's grpc port, Service/PDB/NetworkPolicy selectors select a workload,
-#     volume mounts have volumes, envFrom ConfigMaps exist, the pod security settings hold,
-#     terminationGracePeriodSeconds > CONCORD_DRAIN_GRACE + CONCORD_DRAIN_TIMEOUT
+#   - per kustomization: container ports match the Services' targetPorts; each container has
+#     a `grpc` port (mutual TLS) and a separate `health` port, and its startup/readiness/
+#     liveness probes are native gRPC probes on the `health` port by number (the kubelet's
+#     gRPC probe cannot speak TLS: it calls the plaintext health-only CONCORD_HEALTH_ADDR);
+#     CONCORD_REGISTRY_ADDR / CONCORD_HEALTH_ADDR listen on 0.0.0.0 on those ports;
+#     CONCORD_TLS_CERT/_KEY/_CLIENT_CA come together with CONCORD_AGENCIES and point into
+#     volume mounts, and without them (demo PKI) CONCORD_DATA_DIR is on a volume claim of a
+#     single replica; Service/PDB/NetworkPolicy selectors select a workload, volume mounts
+#     have volumes, envFrom ConfigMaps exist, the pod security settings hold,
+#     terminationGracePeriodSeconds > CONCORD_DRAIN_GRACE + CONCORD_DRAIN_TIMEOUT.
+#     Bases are checked as written; overlays on kubectl's rendering, or without kubectl on a
+#     built-in approximation of kustomize (resources, patches, replicas, namespace)
 #   - Dockerfile: FROM/USER/EXPOSE/ENTRYPOINT, COPY sources exist and survive
-#     Dockerfile.dockerignore, EXPOSE matches the Kubernetes gRPC port
-#   - compose.yaml: build context/Dockerfile, volumes, bind-mounted files, ports, profiles
+#     Dockerfile.dockerignore, EXPOSE covers the Kubernetes grpc and health ports
+#   - compose.yaml: build context/Dockerfile, volumes, bind-mounted files, ports, listen
+#     addresses, profiles
 #   - README.md mentions every file in deploy/
 # Also run when the tool is on PATH, skipped otherwise:
 #   - kubectl kustomize (renders each kustomization; the rendered output gets the same checks)
@@ -279,7 +288,8 @@ def check_set(where, objs):
                 err(where, f"{wname}: terminationGracePeriodSeconds {tgps} must exceed "
                            f"drain grace + timeout ({grace:g}s + {drain:g}s)")
         volumes = {v["name"] for v in pod.get("volumes") or []}
-        volumes |= {t["metadata"]["name"] for t in spec.get("volumeClaimTemplates") or []}
+        claims = {t["metadata"]["name"] for t in spec.get("volumeClaimTemplates") or []}
+        volumes |= claims
         all_ports = []
         for c in pod.get("containers") or []:
             cname = f"{wname} container {c.get('name')}"
@@ -291,6 +301,13 @@ def check_set(where, objs):
             grpc_port = by_name.get("grpc")
             if grpc_port is None:
                 err(where, f"{cname}: no container port named 'grpc'")
+            # gRPC (50051) is mutual TLS only; the kubelet's gRPC probes cannot speak TLS, so
+            # they go to the plaintext health-only port (CONCORD_HEALTH_ADDR).
+            health_port = by_name.get("health")
+            if health_port is None:
+                err(where, f"{cname}: no container port named 'health' (plaintext health for probes)")
+            elif health_port == grpc_port:
+                err(where, f"{cname}: the health port must differ from the grpc port")
             for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
                 pr = c.get(probe)
                 if not pr:
@@ -302,8 +319,51 @@ def check_set(where, objs):
                 port = pr["grpc"].get("port")
                 if not isinstance(port, int):
                     err(where, f"{cname}: {probe}.grpc.port must be a number (got {port!r})")
-                elif port != grpc_port:
-                    err(where, f"{cname}: {probe}.grpc.port {port} is not the grpc port {grpc_port}")
+                elif health_port is not None and port != health_port:
+                    what = "the TLS grpc port" if port == grpc_port else "not the health port"
+                    err(where, f"{cname}: {probe}.grpc.port {port} is {what}; "
+                               f"probes must use the health port {health_port}")
+            # What the binary will see: the envFrom ConfigMaps, then literal env values.
+            env = dict(env_cfg)
+            env.update({e["name"]: e["value"] for e in c.get("env") or [] if "value" in e})
+            for var, want, label in (("CONCORD_REGISTRY_ADDR", grpc_port, "grpc"),
+                                     ("CONCORD_HEALTH_ADDR", health_port, "health")):
+                addr = str(env.get(var) or "")
+                if want is None:
+                    continue
+                if not addr:
+                    err(where, f"{cname}: {var} is not set (the {label} port {want} would not answer)")
+                    continue
+                host, _, port = addr.rpartition(":")
+                if port != str(want):
+                    err(where, f"{cname}: {var} {addr} is not on the {label} port {want}")
+                if host not in ("0.0.0.0", "[::]"):
+                    err(where, f"{cname}: {var} {addr} must listen on all interfaces (0.0.0.0)")
+            mounts = [str(vm.get("mountPath", "")).rstrip("/") for vm in c.get("volumeMounts") or []]
+            tls = [v for v in ("CONCORD_TLS_CERT", "CONCORD_TLS_KEY", "CONCORD_TLS_CLIENT_CA") if env.get(v)]
+            if tls and len(tls) < 3:
+                err(where, f"{cname}: CONCORD_TLS_CERT, _KEY and _CLIENT_CA go together (only {tls} set)")
+            if tls and not env.get("CONCORD_AGENCIES"):
+                err(where, f"{cname}: CONCORD_TLS_* needs CONCORD_AGENCIES (the agency directory)")
+            for var in ("CONCORD_TLS_CERT", "CONCORD_TLS_KEY", "CONCORD_TLS_CLIENT_CA",
+                        "CONCORD_AGENCIES", "CONCORD_POLICY"):
+                path = str(env.get(var) or "")
+                if path.startswith("/") and not any(path.startswith(m + "/") for m in mounts):
+                    err(where, f"{cname}: {var} {path} is not on a mounted volume")
+            if not tls:
+                # Demo PKI: created under <data dir>/pki on first start. It must outlive the pod
+                # (a persistent volume claim) and be one per deployment (one replica).
+                data_dir = str(env.get("CONCORD_DATA_DIR") or "./data").rstrip("/")
+                on_claim = any(vm.get("name") in claims and
+                               (data_dir + "/").startswith(str(vm.get("mountPath", "")).rstrip("/") + "/")
+                               for vm in c.get("volumeMounts") or [])
+                if not on_claim:
+                    err(where, f"{cname}: no CONCORD_TLS_* set, so the demo PKI goes to "
+                               f"{data_dir}/pki, which is not on a persistent volume claim; "
+                               "mount real certificates")
+                elif spec.get("replicas", 1) > 1:
+                    err(where, f"{cname}: no CONCORD_TLS_* set with {spec['replicas']} replicas: "
+                               "each would create its own demo CA; mount real certificates")
             res = c.get("resources") or {}
             for part in ("requests", "limits"):
                 for r in ("cpu", "memory"):
@@ -360,7 +420,112 @@ def check_set(where, objs):
     return by_kind
 
 
-base_grpc_ports = set()
+# ---- 4b. overlays without kubectl: a small stand-in for `kustomize build` --------------------
+# Enough for this repository's overlays: resources (files and folders), strategic-merge patches
+# (lists merged by their Kubernetes merge keys), JSON 6902 patches, replicas and namespace. Only
+# used for kustomizations that kubectl did not render, so the real renderer wins when present.
+import copy
+
+MERGE_KEYS = {"containers": "name", "initContainers": "name", "volumes": "name", "env": "name",
+              "volumeMounts": "mountPath", "ports": "containerPort", "imagePullSecrets": "name"}
+
+
+def strategic_merge(base, patch):
+    if not (isinstance(base, dict) and isinstance(patch, dict)):
+        return copy.deepcopy(patch)
+    out = copy.deepcopy(base)
+    for k, v in patch.items():
+        if v is None:
+            out.pop(k, None)
+        elif k in MERGE_KEYS and isinstance(v, list) and isinstance(out.get(k), list):
+            key = MERGE_KEYS[k]
+            merged = out[k]
+            for item in v:
+                i = next((i for i, b in enumerate(merged)
+                          if isinstance(item, dict) and isinstance(b, dict) and b.get(key) == item.get(key)), None)
+                if i is None:
+                    merged.append(copy.deepcopy(item))
+                else:
+                    merged[i] = strategic_merge(merged[i], item)
+        elif k in out:
+            out[k] = strategic_merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def json_patch(doc, ops, where):
+    doc = copy.deepcopy(doc)
+    for op in ops:
+        parts = [p.replace("~1", "/").replace("~0", "~") for p in str(op.get("path", "")).split("/")[1:]]
+        try:
+            parent = doc
+            for p in parts[:-1]:
+                parent = parent[int(p)] if isinstance(parent, list) else parent[p]
+            last = parts[-1]
+            if isinstance(parent, list):
+                last = len(parent) if last == "-" else int(last)
+            if op["op"] == "remove":
+                del parent[last]
+            elif op["op"] in ("add", "replace"):
+                if isinstance(parent, list) and op["op"] == "add":
+                    parent.insert(last, copy.deepcopy(op["value"]))
+                else:
+                    if op["op"] == "replace":
+                        parent[last]  # must exist
+                    parent[last] = copy.deepcopy(op["value"])
+        except (KeyError, IndexError, ValueError, TypeError):
+            err(where, f"JSON patch {op.get('op')} {op.get('path')}: path not found")
+    return doc
+
+
+def build(kdir, seen=()):
+    """The manifests a kustomization renders to, approximately."""
+    kust = kustomizations.get(kdir) or {}
+    where = rel(os.path.join(kdir, "kustomization.yaml"))
+    if kdir in seen:
+        err(where, "resources form a cycle")
+        return []
+    objs = []
+    for r in kust.get("resources") or []:
+        ref = os.path.normpath(os.path.join(kdir, r))
+        objs += build(ref, seen + (kdir,)) if os.path.isdir(ref) else copy.deepcopy(docs_by_file.get(ref, []))
+    for p in kust.get("patches") or []:
+        if not isinstance(p, dict):
+            continue
+        if "path" in p:
+            pdocs = docs_by_file.get(os.path.normpath(os.path.join(kdir, p["path"])), [])
+        else:
+            pdocs = [d for d in yaml.safe_load_all(p.get("patch") or "") if d is not None]
+        target = p.get("target") or {}
+        for pd in pdocs:
+            hit = False
+            for i, o in enumerate(objs):
+                if not isinstance(o, dict):
+                    continue
+                want_kind = target.get("kind") or (pd.get("kind") if isinstance(pd, dict) else None)
+                want_name = target.get("name") or (
+                    (pd.get("metadata") or {}).get("name") if isinstance(pd, dict) else None)
+                if (want_kind and o.get("kind") != want_kind) or \
+                        (want_name and o["metadata"].get("name") != want_name):
+                    continue
+                hit = True
+                objs[i] = json_patch(o, pd, where) if isinstance(pd, list) else strategic_merge(o, pd)
+            if not hit:
+                err(where, f"patch {p.get('path', '(inline)')} matches no resource")
+    for r in kust.get("replicas") or []:
+        for o in objs:
+            if isinstance(o, dict) and o.get("kind") in WORKLOAD_KINDS and o["metadata"].get("name") == r.get("name"):
+                o.setdefault("spec", {})["replicas"] = r.get("count")
+    if kust.get("namespace"):
+        for o in objs:
+            if isinstance(o, dict) and o.get("kind") not in NAMESPACED_EXEMPT:
+                o.setdefault("metadata", {})["namespace"] = kust["namespace"]
+    return objs
+
+
+rendered_dirs = {item.split("=", 1)[0] for item in rendered}
+base_ports = set()  # container ports named grpc or health in the bases: the image must EXPOSE them
 for kdir, kust in sorted(kustomizations.items()):
     refs = [r for k, r in kustomization_files(kdir, kust) if k == "resource"]
     if all(os.path.isfile(r) for r in refs):  # a base: its files are the whole set
@@ -368,7 +533,11 @@ for kdir, kust in sorted(kustomizations.items()):
         by_kind = check_set(rel(kdir), objs)
         for w in (o for k in WORKLOAD_KINDS for o in by_kind.get(k, [])):
             for c in w["spec"]["template"]["spec"].get("containers") or []:
-                base_grpc_ports |= {p["containerPort"] for p in c.get("ports") or [] if p.get("name") == "grpc"}
+                base_ports |= {p["containerPort"] for p in c.get("ports") or []
+                               if p.get("name") in ("grpc", "health")}
+    elif rel(kdir) not in rendered_dirs:
+        print(f"  {rel(kdir)}: not rendered by kubectl, checking a built-in approximation of it")
+        check_set(f"built {rel(kdir)}", build(kdir))
 
 for item in rendered:
     kdir, out = item.split("=", 1)
@@ -469,8 +638,9 @@ else:
             err("Dockerfile", "VOLUME should be /data")
     if not expose:
         err("Dockerfile", "no EXPOSE")
-    if base_grpc_ports and not base_grpc_ports <= expose:
-        err("Dockerfile", f"EXPOSE {sorted(expose)} misses the Kubernetes grpc port(s) {sorted(base_grpc_ports)}")
+    if base_ports and not base_ports <= expose:
+        err("Dockerfile", f"EXPOSE {sorted(expose)} misses Kubernetes container port(s) "
+                          f"{sorted(base_ports - expose)} (grpc and health)")
     ignore = []
     if os.path.isfile(ignore_file):
         validated.add(ignore_file)
@@ -543,6 +713,9 @@ else:
                 f"stop_grace_period {stop:g}s is shorter than drain grace + timeout ({grace + drain:g}s)")
         if not str(env.get("CONCORD_REGISTRY_ADDR", "")).startswith("0.0.0.0:"):
             err("compose.yaml service concord", "CONCORD_REGISTRY_ADDR must listen on 0.0.0.0")
+        health = str(env.get("CONCORD_HEALTH_ADDR") or "")
+        if health and not health.startswith("0.0.0.0:"):
+            err("compose.yaml service concord", "CONCORD_HEALTH_ADDR must listen on 0.0.0.0")
     for profile in ("postgres", "otel"):
         if not any(profile in (s.get("profiles") or []) for s in services.values()):
             err("compose.yaml", f"no service in profile {profile!r}")
