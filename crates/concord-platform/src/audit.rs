@@ -171,6 +171,9 @@ impl Recorder {
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Pending>(4096);
         tokio::spawn(async move {
             while let Some(first) = rx.recv().await {
+                // Let the calls that are running enqueue their entries too: one commit then
+                // serves them all.
+                tokio::task::yield_now().await;
                 let mut group = vec![first];
                 let mut n = group[0].0.len();
                 while n < GROUP_MAX {

@@ -198,9 +198,14 @@ pub async fn serve(
         let grace = cfg.drain_grace;
         let at = plain.local_addr()?;
         tracing::info!(%at, "serving health in plaintext for probes");
+        // Reflection of the health protocol alone, so `grpcurl -plaintext` works there too.
+        let health_reflection = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()?;
         tokio::spawn(async move {
             let r = tonic::transport::Server::builder()
                 .add_service(health)
+                .add_service(health_reflection)
                 .serve_with_incoming_shutdown(incoming(plain), async move {
                     // Probes see NOT_SERVING through the grace period, as on the TLS port.
                     stop.wait().await;

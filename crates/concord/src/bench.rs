@@ -168,10 +168,10 @@ async fn serve(url: String, pki_dir: std::path::PathBuf) -> anyhow::Result<()> {
     .await?;
     let store = concord_registry::store::Store::new(db);
     let policy = Arc::new(concord_platform::policy::Policy::embedded());
-    let enforced = concord_registry::server(
-        concord_registry::Registry::new(store.clone(), policy.clone(), shutdown.clone()),
-        &cfg,
-    );
+    let enforced_registry =
+        concord_registry::Registry::new(store.clone(), policy.clone(), shutdown.clone());
+    let enforced = concord_registry::server(enforced_registry.clone(), &cfg);
+    let enforced_plain = concord_registry::server(enforced_registry, &cfg);
     let bare = concord_registry::server(
         concord_registry::Registry::new(store, policy, shutdown.clone())
             .unenforced_for_benchmarks(),
@@ -196,14 +196,29 @@ async fn serve(url: String, pki_dir: std::path::PathBuf) -> anyhow::Result<()> {
         authenticator: Arc::new(concord_platform::auth::HeaderAuthenticator),
         tls: None,
     };
+    let plain2 = plain.clone();
     let registry = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let secured = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let policed = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let echo = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     println!("REGISTRY {}", registry.local_addr()?);
     println!("SECURED {}", secured.local_addr()?);
+    println!("POLICED {}", policed.local_addr()?);
     println!("ECHO {}", echo.local_addr()?);
     let cfg2 = cfg.clone();
     let shutdown2 = shutdown.clone();
+    let cfg3 = cfg.clone();
+    let shutdown3 = shutdown.clone();
+    let pol = tokio::spawn(async move {
+        concord_platform::server::serve(
+            policed,
+            Services::new().with(enforced_plain),
+            plain2,
+            &cfg3,
+            shutdown3,
+        )
+        .await
+    });
     let reg = tokio::spawn(async move {
         concord_platform::server::serve(registry, Services::new().with(bare), plain, &cfg, shutdown)
             .await
@@ -224,6 +239,7 @@ async fn serve(url: String, pki_dir: std::path::PathBuf) -> anyhow::Result<()> {
     tokio::select! {
         r = reg => r??,
         r = sec => r??,
+        r = pol => r??,
         r = bare => r?,
     }
     Ok(())
@@ -237,6 +253,8 @@ struct Servers {
     registry: String,
     /// The same registry behind mutual TLS, the policy and the audit log.
     secured: String,
+    /// The policy and the audit log without TLS (trusted metadata): separates their cost.
+    policed: String,
     echo: String,
     pki: concord_platform::pki::DemoPki,
 }
@@ -276,12 +294,14 @@ fn spawn_servers(url: &str, pki_dir: &std::path::Path) -> anyhow::Result<Servers
     let mut registry = String::new();
     let mut echo = String::new();
     let mut secured = String::new();
-    for _ in 0..3 {
+    let mut policed = String::new();
+    for _ in 0..4 {
         let line = lines.next().context("servers exited before printing their addresses")??;
         match line.split_once(' ') {
             Some(("REGISTRY", a)) => registry = format!("http://{a}"),
             Some(("ECHO", a)) => echo = format!("http://{a}"),
             Some(("SECURED", a)) => secured = format!("https://{a}"),
+            Some(("POLICED", a)) => policed = format!("http://{a}"),
             _ => anyhow::bail!("unexpected line from servers: {line}"),
         }
     }
@@ -289,7 +309,7 @@ fn spawn_servers(url: &str, pki_dir: &std::path::Path) -> anyhow::Result<Servers
         "servers on {registry} and {echo} ({})",
         if pinned { "pinned to core 1" } else { "not pinned" }
     );
-    Ok(Servers { child, registry, secured, echo, pki })
+    Ok(Servers { child, registry, secured, policed, echo, pki })
 }
 
 /// Trusted metadata (plaintext registry) or a purpose only (mutual TLS names the caller).
@@ -564,6 +584,11 @@ async fn security_cost(s: &Servers, args: &Args) -> anyhow::Result<()> {
         Variant {
             label: "plaintext, no policy, no audit (coordinator)",
             client: bare,
+            names: everyone.clone(),
+        },
+        Variant {
+            label: "plaintext + policy + audit (coordinator)",
+            client: client(&s.policed).await?,
             names: everyone.clone(),
         },
         Variant {

@@ -81,10 +81,46 @@ fn from_row(r: &sqlx::any::AnyRow) -> Result<AccessGrant> {
     })
 }
 
+/// What [`Store::shared_with`] found, per (agency, state), on SQLite: the process is the only
+/// writer, so every change of grants goes through [`Store::create_grant`] or
+/// [`Store::revoke_agreement`], which empty the cache; an entry also lapses when the first of
+/// its grants expires. PostgreSQL (several replicas write) reads every time.
+#[derive(Debug, Default)]
+pub(crate) struct SharedCache {
+    entries: std::sync::Mutex<std::collections::HashMap<(String, String), (Shared, i64)>>,
+}
+
+impl SharedCache {
+    fn get(&self, key: &(String, String), now: i64) -> Option<Shared> {
+        let map = self.entries.lock().ok()?;
+        map.get(key).filter(|(_, until)| *until > now).map(|(s, _)| s.clone())
+    }
+    fn put(&self, key: (String, String), shared: Shared, until: i64) {
+        if let Ok(mut map) = self.entries.lock() {
+            if map.len() > 10_000 {
+                map.clear();
+            }
+            map.insert(key, (shared, until));
+        }
+    }
+    pub(crate) fn clear(&self) {
+        if let Ok(mut map) = self.entries.lock() {
+            map.clear();
+        }
+    }
+}
+
 impl Store {
     /// What agreements in force share with the caller's state, and the break-the-glass
-    /// grants in force of its agency. One indexed query per call.
+    /// grants in force of its agency: one indexed query, or none on SQLite when cached.
     pub async fn shared_with(&self, p: &Principal) -> Result<Shared> {
+        let now = now_micros();
+        let key = (p.agency.clone(), p.state.clone().unwrap_or_default());
+        if let Some(hit) = self.shared_cache.as_ref().and_then(|c| c.get(&key, now)) {
+            return Ok(hit);
+        }
+        // A grant committed after this read empties the cache; this read may not refill it.
+        let generation = self.grants_generation();
         let mut sql = Sql::new(format!(
             "SELECT {COLUMNS} FROM access_grants WHERE revoke_time = 0 AND expire_time > "
         ));
@@ -96,8 +132,11 @@ impl Store {
         sql.push(")");
         let rows = sql.query(self.db.dialect()).fetch_all(self.db.reader()).await.db()?;
         let mut shared = Shared::default();
+        // Cached until the first grant expires, and at most a minute.
+        let mut until = now + 60_000_000;
         for r in rows {
             let g = from_row(&r)?;
+            until = until.min(g.expire_time);
             let name = g.name();
             match g.kind {
                 GrantKind::BreakGlass => {
@@ -113,7 +152,24 @@ impl Store {
                 }
             }
         }
+        if let Some(c) = &self.shared_cache {
+            if self.grants_generation() == generation {
+                c.put(key, shared.clone(), until);
+            }
+        }
         Ok(shared)
+    }
+
+    fn grants_generation(&self) -> u64 {
+        self.grants_generation.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// After a grant commits: nothing cached from before it is served again.
+    fn grants_changed(&self) {
+        self.grants_generation.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        if let Some(c) = &self.shared_cache {
+            c.clear();
+        }
     }
 
     /// Stores a new grant. An agreement may only name nationals of the granting state
@@ -181,6 +237,7 @@ impl Store {
         )
         .await?;
         tx.commit().await?;
+        self.grants_changed();
         Ok(g)
     }
 
@@ -251,6 +308,7 @@ impl Store {
             .db()?;
         audit::append(&mut tx, &access.entry(g.name(), "*", "OK")).await?;
         tx.commit().await?;
+        self.grants_changed();
         Ok(g)
     }
 }

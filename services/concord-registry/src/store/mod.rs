@@ -37,6 +37,10 @@ pub struct Store {
     db: Db,
     /// Read-through cache of people; SQLite only (see `cache`).
     cache: Option<std::sync::Arc<cache::PersonCache>>,
+    /// What is shared with each caller; SQLite only (see `grants`).
+    shared_cache: Option<std::sync::Arc<grants::SharedCache>>,
+    /// Bumped after every committed change of grants.
+    grants_generation: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// People kept in the cache of the embedded deployment.
@@ -50,9 +54,10 @@ const PERSON_COLUMNS: &str =
 impl Store {
     /// Wraps a connected database.
     pub fn new(db: Db) -> Self {
-        let cache = (db.dialect() == Dialect::Sqlite)
-            .then(|| std::sync::Arc::new(cache::PersonCache::new(CACHE_CAPACITY)));
-        Self { db, cache }
+        let sqlite = db.dialect() == Dialect::Sqlite;
+        let cache = sqlite.then(|| std::sync::Arc::new(cache::PersonCache::new(CACHE_CAPACITY)));
+        let shared_cache = sqlite.then(|| std::sync::Arc::new(grants::SharedCache::default()));
+        Self { db, cache, shared_cache, grants_generation: Default::default() }
     }
 
     /// Records a person's new version after its transaction committed.
