@@ -389,5 +389,18 @@ async fn with_oidc_only_a_valid_bearer_token_gets_in() {
         let err = call(token).await.unwrap_err();
         assert_eq!(err.code(), tonic::Code::Unauthenticated, "{what}: {err:?}");
     }
+
+    // A token naming the gateway's agency does not make its holder a forwarder: only the
+    // gateway's certificate does.
+    let mut gateway_claims = claims.clone();
+    gateway_claims["agency"] = serde_json::json!("concord-gateway");
+    gateway_claims["agency_kind"] = serde_json::json!("service");
+    gateway_claims.as_object_mut().unwrap().remove("state");
+    let token = sign(&gateway_claims, &kp);
+    let mut req = tonic::Request::new(pb::ListPersonsRequest::default());
+    HeaderCredentials::new(concord_testkit::coordinator()).with_purpose("forgery").apply(&mut req);
+    req.metadata_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
+    let err = RegistryServiceClient::new(channel.clone()).list_persons(req).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unauthenticated);
     s.stop().await;
 }

@@ -14,15 +14,24 @@ use crate::policy::{Action, Basis, FieldSet, Grant, Policy};
 pub const MAX_PURPOSE: usize = 200;
 
 /// What sharing agreements and break-the-glass grants add to a caller's view.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Shared {
-    /// People shared by name with the caller's state: `(person id, agreement name)`.
-    pub persons: Vec<(String, String)>,
+    /// People shared by name with the caller's state: `(person id, granting state,
+    /// agreement name)`; visible while they hold the granting state's nationality.
+    pub persons: Vec<(String, String, String)>,
     /// Categories shared with the caller's state: `(grantor state, category, agreement name)`.
     pub categories: Vec<(String, String, String)>,
-    /// People the caller opened with break-the-glass: `(person id, grant name)`. All their
-    /// fields are readable until the grant expires.
+    /// People the caller opened with break-the-glass: `(person id, grant name)`, visible
+    /// (with the fields the caller's policy allows) until the grant expires.
     pub glass: Vec<(String, String)>,
+    /// When the first of these grants expires (micros; `i64::MAX` if none).
+    pub until: i64,
+}
+
+impl Default for Shared {
+    fn default() -> Self {
+        Self { persons: vec![], categories: vec![], glass: vec![], until: i64::MAX }
+    }
 }
 
 /// One call's authorization.
@@ -108,7 +117,8 @@ impl Access {
             Scope::All => Scope::All,
             Scope::Only(mut v) => {
                 if grant.sees(Basis::Shared) {
-                    v.persons.extend(shared.persons.iter().map(|(p, _)| p.clone()));
+                    v.shared
+                        .extend(shared.persons.iter().map(|(p, st, _)| (st.clone(), p.clone())));
                     v.categories
                         .extend(shared.categories.iter().map(|(s, c, _)| (s.clone(), c.clone())));
                 }
@@ -130,14 +140,11 @@ impl Access {
         }
     }
 
-    /// The fields readable on the person with id `person`: the grant's, or all of them
-    /// under break-the-glass.
-    pub fn fields_for(&self, person: &str) -> FieldSet {
-        if self.shared.glass.iter().any(|(p, _)| p == person) {
-            FieldSet::all()
-        } else {
-            self.grant.fields
-        }
+    /// The fields readable on the person with id `person`: the policy's, for every person.
+    /// Break-the-glass and sharing open records, never classes of fields (a custodial
+    /// authority in an emergency reads identity and custody, not biometrics or evidence).
+    pub fn fields_for(&self, _person: &str) -> FieldSet {
+        self.grant.fields
     }
 
     /// Why the caller sees `s`, for the audit entry: `own` for its own records, else the
@@ -149,7 +156,9 @@ impl Access {
         if own_scope(&self.principal, &self.grant).admits(s) {
             return "own".into();
         }
-        if let Some((_, a)) = self.shared.persons.iter().find(|(p, _)| p == s.id) {
+        if let Some((_, _, a)) =
+            self.shared.persons.iter().find(|(p, st, _)| p == s.id && s.states.contains(st))
+        {
             return format!("agreement {a}");
         }
         if let Some((_, _, a)) = self
@@ -208,9 +217,10 @@ mod tests {
     fn scope_is_own_nationals_plus_what_is_shared_and_basis_names_the_agreement() {
         let grant = Policy::embedded().grant(&ministry());
         let shared = Shared {
-            persons: vec![("p2".into(), "sharingAgreements/a1".into())],
+            persons: vec![("p2".into(), "IQ".into(), "sharingAgreements/a1".into())],
             categories: vec![("IQ".into(), "CHILD".into(), "sharingAgreements/a2".into())],
             glass: vec![],
+            until: i64::MAX,
         };
         let a = Access::resolve(ministry(), grant, shared, "consular".into(), "GetPerson");
         let fr = ["FR".to_string()];

@@ -102,8 +102,11 @@ pub struct Visible {
     pub states: Vec<String>,
     /// People held in one of these facilities.
     pub facilities: Vec<String>,
-    /// These people, by id (sharing agreements naming them, break-the-glass grants).
+    /// These people, by id (break-the-glass grants).
     pub persons: Vec<String>,
+    /// People shared by name by a state's agreement, `(state, person id)`: visible while they
+    /// hold that state's nationality (a state shares only its own nationals).
+    pub shared: Vec<(String, String)>,
     /// People of a category holding a state's nationality: `(state, category)`, from
     /// sharing agreements by category.
     pub categories: Vec<(String, String)>,
@@ -123,6 +126,17 @@ pub struct Subject<'a> {
     pub category: &'a str,
 }
 
+impl Visible {
+    /// [`Visible::shared`] grouped by state, states in order, for queries.
+    pub fn shared_by_state(&self) -> Vec<(&str, Vec<&str>)> {
+        let mut groups: std::collections::BTreeMap<&str, Vec<&str>> = Default::default();
+        for (state, id) in &self.shared {
+            groups.entry(state.as_str()).or_default().push(id.as_str());
+        }
+        groups.into_iter().collect()
+    }
+}
+
 impl Scope {
     /// Sees nobody.
     pub fn nobody() -> Self {
@@ -138,6 +152,7 @@ impl Scope {
         s.states.iter().any(|st| v.states.contains(st))
             || (!s.facility.is_empty() && v.facilities.iter().any(|f| f == s.facility))
             || v.persons.iter().any(|p| p == s.id)
+            || v.shared.iter().any(|(st, p)| p == s.id && s.states.contains(st))
             || v.categories.iter().any(|(st, c)| c == s.category && s.states.contains(st))
     }
 
@@ -150,8 +165,8 @@ impl Scope {
     }
 }
 
-/// The visibility tags of a change event about `s`: `|FR|IQ|@fac-1|FR#child|`. A watcher
-/// sees the event if one of its [`watch_patterns`] matches.
+/// The visibility tags of a change event about `s`: `|FR|IQ|@fac-1|FR#CHILD|`. A watcher
+/// sees the event if it contains one of its [`watch_tags`], or names a person it sees by id.
 pub fn subject_tags(s: &Subject<'_>) -> String {
     let mut t = String::from("|");
     for st in s.states {
@@ -172,18 +187,17 @@ pub fn subject_tags(s: &Subject<'_>) -> String {
     t
 }
 
-/// The LIKE patterns (with `\\` as the escape character) a watcher in `v` matches event
-/// tags with; strings that are not safe tags are skipped.
-pub fn watch_patterns(v: &Visible) -> Vec<String> {
-    let esc = |s: &str| s.replace('_', "\\_");
+/// The tags a watcher in `v` looks for in event tags (exact substrings such as `|FR|`,
+/// `|@al-hol|`, `|FR#CHILD|`); strings that are not safe tags are skipped.
+pub fn watch_tags(v: &Visible) -> Vec<String> {
     let mut out = Vec::new();
-    out.extend(v.states.iter().filter(|s| is_state_code(s)).map(|s| format!("%|{s}|%")));
-    out.extend(v.facilities.iter().filter(|f| is_tag_safe(f)).map(|f| format!("%|@{}|%", esc(f))));
+    out.extend(v.states.iter().filter(|s| is_state_code(s)).map(|s| format!("|{s}|")));
+    out.extend(v.facilities.iter().filter(|f| is_tag_safe(f)).map(|f| format!("|@{f}|")));
     out.extend(
         v.categories
             .iter()
             .filter(|(s, c)| is_state_code(s) && is_tag_safe(c))
-            .map(|(s, c)| format!("%|{s}#{}|%", esc(c))),
+            .map(|(s, c)| format!("|{s}#{c}|")),
     );
     out
 }
@@ -243,11 +257,13 @@ pub mod headers {
     pub const PURPOSE: &str = "x-concord-purpose";
 }
 
+/// The metadata keys that carry a forwarded principal.
+const FORWARDED: &[&str] =
+    &[headers::AGENCY, headers::AGENCY_KIND, headers::STATE, headers::ROLES, headers::FACILITIES];
+
 /// True if the metadata carries a forwarded principal.
 pub fn has_forwarded_principal(h: &http::HeaderMap) -> bool {
-    [headers::AGENCY, headers::AGENCY_KIND, headers::STATE, headers::ROLES, headers::FACILITIES]
-        .iter()
-        .any(|k| h.contains_key(*k))
+    FORWARDED.iter().any(|k| h.contains_key(*k))
 }
 
 fn list(v: Option<&str>) -> Vec<String> {
@@ -288,6 +304,11 @@ pub fn check_principal(p: &Principal) -> Result<()> {
 impl Authenticator for HeaderAuthenticator {
     fn authenticate(&self, presented: &Presented<'_>) -> Result<Principal> {
         let h = presented.headers;
+        for k in FORWARDED {
+            if h.get_all(*k).iter().count() > 1 {
+                return Err(Error::Unauthenticated(format!("{k} is sent more than once")));
+            }
+        }
         let get = |k: &str| {
             h.get(k).and_then(|v| v.to_str().ok()).map(str::trim).filter(|v| !v.is_empty())
         };
@@ -328,10 +349,11 @@ pub struct EdgeAuthenticator {
 
 impl Authenticator for EdgeAuthenticator {
     fn authenticate(&self, presented: &Presented<'_>) -> Result<Principal> {
-        let transport = match (presented.peer_certificate, &self.mtls, &self.oidc) {
-            (Some(_), Some(m), _) => m.authenticate(presented)?,
+        let (transport, by_certificate) = match (presented.peer_certificate, &self.mtls, &self.oidc)
+        {
+            (Some(_), Some(m), _) => (m.authenticate(presented)?, true),
             (_, _, Some(o)) if presented.headers.contains_key(http::header::AUTHORIZATION) => {
-                o.authenticate(presented)?
+                (o.authenticate(presented)?, false)
             }
             _ => {
                 return Err(Error::Unauthenticated(
@@ -342,7 +364,12 @@ impl Authenticator for EdgeAuthenticator {
         if !has_forwarded_principal(presented.headers) {
             return Ok(transport);
         }
-        if !self.forwarders.iter().any(|f| f == &transport.agency) {
+        // Only a service proving itself with a certificate forwards: a bearer token naming the
+        // gateway's agency (whatever an identity provider may issue) does not.
+        if !by_certificate
+            || transport.kind != AgencyKind::Service
+            || !self.forwarders.iter().any(|f| f == &transport.agency)
+        {
             return Err(Error::Unauthenticated(format!(
                 "agency '{}' is not trusted to forward principals; remove the x-concord-* \
                  identity metadata",
@@ -380,6 +407,11 @@ impl HeaderCredentials {
     /// Adds the metadata to a request.
     pub fn apply<T>(&self, req: &mut tonic::Request<T>) {
         let md = req.metadata_mut();
+        // Whatever identity metadata the request carried is replaced, never merged: a
+        // forwarder that passes a partner's metadata on cannot let it add roles.
+        for k in FORWARDED {
+            md.remove(*k);
+        }
         let p = &self.principal;
         if let Ok(v) = p.agency.parse() {
             md.insert(headers::AGENCY, v);
@@ -482,6 +514,24 @@ mod tests {
     }
 
     #[test]
+    fn forwarded_metadata_is_replaced_not_merged_and_duplicates_are_refused() {
+        let mut req = tonic::Request::new(());
+        req.metadata_mut().insert(headers::ROLES, "prosecutor".parse().expect("ascii"));
+        req.metadata_mut().insert(headers::STATE, "DE".parse().expect("ascii"));
+        let mut p = Principal::service("x");
+        p.kind = AgencyKind::HumanitarianMonitor;
+        HeaderCredentials::new(p).apply(&mut req);
+        let md = req.metadata();
+        assert!(md.get(headers::ROLES).is_none(), "a partner's roles do not survive forwarding");
+        assert!(md.get(headers::STATE).is_none());
+        let mut h =
+            headers(&[(headers::AGENCY, "fr-mfa"), (headers::AGENCY_KIND, "state_ministry")]);
+        h.append(headers::STATE, http::HeaderValue::from_static("FR"));
+        h.append(headers::STATE, http::HeaderValue::from_static("DE"));
+        assert!(matches!(auth(&h), Err(Error::Unauthenticated(_))));
+    }
+
+    #[test]
     fn refuses_missing_or_unknown_identity() {
         assert!(matches!(auth(&headers(&[])), Err(Error::Unauthenticated(_))));
         let unknown = headers(&[(headers::AGENCY, "x"), (headers::AGENCY_KIND, "pirate")]);
@@ -496,6 +546,7 @@ mod tests {
             states: vec!["FR".into()],
             facilities: vec!["al-hol".into()],
             persons: vec!["p9".into()],
+            shared: vec![("FR".into(), "p7".into()), ("DE".into(), "p8".into())],
             categories: vec![("IQ".into(), "CHILD".into())],
         };
         let scope = Scope::Only(v.clone());
@@ -509,18 +560,19 @@ mod tests {
             (subject("p3", &["IQ"], "", "CHILD"), true),
             (subject("p4", &["DE"], "", "CHILD"), false),
             (subject("p5", &["IQ"], "roj", "ADULT_FEMALE"), false),
+            (subject("p8", &["DE", "IQ"], "", "ADULT_MALE"), true),
+            (subject("p8", &["IQ"], "", "ADULT_MALE"), false),
         ];
-        let patterns = watch_patterns(&v);
+        let tags_sought = watch_tags(&v);
         for ((id, states, facility, category), expected) in cases {
             let s = Subject { id, states: &states, facility, category };
             assert_eq!(scope.admits(&s), expected, "{id}");
             // The watch tags agree with admits (persons by id are matched by resource name).
             let tags = subject_tags(&s);
-            let tagged = patterns.iter().any(|p| {
-                let inner = p.trim_matches('%').replace("\\_", "_");
-                tags.contains(&inner)
-            });
-            assert_eq!(tagged || v.persons.iter().any(|p| p == id), expected, "{id} {tags}");
+            let tagged = tags_sought.iter().any(|t| tags.contains(t.as_str()));
+            let by_id = v.persons.iter().any(|p| p == id)
+                || v.shared.iter().any(|(st, p)| p == id && tags.contains(&format!("|{st}|")));
+            assert_eq!(tagged || by_id, expected, "{id} {tags}");
         }
         assert!(!Scope::nobody().admits(&Subject {
             id: "p1",

@@ -178,15 +178,35 @@ pub async fn watch(
                         .bind_list(params.event_types.iter().map(|t| SqlValue::Text(t.clone())));
                 }
                 if let Scope::Only(visible) = &params.scope {
-                    // The column keeps its first name; it holds visibility tags.
+                    // The column keeps its first name; it holds visibility tags. Exact,
+                    // case-sensitive substring tests, as in Scope::admits (LIKE ignores case
+                    // on SQLite).
+                    let contains = |sql: &mut Sql, tag: String| {
+                        let f = match db.dialect() {
+                            Dialect::Sqlite => " instr(scope_states, ",
+                            Dialect::Postgres => " strpos(scope_states, ",
+                        };
+                        sql.push(f).bind_text(tag).push(") > 0");
+                    };
                     sql.push(" AND (scope_states = '*'");
-                    for p in crate::auth::watch_patterns(visible) {
-                        sql.push(" OR scope_states LIKE ").bind_text(p).push(" ESCAPE '\\'");
+                    for tag in crate::auth::watch_tags(visible) {
+                        sql.push(" OR");
+                        contains(&mut sql, tag);
                     }
                     for chunk in visible.persons.chunks(crate::sql::MAX_IN_LIST) {
                         sql.push(" OR resource_name IN ").bind_list(
                             chunk.iter().map(|p| SqlValue::Text(format!("persons/{p}"))),
                         );
+                    }
+                    for (state, ids) in visible.shared_by_state() {
+                        for chunk in ids.chunks(crate::sql::MAX_IN_LIST) {
+                            sql.push(" OR (resource_name IN ").bind_list(
+                                chunk.iter().map(|p| SqlValue::Text(format!("persons/{p}"))),
+                            );
+                            sql.push(" AND");
+                            contains(&mut sql, format!("|{state}|"));
+                            sql.push(")");
+                        }
                     }
                     sql.push(")");
                 }

@@ -40,6 +40,7 @@ struct RandomScope {
     states: Vec<usize>,
     facilities: Vec<usize>,
     persons: Vec<usize>,
+    shared: Vec<(usize, usize)>,
     categories: Vec<(usize, usize)>,
 }
 
@@ -57,12 +58,14 @@ fn scope() -> impl Strategy<Value = RandomScope> {
         proptest::sample::subsequence((0..STATES.len()).collect::<Vec<_>>(), 0..=2),
         proptest::sample::subsequence((0..FACILITIES.len()).collect::<Vec<_>>(), 0..=1),
         proptest::collection::vec(0..12usize, 0..3),
+        proptest::collection::vec((0..STATES.len(), 0..12usize), 0..3),
         proptest::collection::vec((0..STATES.len(), 0..CATEGORIES.len()), 0..2),
     )
-        .prop_map(|(states, facilities, persons, categories)| RandomScope {
+        .prop_map(|(states, facilities, persons, shared, categories)| RandomScope {
             states,
             facilities,
             persons,
+            shared,
             categories,
         })
 }
@@ -157,6 +160,11 @@ async fn check(rows: Vec<Row>, scopes: Vec<RandomScope>) {
             states: rs.states.iter().map(|s| STATES[*s].to_string()).collect(),
             facilities: rs.facilities.iter().map(|f| FACILITIES[*f].to_string()).collect(),
             persons: rs.persons.iter().filter_map(|i| ids.get(*i).cloned()).collect(),
+            shared: rs
+                .shared
+                .iter()
+                .filter_map(|(s, i)| ids.get(*i).map(|id| (STATES[*s].to_string(), id.clone())))
+                .collect(),
             categories: rs
                 .categories
                 .iter()

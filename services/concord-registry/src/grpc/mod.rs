@@ -179,7 +179,6 @@ impl Registry {
     ) -> Result<Vec<pb::Person>, Status> {
         let mut resources = Vec::with_capacity(persons.len());
         let mut out = Vec::with_capacity(persons.len());
-        let mut fields = a.grant.fields;
         for p in persons {
             let basis = p.with_subject(|s| a.basis(s));
             resources.push(if basis == "own" {
@@ -187,24 +186,24 @@ impl Registry {
             } else {
                 format!("{} [{basis}]", p.name())
             });
-            let readable = a.fields_for(&p.id);
-            if readable != a.grant.fields {
-                fields = readable;
-            }
-            let mut m = convert::person_for(p, readable);
-            // A merged record points at its survivor; a survivor outside the caller's scope
-            // does not exist for it, so neither does the pointer. Merges are rare: one lookup.
-            if !p.merged_into.is_empty()
-                && self.store.get_person(&a.scope, &p.merged_into).await.is_err()
-            {
-                m.merged_into.clear();
-            }
-            out.push(m);
+            out.push(self.person_out(a, p).await);
         }
         let resource =
             if resources.is_empty() { "(none)".to_string() } else { resources.join(" ") };
-        self.audit(a, &resource, &fields.names(), "OK").await?;
+        self.audit(a, &resource, &a.grant.fields.names(), "OK").await?;
         Ok(out)
+    }
+
+    /// `p` as the caller may see it: redacted, and without a pointer to a survivor outside
+    /// its scope (which does not exist for it). Merges are rare: one lookup when there is one.
+    async fn person_out(&self, a: &Access, p: &Person) -> pb::Person {
+        let mut m = convert::person_for(p, a.fields_for(&p.id));
+        if !p.merged_into.is_empty()
+            && self.store.get_person(&a.scope, &p.merged_into).await.is_err()
+        {
+            m.merged_into.clear();
+        }
+        m
     }
 
     /// Checks that the caller may read `class` on person `id` (break-the-glass opens every
@@ -269,9 +268,7 @@ impl RegistryService for Registry {
             .await
             .map_err(st)?;
         match out.pop() {
-            Some(InsertOutcome::Created(p)) => {
-                Ok(Response::new(convert::person_for(&p, a.fields_for(&p.id))))
-            }
+            Some(InsertOutcome::Created(p)) => Ok(Response::new(self.person_out(&a, &p).await)),
             Some(InsertOutcome::Replayed(name)) => {
                 let id = person_id(&name, "name").map_err(st)?;
                 let p = self.store.get_person(&a.scope, &id).await.map_err(st)?;
@@ -402,7 +399,7 @@ impl RegistryService for Registry {
             })
             .await
             .map_err(st)?;
-        Ok(Response::new(convert::person_for(&p, a.fields_for(&p.id))))
+        Ok(Response::new(self.person_out(&a, &p).await))
     }
 
     async fn search_persons(
@@ -1242,24 +1239,59 @@ impl RegistryService for Registry {
         .await
         .map_err(st)?;
         let recorder = self.recorder.clone();
+        let store = self.store.clone();
+        // The stream ends, retryably, when the first grant it relies on expires and at the
+        // latest after WATCH_REAUTHORIZE, so revocations and policy changes reach open
+        // streams; clients resume from their last cursor with a fresh authorization.
+        let ends_in = std::time::Duration::from_micros(
+            (a.shared.until.saturating_sub(now_micros()))
+                .clamp(0, WATCH_REAUTHORIZE.as_micros() as i64) as u64,
+        );
+        let deadline = tokio::time::sleep(ends_in);
         // Events that are ready are sent together, after one audit record for them all.
         let stream = stream.ready_chunks(256).then(move |chunk| {
             let a = a.clone();
             let recorder = recorder.clone();
+            let store = store.clone();
             async move {
+                let mut events = Vec::with_capacity(chunk.len());
                 let mut out = Vec::with_capacity(chunk.len());
-                let mut resources = Vec::new();
                 for r in chunk {
                     match r {
-                        Ok(e) => {
-                            let e = redact_event(&a, e).map_err(st)?;
-                            if !e.bookmark {
-                                resources.push(e.resource_name.clone());
-                            }
-                            out.push(Ok(pb::WatchChangesResponse { event: Some(e) }));
-                        }
+                        Ok(e) => events.push(redact_event(&a, e).map_err(st)?),
                         Err(e) => out.push(Err(st(e))),
                     }
+                }
+                // Tags say who could see a person when the event was written; the caller
+                // must also see the person now (a revoked nationality, a transfer out of a
+                // facility), and a survivor it does not see is not named.
+                let mut ids: Vec<String> = Vec::new();
+                for (e, p) in &events {
+                    ids.extend(e.resource_name.strip_prefix("persons/").map(str::to_string));
+                    if let Some(p) = p.as_ref().filter(|p| !p.merged_into.is_empty()) {
+                        ids.push(p.merged_into.trim_start_matches("persons/").to_string());
+                    }
+                }
+                let visible = store.visible_ids(&a.scope, &ids).await.map_err(st)?;
+                let mut resources = Vec::new();
+                for (mut e, p) in events {
+                    if let Some(id) = e.resource_name.strip_prefix("persons/") {
+                        if !visible.contains(id) {
+                            continue;
+                        }
+                    }
+                    if let (Some(mut p), Some(any)) = (p, e.resource.as_mut()) {
+                        if !p.merged_into.is_empty()
+                            && !visible.contains(p.merged_into.trim_start_matches("persons/"))
+                        {
+                            p.merged_into.clear();
+                            any.value = p.encode_to_vec();
+                        }
+                    }
+                    if !e.bookmark {
+                        resources.push(e.resource_name.clone());
+                    }
+                    out.push(Ok(pb::WatchChangesResponse { event: Some(e) }));
                 }
                 if !resources.is_empty() {
                     recorder
@@ -1275,7 +1307,13 @@ impl RegistryService for Registry {
                 Ok(s) => s.left_stream(),
                 Err(e) => futures::stream::iter(vec![Err(e)]).right_stream(),
             })
-            .flatten();
+            .flatten()
+            .take_until(deadline)
+            .chain(futures::stream::once(async {
+                Err(Status::unavailable(
+                    "the stream's authorization is renewed: resume from your last cursor",
+                ))
+            }));
         Ok(Response::new(Box::pin(stream.map(move |r| {
             let _held = &permit;
             r
@@ -1341,19 +1379,26 @@ fn agreement_out(g: &AccessGrant) -> pb::SharingAgreement {
     }
 }
 
-/// A change event as the watcher may see it: the person in its payload redacted like a read.
+/// How long a watch stream runs on one authorization.
+const WATCH_REAUTHORIZE: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// A change event as the watcher may see it, with the person in its payload redacted like a
+/// read (and returned, for the checks that need the store).
 fn redact_event(
     a: &Access,
     mut e: concord_proto::r#type::v1::ChangeEvent,
-) -> Result<concord_proto::r#type::v1::ChangeEvent> {
+) -> Result<(concord_proto::r#type::v1::ChangeEvent, Option<pb::Person>)> {
+    let mut person = None;
     if let Some(any) = e.resource.as_mut() {
         if any.type_url == crate::events::PERSON_TYPE_URL {
             let p = pb::Person::decode(any.value.as_slice()).map_err(Error::internal)?;
             let id = p.name.trim_start_matches("persons/").to_string();
-            any.value = convert::redact(p, a.fields_for(&id)).encode_to_vec();
+            let p = convert::redact(p, a.fields_for(&id));
+            any.value = p.encode_to_vec();
+            person = Some(p);
         }
     }
-    Ok(e)
+    Ok((e, person))
 }
 
 impl Registry {
@@ -1363,7 +1408,7 @@ impl Registry {
         t: TransitionRequest,
     ) -> Result<Response<pb::Person>, Status> {
         let person = self.store.transition(a, t).await.map_err(st)?;
-        Ok(Response::new(convert::person_for(&person, a.fields_for(&person.id))))
+        Ok(Response::new(self.person_out(a, &person).await))
     }
 
     async fn review(

@@ -87,25 +87,42 @@ fn from_row(r: &sqlx::any::AnyRow) -> Result<AccessGrant> {
 /// its grants expires. PostgreSQL (several replicas write) reads every time.
 #[derive(Debug, Default)]
 pub(crate) struct SharedCache {
-    entries: std::sync::Mutex<std::collections::HashMap<(String, String), (Shared, i64)>>,
+    inner: std::sync::Mutex<CacheState>,
+}
+
+#[derive(Debug, Default)]
+struct CacheState {
+    /// Bumped, under the lock, by every change of grants.
+    generation: u64,
+    entries: std::collections::HashMap<(String, String), (Shared, i64)>,
 }
 
 impl SharedCache {
-    fn get(&self, key: &(String, String), now: i64) -> Option<Shared> {
-        let map = self.entries.lock().ok()?;
-        map.get(key).filter(|(_, until)| *until > now).map(|(s, _)| s.clone())
-    }
-    fn put(&self, key: (String, String), shared: Shared, until: i64) {
-        if let Ok(mut map) = self.entries.lock() {
-            if map.len() > 10_000 {
-                map.clear();
-            }
-            map.insert(key, (shared, until));
+    /// The cached value, or the generation a read must present to [`SharedCache::put`].
+    fn get(&self, key: &(String, String), now: i64) -> Result<Shared, u64> {
+        let Ok(state) = self.inner.lock() else { return Err(u64::MAX) };
+        match state.entries.get(key).filter(|(_, until)| *until > now) {
+            Some((s, _)) => Ok(s.clone()),
+            None => Err(state.generation),
         }
     }
-    pub(crate) fn clear(&self) {
-        if let Ok(mut map) = self.entries.lock() {
-            map.clear();
+    /// Stores a read unless grants changed since it began (checked under the same lock the
+    /// change takes, so a revocation can never be overwritten by an older read).
+    fn put(&self, generation: u64, key: (String, String), shared: Shared, until: i64) {
+        if let Ok(mut state) = self.inner.lock() {
+            if state.generation != generation {
+                return;
+            }
+            if state.entries.len() > 10_000 {
+                state.entries.clear();
+            }
+            state.entries.insert(key, (shared, until));
+        }
+    }
+    fn changed(&self) {
+        if let Ok(mut state) = self.inner.lock() {
+            state.generation += 1;
+            state.entries.clear();
         }
     }
 }
@@ -116,11 +133,11 @@ impl Store {
     pub async fn shared_with(&self, p: &Principal) -> Result<Shared> {
         let now = now_micros();
         let key = (p.agency.clone(), p.state.clone().unwrap_or_default());
-        if let Some(hit) = self.shared_cache.as_ref().and_then(|c| c.get(&key, now)) {
-            return Ok(hit);
-        }
-        // A grant committed after this read empties the cache; this read may not refill it.
-        let generation = self.grants_generation();
+        let generation = match self.shared_cache.as_ref().map(|c| c.get(&key, now)) {
+            Some(Ok(hit)) => return Ok(hit),
+            Some(Err(generation)) => Some(generation),
+            None => None,
+        };
         let mut sql = Sql::new(format!(
             "SELECT {COLUMNS} FROM access_grants WHERE revoke_time = 0 AND expire_time > "
         ));
@@ -137,13 +154,17 @@ impl Store {
         for r in rows {
             let g = from_row(&r)?;
             until = until.min(g.expire_time);
+            shared.until = shared.until.min(g.expire_time);
             let name = g.name();
             match g.kind {
                 GrantKind::BreakGlass => {
                     shared.glass.extend(g.persons.into_iter().map(|p| (p, name.clone())))
                 }
                 GrantKind::Agreement => {
-                    shared.persons.extend(g.persons.into_iter().map(|p| (p, name.clone())));
+                    let state = g.grantor_state.clone();
+                    shared
+                        .persons
+                        .extend(g.persons.into_iter().map(|p| (p, state.clone(), name.clone())));
                     shared.categories.extend(
                         g.categories
                             .into_iter()
@@ -152,23 +173,16 @@ impl Store {
                 }
             }
         }
-        if let Some(c) = &self.shared_cache {
-            if self.grants_generation() == generation {
-                c.put(key, shared.clone(), until);
-            }
+        if let (Some(c), Some(generation)) = (&self.shared_cache, generation) {
+            c.put(generation, key, shared.clone(), until);
         }
         Ok(shared)
     }
 
-    fn grants_generation(&self) -> u64 {
-        self.grants_generation.load(std::sync::atomic::Ordering::Acquire)
-    }
-
     /// After a grant commits: nothing cached from before it is served again.
     fn grants_changed(&self) {
-        self.grants_generation.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         if let Some(c) = &self.shared_cache {
-            c.clear();
+            c.changed();
         }
     }
 
@@ -261,10 +275,12 @@ impl Store {
         before: Option<&str>,
         limit: i64,
     ) -> Result<Vec<AccessGrant>> {
+        // The grantor sees its whole history; the grantee only what is in force.
         let mut sql = Sql::new(format!(
             "SELECT {COLUMNS} FROM access_grants WHERE kind = 'agreement' AND (grantor_state = "
         ));
-        sql.bind_text(state).push(" OR grantee = ").bind_text(state).push(")");
+        sql.bind_text(state).push(" OR (grantee = ").bind_text(state);
+        sql.push(" AND revoke_time = 0 AND expire_time > ").bind_int(now_micros()).push("))");
         if let Some(b) = before {
             sql.push(" AND id < ").bind_text(b);
         }

@@ -39,8 +39,6 @@ pub struct Store {
     cache: Option<std::sync::Arc<cache::PersonCache>>,
     /// What is shared with each caller; SQLite only (see `grants`).
     shared_cache: Option<std::sync::Arc<grants::SharedCache>>,
-    /// Bumped after every committed change of grants.
-    grants_generation: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// People kept in the cache of the embedded deployment.
@@ -57,7 +55,7 @@ impl Store {
         let sqlite = db.dialect() == Dialect::Sqlite;
         let cache = sqlite.then(|| std::sync::Arc::new(cache::PersonCache::new(CACHE_CAPACITY)));
         let shared_cache = sqlite.then(|| std::sync::Arc::new(grants::SharedCache::default()));
-        Self { db, cache, shared_cache, grants_generation: Default::default() }
+        Self { db, cache, shared_cache }
     }
 
     /// Records a person's new version after its transaction committed.
@@ -108,6 +106,16 @@ pub(crate) fn scope_sql(scope: &Scope, alias: &str) -> Sql {
         let mut sql = Sql::new(format!("{alias}.id IN "));
         sql.bind_list(chunk.iter().map(|p| SqlValue::Text(p.clone())));
         parts.push(sql);
+    }
+    for (state, ids) in v.shared_by_state() {
+        for chunk in ids.chunks(concord_platform::sql::MAX_IN_LIST) {
+            let mut sql = Sql::new(format!("({alias}.id IN "));
+            sql.bind_list(chunk.iter().map(|p| SqlValue::Text(p.to_string()))).push(&format!(
+                " AND EXISTS (SELECT 1 FROM person_nationalities sg WHERE sg.person_id = {alias}.id AND sg.state = "
+            ));
+            sql.bind_text(state).push("))");
+            parts.push(sql);
+        }
     }
     for (state, category) in &v.categories {
         let mut sql = Sql::new(format!("({alias}.category = "));

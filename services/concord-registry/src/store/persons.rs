@@ -119,6 +119,30 @@ impl Store {
             .collect())
     }
 
+    /// Which of `ids` are in `scope` now.
+    pub async fn visible_ids(
+        &self,
+        scope: &Scope,
+        ids: &[String],
+    ) -> Result<std::collections::HashSet<String>> {
+        if ids.is_empty() {
+            return Ok(Default::default());
+        }
+        if *scope == Scope::All {
+            return Ok(ids.iter().cloned().collect());
+        }
+        let mut out = std::collections::HashSet::new();
+        for chunk in ids.chunks(concord_platform::sql::MAX_IN_LIST) {
+            let mut sql = Sql::new("SELECT p.id FROM persons p WHERE p.id IN ");
+            sql.bind_list(chunk.iter().map(|i| SqlValue::Text(i.clone())));
+            sql.push(" AND ").append(&scope_sql(scope, "p"));
+            let found: Vec<String> =
+                sql.query_scalar(self.db.dialect()).fetch_all(self.db.reader()).await.db()?;
+            out.extend(found);
+        }
+        Ok(out)
+    }
+
     /// One person in the caller's scope.
     pub async fn get_person(&self, scope: &Scope, id: &str) -> Result<Person> {
         if let Some(hit) = self.cache.as_ref().and_then(|c| c.get(id)) {
