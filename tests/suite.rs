@@ -37,6 +37,7 @@ async fn suite_with(drain_grace: Duration, tweak: impl FnOnce(&mut concord::Conf
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = concord::Config::with_data_dir(dir.path().to_path_buf());
     cfg.registry_addr = "127.0.0.1:0".parse().unwrap();
+    cfg.facilities_addr = "127.0.0.1:0".parse().unwrap();
     cfg.registry_database_url = Some(db.url.clone());
     cfg.server.drain_grace = drain_grace;
     tweak(&mut cfg);
@@ -123,6 +124,21 @@ async fn serve_answers_health_and_traces_errors_with_the_callers_trace_id() {
         .into_inner()
         .status;
     assert_eq!(status, tonic_health::pb::health_check_response::ServingStatus::Serving as i32);
+
+    // The facilities service runs in the same process on its own address, behind the same
+    // mutual TLS and policy.
+    let facilities = format!("https://{}", s.running.facilities.unwrap());
+    let tls = s.pki.agency("humanitarian-monitor").client_config("localhost").unwrap();
+    let ch =
+        Channel::from_shared(facilities).unwrap().tls_config(tls).unwrap().connect().await.unwrap();
+    let mut f =
+        concord_proto::facilities::v1::facilities_service_client::FacilitiesServiceClient::new(ch);
+    let listed = f
+        .list_facilities(concord_proto::facilities::v1::ListFacilitiesRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(listed.facilities.is_empty());
 
     let mut c = s.client("coalition-coordinator").await;
     let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";

@@ -11,6 +11,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "concord/type/v1/types.proto",
         "concord/registry/v1/resources.proto",
         "concord/registry/v1/registry.proto",
+        "concord/facilities/v1/resources.proto",
+        "concord/facilities/v1/facilities.proto",
     ];
     let fds = protox::compile(files, [&root])?;
     let out = PathBuf::from(std::env::var("OUT_DIR")?);

@@ -95,6 +95,57 @@ fn own_scope(principal: &Principal, grant: &Grant) -> Scope {
     Scope::Only(v)
 }
 
+/// Whether a call must state its purpose.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PurposeRule {
+    /// It reads or writes personal data: `x-concord-purpose` is required.
+    Required,
+    /// It does not: a purpose is recorded if sent.
+    Optional,
+}
+
+/// The start of every call of every service: the principal the identity layer attached,
+/// the policy's grant checked for `action` (a refusal is recorded by `recorder` and returned
+/// as PERMISSION_DENIED before anything is looked up), the purpose, and what `shared` (the
+/// service's own grants) adds to the caller's scope.
+pub async fn authorize<T, F, Fut>(
+    req: &tonic::Request<T>,
+    policy: &Policy,
+    recorder: &crate::audit::Recorder,
+    action: Action,
+    rpc: &'static str,
+    purpose_rule: PurposeRule,
+    shared: F,
+) -> Result<Access>
+where
+    F: FnOnce(Principal) -> Fut,
+    Fut: std::future::Future<Output = Result<Shared>>,
+{
+    let principal = crate::auth::principal(req)?;
+    let purpose = purpose(req.metadata());
+    let grant = match Access::grant(policy, &principal, action) {
+        Ok(g) => g,
+        Err(e) => {
+            let a = Access::resolve(
+                principal,
+                Grant::default(),
+                Shared::default(),
+                purpose.unwrap_or_default(),
+                rpc,
+            );
+            recorder.record(vec![a.entry(action.as_str(), "", "PERMISSION_DENIED")]).await?;
+            return Err(e);
+        }
+    };
+    let purpose = match (purpose, purpose_rule) {
+        (Ok(p), _) => p,
+        (Err(e), PurposeRule::Required) => return Err(e),
+        (Err(_), PurposeRule::Optional) => String::new(),
+    };
+    let shared = shared(principal.clone()).await?;
+    Ok(Access::resolve(principal, grant, shared, purpose, rpc))
+}
+
 impl Access {
     /// The policy's grant for `principal`, checked for `action`: PERMISSION_DENIED before
     /// anything is looked up if the action is not permitted.

@@ -65,6 +65,14 @@ catalogue!(
         SharingManage = "sharing.manage",
         /// Open a person's record in an emergency, with a reason, audited.
         BreakGlass = "break_glass",
+        /// Read facilities, their sections, status and timeline (not personal data).
+        FacilitiesRead = "facilities.read",
+        /// Create facilities and change their sections and capacity.
+        FacilitiesManage = "facilities.manage",
+        /// Change a facility's security status.
+        FacilitiesSecurity = "facilities.security",
+        /// Pass a facility to another custodian.
+        FacilitiesCustodian = "facilities.custodian",
     }
 );
 

@@ -23,6 +23,14 @@ pub mod r#type {
     }
 }
 
+/// The facilities contract: `concord.facilities.v1`.
+pub mod facilities {
+    /// `concord.facilities.v1`
+    pub mod v1 {
+        tonic::include_proto!("concord.facilities.v1");
+    }
+}
+
 /// The registry contract: `concord.registry.v1`.
 pub mod registry {
     /// `concord.registry.v1`

@@ -27,6 +27,8 @@ pub enum Target {
     All,
     /// The registry.
     Registry,
+    /// The facilities service.
+    Facilities,
 }
 
 /// `concord serve` settings.
@@ -45,6 +47,12 @@ pub struct Config {
     /// cannot speak TLS); unset: health is served on the TLS port only.
     #[arg(long, env = "CONCORD_HEALTH_ADDR")]
     pub health_addr: Option<SocketAddr>,
+    /// Address of the facilities service's gRPC server.
+    #[arg(long, env = "CONCORD_FACILITIES_ADDR", default_value = "127.0.0.1:50052")]
+    pub facilities_addr: SocketAddr,
+    /// Facilities database (sqlite:// or postgres://); default: a SQLite file in the data folder.
+    #[arg(long, env = "CONCORD_FACILITIES_DATABASE_URL")]
+    pub facilities_database_url: Option<String>,
     /// Registry database (sqlite:// or postgres://); default: a SQLite file in the data folder.
     #[arg(long, env = "CONCORD_REGISTRY_DATABASE_URL")]
     pub registry_database_url: Option<String>,
@@ -117,6 +125,13 @@ impl Config {
         self.registry_database_url
             .clone()
             .unwrap_or_else(|| format!("sqlite://{}", self.data_dir.join("registry.db").display()))
+    }
+
+    /// The facilities service's database URL.
+    pub fn facilities_database_url(&self) -> String {
+        self.facilities_database_url.clone().unwrap_or_else(|| {
+            format!("sqlite://{}", self.data_dir.join("facilities.db").display())
+        })
     }
 
     /// Where the demo certificates are (or will be).
@@ -201,6 +216,8 @@ fn print_demo_instructions(pki: &pki::DemoPki, cfg: &Config) {
 pub struct Running {
     /// The registry's address, if it runs.
     pub registry: Option<SocketAddr>,
+    /// The facilities service's address, if it runs.
+    pub facilities: Option<SocketAddr>,
     /// The plaintext health address, if any.
     pub health: Option<SocketAddr>,
 }
@@ -212,10 +229,16 @@ pub async fn start(
     cfg: &Config,
     shutdown: Shutdown,
 ) -> anyhow::Result<(Running, impl std::future::Future<Output = anyhow::Result<()>>)> {
-    let security = security(cfg)?;
     let policy = policy(cfg)?;
-    let mut tasks = Vec::new();
-    let mut running = Running { registry: None, health: None };
+    let mut launcher = Launcher {
+        security: security(cfg)?,
+        cfg,
+        shutdown: shutdown.clone(),
+        health_addr: cfg.health_addr,
+        health: None,
+        tasks: Vec::new(),
+    };
+    let mut running = Running { registry: None, facilities: None, health: None };
     if matches!(cfg.target, Target::All | Target::Registry) {
         let (svc, db) = concord_registry::build(
             &cfg.registry_database_url(),
@@ -224,23 +247,22 @@ pub async fn start(
             shutdown.clone(),
         )
         .await?;
-        let listener = server::bind(cfg.registry_addr).await?;
-        running.registry = Some(listener.local_addr()?);
-        let mut services = Services::new().with(svc);
-        if let Some(addr) = cfg.health_addr {
-            let plain = server::bind(addr).await?;
-            running.health = Some(plain.local_addr()?);
-            services = services.with_plain_health(plain);
-        }
-        let server_cfg = cfg.server.clone();
-        let security = security.clone();
-        let sd = shutdown.clone();
-        tasks.push(tokio::spawn(async move {
-            let r = server::serve(listener, services, security, &server_cfg, sd).await;
-            db.close().await;
-            r
-        }));
+        running.registry =
+            Some(launcher.launch(cfg.registry_addr, Services::new().with(svc), db).await?);
     }
+    if matches!(cfg.target, Target::All | Target::Facilities) {
+        let (svc, db) = concord_facilities::build(
+            &cfg.facilities_database_url(),
+            policy.clone(),
+            &cfg.server,
+            shutdown.clone(),
+        )
+        .await?;
+        running.facilities =
+            Some(launcher.launch(cfg.facilities_addr, Services::new().with(svc), db).await?);
+    }
+    running.health = launcher.health;
+    let tasks = launcher.tasks;
     let all = async move {
         for t in tasks {
             t.await??;
@@ -248,4 +270,43 @@ pub async fn start(
         Ok(())
     };
     Ok((running, all))
+}
+
+/// Binds and serves each service of a process the same way.
+struct Launcher<'a> {
+    cfg: &'a Config,
+    security: Security,
+    shutdown: Shutdown,
+    /// The plaintext health port, given to the first service launched.
+    health_addr: Option<SocketAddr>,
+    health: Option<SocketAddr>,
+    tasks: Vec<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl Launcher<'_> {
+    /// Binds `addr` and serves `services` until shutdown, then closes `db`; returns the
+    /// bound address (port 0 picks one).
+    async fn launch(
+        &mut self,
+        addr: SocketAddr,
+        mut services: Services,
+        db: concord_platform::storage::Db,
+    ) -> anyhow::Result<SocketAddr> {
+        let listener = server::bind(addr).await?;
+        let bound = listener.local_addr()?;
+        if let Some(health) = self.health_addr.take() {
+            let plain = server::bind(health).await?;
+            self.health = Some(plain.local_addr()?);
+            services = services.with_plain_health(plain);
+        }
+        let server_cfg = self.cfg.server.clone();
+        let security = self.security.clone();
+        let shutdown = self.shutdown.clone();
+        self.tasks.push(tokio::spawn(async move {
+            let r = server::serve(listener, services, security, &server_cfg, shutdown).await;
+            db.close().await;
+            r
+        }));
+        Ok(bound)
+    }
 }

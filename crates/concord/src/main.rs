@@ -1,5 +1,5 @@
 //! `concord`: runs the Concord suite. `concord serve` runs every service on SQLite files
-//! under ./data; `concord serve --target registry` runs one.
+//! under ./data; `concord serve --target registry` (or `facilities`) runs one.
 
 use clap::{Parser, Subcommand};
 use concord_platform::server::Shutdown;
@@ -102,6 +102,10 @@ async fn main() -> anyhow::Result<()> {
     let (running, served) = concord::start(&cfg, shutdown).await?;
     if let Some(addr) = running.registry {
         tracing::info!(%addr, database = %redact(&cfg.registry_database_url()), "registry ready");
+    }
+    if let Some(addr) = running.facilities {
+        let database = redact(&cfg.facilities_database_url());
+        tracing::info!(%addr, %database, "facilities ready");
     }
     let result = served.await;
     telemetry.shutdown();

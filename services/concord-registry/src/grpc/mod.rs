@@ -7,7 +7,7 @@ pub mod convert;
 
 use std::pin::Pin;
 
-use concord_platform::access::{self, Access};
+use concord_platform::access::{self, Access, PurposeRule};
 use concord_platform::audit::Recorder;
 use concord_platform::auth::{self, Scope};
 use concord_platform::error::{Error, Result};
@@ -130,30 +130,24 @@ impl Registry {
         action: Action,
         rpc: &'static str,
     ) -> Result<Access, Status> {
-        let principal = auth::principal(req).map_err(st)?;
-        let purpose = access::purpose(req.metadata());
         if !self.enforce {
+            let principal = auth::principal(req).map_err(st)?;
+            let purpose = access::purpose(req.metadata()).unwrap_or_default();
             let grant = concord_platform::policy::Grant::unrestricted();
-            let purpose = purpose.unwrap_or_default();
             return Ok(Access::resolve(principal, grant, Default::default(), purpose, rpc));
         }
-        let grant = match Access::grant(&self.policy, &principal, action) {
-            Ok(g) => g,
-            Err(e) => {
-                let a = Access::resolve(
-                    principal,
-                    Default::default(),
-                    Default::default(),
-                    purpose.unwrap_or_default(),
-                    rpc,
-                );
-                self.audit(&a, action.as_str(), "", "PERMISSION_DENIED").await?;
-                return Err(st(e));
-            }
-        };
-        let purpose = purpose.map_err(st)?;
-        let shared = self.store.shared_with(&principal).await.map_err(st)?;
-        Ok(Access::resolve(principal, grant, shared, purpose, rpc))
+        let store = &self.store;
+        access::authorize(
+            req,
+            &self.policy,
+            &self.recorder,
+            action,
+            rpc,
+            PurposeRule::Required,
+            |p| async move { store.shared_with(&p).await },
+        )
+        .await
+        .map_err(st)
     }
 
     /// Records a read (or a refusal) and waits for the record to commit: nothing is returned

@@ -1,0 +1,516 @@
+//! The facilities' gRPC surface: the only module that sees request and response messages.
+//! Each method authorizes (`access`), parses its request into domain values naming every
+//! field at fault, calls the store, and converts the result.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use concord_platform::access::{self, Access, PurposeRule, Shared};
+use concord_platform::audit::Recorder;
+use concord_platform::auth::Scope;
+use concord_platform::error::{Error, Result, Violations};
+use concord_platform::filter::{self, Field, FieldType};
+use concord_platform::outbox::{self, WatchParams, WatchTuning};
+use concord_platform::policy::{Action, Policy};
+use concord_platform::server::Shutdown;
+use concord_platform::time::{from_timestamp, now_micros, to_timestamp};
+use concord_platform::{idempotency, paging};
+use concord_proto::facilities::v1 as pb;
+use concord_proto::facilities::v1::facilities_service_server::FacilitiesService;
+use futures::{Stream, StreamExt};
+use prost::Message;
+use tonic::{Request, Response, Status};
+
+use crate::domain::*;
+use crate::store::Store;
+
+/// Error domain of the service (google.rpc.ErrorInfo.domain).
+pub const DOMAIN: &str = "facilities.concord";
+
+const FACILITY_FILTER: &[Field] = &[
+    Field {
+        name: "kind",
+        sql: "f.kind",
+        ty: FieldType::Enum { prefix: "FACILITY_KIND_", values: FacilityKind::NAMES },
+        equality_only: true,
+    },
+    Field {
+        name: "security_status",
+        sql: "f.security_status",
+        ty: FieldType::Enum { prefix: "SECURITY_STATUS_", values: SecurityStatus::NAMES },
+        equality_only: true,
+    },
+    Field {
+        name: "custodian_agency",
+        sql: "f.custodian_agency",
+        ty: FieldType::Text,
+        equality_only: true,
+    },
+];
+
+/// The facilities service.
+#[derive(Debug, Clone)]
+pub struct Facilities {
+    store: Store,
+    policy: Arc<Policy>,
+    recorder: Recorder,
+    shutdown: Shutdown,
+    watch_tuning: WatchTuning,
+    streams: Arc<concord_platform::quota::StreamLimiter>,
+}
+
+impl Facilities {
+    /// The service over `store`, enforcing `policy`; watch streams end when `shutdown` begins.
+    pub fn new(
+        store: Store,
+        policy: Arc<Policy>,
+        shutdown: Shutdown,
+        streams_per_agency: usize,
+    ) -> Self {
+        let recorder = Recorder::spawn(store.db().clone());
+        Self {
+            store,
+            policy,
+            recorder,
+            shutdown,
+            watch_tuning: WatchTuning::default(),
+            streams: Arc::new(concord_platform::quota::StreamLimiter::new(streams_per_agency)),
+        }
+    }
+
+    /// The call's access. Facility data is not personal: reads need no purpose; writes state
+    /// one, for their audit entry.
+    async fn access<T>(
+        &self,
+        req: &Request<T>,
+        action: Action,
+        rpc: &'static str,
+    ) -> Result<Access, Status> {
+        let rule = match action {
+            Action::FacilitiesRead => PurposeRule::Optional,
+            _ => PurposeRule::Required,
+        };
+        access::authorize(req, &self.policy, &self.recorder, action, rpc, rule, |_| async {
+            Ok(Shared::default())
+        })
+        .await
+        .map_err(st)
+    }
+}
+
+fn st(e: Error) -> Status {
+    e.into_status(DOMAIN)
+}
+
+fn request_id<M: Message>(rid: &str, field: &str, msg: &M) -> Result<Option<(String, String)>> {
+    if rid.is_empty() {
+        return Ok(None);
+    }
+    idempotency::validate(field, rid)?;
+    Ok(Some((rid.to_string(), idempotency::fingerprint(&msg.encode_to_vec()))))
+}
+
+fn facility_id(name: &str, field: &str) -> Result<String> {
+    match name.strip_prefix("facilities/") {
+        Some(id) if is_id(id) => Ok(id.to_string()),
+        _ => Err(Error::invalid(
+            field,
+            format!(
+                "'{}' is not a name like \"facilities/al-hol\"",
+                name.chars().take(80).collect::<String>()
+            ),
+        )),
+    }
+}
+
+fn etag(s: &str, field: &str) -> Result<Option<i64>> {
+    if s.is_empty() {
+        return Ok(None);
+    }
+    s.trim_matches('"')
+        .parse::<i64>()
+        .map(Some)
+        .map_err(|_| Error::invalid(field, "is not an etag this service issued"))
+}
+
+fn text(v: &mut Violations, field: &str, s: &str, max: usize) {
+    if s.trim().is_empty() {
+        v.add(field, "is required");
+    } else if s.chars().count() > max {
+        v.add(field, format!("must be at most {max} characters"));
+    }
+}
+
+fn occur_time(v: &mut Violations, field: &str, t: Option<&prost_types::Timestamp>) -> i64 {
+    let now = now_micros();
+    match t {
+        None => now,
+        Some(ts) => match from_timestamp(ts) {
+            Some(m) if m > now + 60_000_000 => {
+                v.add(field, "must not be in the future");
+                0
+            }
+            Some(m) => m,
+            None => {
+                v.add(field, "is not a valid timestamp");
+                0
+            }
+        },
+    }
+}
+
+macro_rules! enum_in {
+    ($v:expr, $field:expr, $value:expr, $proto:ty, $domain:ty) => {{
+        let value: i32 = $value;
+        let parsed = <$proto>::try_from(value)
+            .ok()
+            .and_then(|e| <$domain>::from_proto_name(e.as_str_name()));
+        if parsed.is_none() {
+            $v.add($field, format!("is required; use one of {}", <$domain>::NAMES.join(", ")));
+        }
+        parsed
+    }};
+}
+
+macro_rules! enum_out {
+    ($proto:ty, $value:expr) => {
+        <$proto>::from_str_name(&$value.proto_name()).map_or(0, |e| e as i32)
+    };
+}
+
+/// The written fields of `f`, validated; `prefix` names the message (`facility`).
+fn facility_data(f: &pb::Facility, prefix: &str) -> Result<FacilityData> {
+    let mut v = Violations::new();
+    let kind = enum_in!(v, format!("{prefix}.kind"), f.kind, pb::FacilityKind, FacilityKind);
+    let loc = f.location.clone().unwrap_or_default();
+    if f.location.is_none() {
+        v.add(format!("{prefix}.location"), "is required");
+    }
+    let sections = f
+        .sections
+        .iter()
+        .enumerate()
+        .map(|(i, s)| Section {
+            section_id: s.section_id.clone(),
+            display_name: s.display_name.clone(),
+            capacities: s
+                .capacities
+                .iter()
+                .enumerate()
+                .filter_map(|(j, c)| {
+                    let at = format!("{prefix}.sections[{i}].capacities[{j}]");
+                    let sex = enum_in!(v, format!("{at}.sex"), c.sex, pb::PlaceSex, PlaceSex);
+                    let band =
+                        enum_in!(v, format!("{at}.age_band"), c.age_band, pb::AgeBand, AgeBand);
+                    Some(Capacity { sex: sex?, age_band: band?, places: c.places })
+                })
+                .collect(),
+        })
+        .collect();
+    let data = FacilityData {
+        display_name: f.display_name.trim().to_string(),
+        kind: kind.unwrap_or(FacilityKind::Camp),
+        location: Location { latitude: loc.latitude, longitude: loc.longitude, region: loc.region },
+        sections,
+    };
+    data.validate(&mut v, prefix);
+    v.finish(data)
+}
+
+/// The contract's view of a facility.
+pub fn facility_out(f: &Facility) -> pb::Facility {
+    let d = &f.data;
+    pb::Facility {
+        name: f.name(),
+        display_name: d.display_name.clone(),
+        kind: enum_out!(pb::FacilityKind, d.kind),
+        custodian_agency: f.custodian_agency.clone(),
+        location: Some(pb::Location {
+            latitude: d.location.latitude,
+            longitude: d.location.longitude,
+            region: d.location.region.clone(),
+        }),
+        sections: d
+            .sections
+            .iter()
+            .map(|s| pb::Section {
+                section_id: s.section_id.clone(),
+                display_name: s.display_name.clone(),
+                capacities: s
+                    .capacities
+                    .iter()
+                    .map(|c| pb::Capacity {
+                        sex: enum_out!(pb::PlaceSex, c.sex),
+                        age_band: enum_out!(pb::AgeBand, c.age_band),
+                        places: c.places,
+                    })
+                    .collect(),
+            })
+            .collect(),
+        security_status: enum_out!(pb::SecurityStatus, f.security_status),
+        security_status_reason: f.security_status_reason.clone(),
+        security_status_update_time: Some(to_timestamp(f.security_status_time)),
+        create_time: Some(to_timestamp(f.create_time)),
+        update_time: Some(to_timestamp(f.update_time)),
+        etag: f.etag(),
+    }
+}
+
+fn event_out(e: &FacilityEvent) -> pb::FacilityEvent {
+    pb::FacilityEvent {
+        name: format!("facilities/{}/events/{}", e.facility_id, e.id),
+        kind: enum_out!(pb::FacilityEventKind, e.kind),
+        from_status: e.from_status.map_or(0, |s| enum_out!(pb::SecurityStatus, s)),
+        to_status: e.to_status.map_or(0, |s| enum_out!(pb::SecurityStatus, s)),
+        from_custodian: e.from_custodian.clone(),
+        to_custodian: e.to_custodian.clone(),
+        reason: e.reason.clone(),
+        reporter: e.reporter.clone(),
+        recorded_by: e.recorded_by.clone(),
+        occur_time: Some(to_timestamp(e.occur_time)),
+        record_time: Some(to_timestamp(e.record_time)),
+    }
+}
+
+type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::WatchChangesResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl FacilitiesService for Facilities {
+    async fn create_facility(
+        &self,
+        req: Request<pb::CreateFacilityRequest>,
+    ) -> Result<Response<pb::Facility>, Status> {
+        let a = self.access(&req, Action::FacilitiesManage, "CreateFacility").await?;
+        let m = req.into_inner();
+        let mut v = Violations::new();
+        let rid = v.absorb(request_id(&m.request_id, "request_id", &m)).flatten();
+        if !is_id(&m.facility_id) {
+            v.add(
+                "facility_id",
+                "must be 2-63 lower-case letters, digits and '-', starting with a letter",
+            );
+        }
+        if !is_id(&m.custodian_agency) {
+            v.add("custodian_agency", "must be the id of the agency that runs the facility");
+        }
+        let data = match &m.facility {
+            Some(f) => v.absorb(facility_data(f, "facility")),
+            None => {
+                v.add("facility", "is required");
+                None
+            }
+        };
+        let data = v
+            .finish(data)
+            .map_err(st)?
+            .ok_or_else(|| st(Error::invalid("facility", "is required")))?;
+        let f = self
+            .store
+            .create(&a, &m.facility_id, data, &m.custodian_agency, rid)
+            .await
+            .map_err(st)?;
+        Ok(Response::new(facility_out(&f)))
+    }
+
+    async fn get_facility(
+        &self,
+        req: Request<pb::GetFacilityRequest>,
+    ) -> Result<Response<pb::Facility>, Status> {
+        self.access(&req, Action::FacilitiesRead, "GetFacility").await?;
+        let id = facility_id(&req.get_ref().name, "name").map_err(st)?;
+        Ok(Response::new(facility_out(&self.store.get(&id).await.map_err(st)?)))
+    }
+
+    async fn list_facilities(
+        &self,
+        req: Request<pb::ListFacilitiesRequest>,
+    ) -> Result<Response<pb::ListFacilitiesResponse>, Status> {
+        self.access(&req, Action::FacilitiesRead, "ListFacilities").await?;
+        let m = req.into_inner();
+        let size = paging::page_size(m.page_size).map_err(st)?;
+        let filter = filter::parse(&m.filter)
+            .and_then(|e| e.map(|e| filter::to_sql(&e, FACILITY_FILTER)).transpose())
+            .map_err(st)?;
+        let fp = paging::request_fingerprint(&[&m.filter]);
+        let after: Option<String> = paging::decode(&m.page_token, &fp).map_err(st)?;
+        let mut fs =
+            self.store.list(filter.as_ref(), after.as_deref(), size + 1).await.map_err(st)?;
+        let next = paging::finish_page(&mut fs, size, &fp, |f| f.id.clone());
+        Ok(Response::new(pb::ListFacilitiesResponse {
+            facilities: fs.iter().map(facility_out).collect(),
+            next_page_token: next,
+        }))
+    }
+
+    async fn update_facility(
+        &self,
+        req: Request<pb::UpdateFacilityRequest>,
+    ) -> Result<Response<pb::Facility>, Status> {
+        let a = self.access(&req, Action::FacilitiesManage, "UpdateFacility").await?;
+        let m = req.into_inner();
+        let rid = request_id(&m.request_id, "request_id", &m).map_err(st)?;
+        let incoming =
+            m.facility.clone().ok_or_else(|| st(Error::invalid("facility", "is required")))?;
+        let id = facility_id(&incoming.name, "facility.name").map_err(st)?;
+        let expected = etag(&incoming.etag, "facility.etag").map_err(st)?;
+        let paths = m.update_mask.map(|m| m.paths).unwrap_or_default();
+        const UPDATABLE: &[&str] = &["display_name", "kind", "location", "sections"];
+        let mut v = Violations::new();
+        if paths.is_empty() {
+            v.add("update_mask", "name at least one field to update");
+        }
+        for p in &paths {
+            if !UPDATABLE.contains(&p.as_str()) {
+                v.add(
+                    format!("update_mask.paths[{p}]"),
+                    format!(
+                        "cannot be updated here; updatable: {}; status and custodian have their own methods",
+                        UPDATABLE.join(", ")
+                    ),
+                );
+            }
+        }
+        v.finish(()).map_err(st)?;
+        let fields = paths.join(",");
+        let f = self
+            .store
+            .update(&a, &id, &fields, expected, rid, |current| {
+                let mut merged = facility_out(&Facility {
+                    id: id.clone(),
+                    data: current.clone(),
+                    custodian_agency: String::new(),
+                    security_status: SecurityStatus::Normal,
+                    security_status_reason: String::new(),
+                    security_status_time: 0,
+                    version: 0,
+                    create_time: 0,
+                    update_time: 0,
+                });
+                for p in &paths {
+                    match p.as_str() {
+                        "display_name" => merged.display_name = incoming.display_name.clone(),
+                        "kind" => merged.kind = incoming.kind,
+                        "location" => merged.location = incoming.location.clone(),
+                        "sections" => merged.sections = incoming.sections.clone(),
+                        _ => {}
+                    }
+                }
+                facility_data(&merged, "facility")
+            })
+            .await
+            .map_err(st)?;
+        Ok(Response::new(facility_out(&f)))
+    }
+
+    async fn change_security_status(
+        &self,
+        req: Request<pb::ChangeSecurityStatusRequest>,
+    ) -> Result<Response<pb::Facility>, Status> {
+        let a = self.access(&req, Action::FacilitiesSecurity, "ChangeSecurityStatus").await?;
+        let m = req.into_inner();
+        let mut v = Violations::new();
+        let id = v.absorb(facility_id(&m.name, "name"));
+        let to = enum_in!(v, "status", m.status, pb::SecurityStatus, SecurityStatus);
+        text(&mut v, "reason", &m.reason, 1000);
+        text(&mut v, "reporter", &m.reporter, 200);
+        let at = occur_time(&mut v, "occur_time", m.occur_time.as_ref());
+        let expected = v.absorb(etag(&m.etag, "etag")).flatten();
+        let rid = v.absorb(request_id(&m.request_id, "request_id", &m)).flatten();
+        let change = v
+            .finish(Change {
+                facility_id: id.unwrap_or_default(),
+                to_status: to,
+                to_custodian: None,
+                reason: m.reason.trim().to_string(),
+                reporter: m.reporter.trim().to_string(),
+                occur_time: at,
+                expected_version: expected,
+                request_id: rid,
+            })
+            .map_err(st)?;
+        let f = self.store.change(&a, change).await.map_err(st)?;
+        Ok(Response::new(facility_out(&f)))
+    }
+
+    async fn change_custodian(
+        &self,
+        req: Request<pb::ChangeCustodianRequest>,
+    ) -> Result<Response<pb::Facility>, Status> {
+        let a = self.access(&req, Action::FacilitiesCustodian, "ChangeCustodian").await?;
+        let m = req.into_inner();
+        let mut v = Violations::new();
+        let id = v.absorb(facility_id(&m.name, "name"));
+        if !is_id(&m.custodian_agency) {
+            v.add(
+                "custodian_agency",
+                "must be the id of the agency that runs the facility from now on",
+            );
+        }
+        text(&mut v, "reason", &m.reason, 1000);
+        let at = occur_time(&mut v, "occur_time", m.occur_time.as_ref());
+        let expected = v.absorb(etag(&m.etag, "etag")).flatten();
+        let rid = v.absorb(request_id(&m.request_id, "request_id", &m)).flatten();
+        let change = v
+            .finish(Change {
+                facility_id: id.unwrap_or_default(),
+                to_status: None,
+                to_custodian: Some(m.custodian_agency.clone()),
+                reason: m.reason.trim().to_string(),
+                reporter: a.principal.agency.clone(),
+                occur_time: at,
+                expected_version: expected,
+                request_id: rid,
+            })
+            .map_err(st)?;
+        let f = self.store.change(&a, change).await.map_err(st)?;
+        Ok(Response::new(facility_out(&f)))
+    }
+
+    async fn list_facility_events(
+        &self,
+        req: Request<pb::ListFacilityEventsRequest>,
+    ) -> Result<Response<pb::ListFacilityEventsResponse>, Status> {
+        self.access(&req, Action::FacilitiesRead, "ListFacilityEvents").await?;
+        let m = req.into_inner();
+        let id = facility_id(&m.parent, "parent").map_err(st)?;
+        let size = paging::page_size(m.page_size).map_err(st)?;
+        let fp = paging::request_fingerprint(&[&id]);
+        let after: Option<String> = paging::decode(&m.page_token, &fp).map_err(st)?;
+        let mut es = self.store.events(&id, after.as_deref(), size + 1).await.map_err(st)?;
+        let next = paging::finish_page(&mut es, size, &fp, |e| e.id.clone());
+        Ok(Response::new(pb::ListFacilityEventsResponse {
+            facility_events: es.iter().map(event_out).collect(),
+            next_page_token: next,
+        }))
+    }
+
+    type WatchChangesStream = WatchStream;
+
+    async fn watch_changes(
+        &self,
+        req: Request<pb::WatchChangesRequest>,
+    ) -> Result<Response<Self::WatchChangesStream>, Status> {
+        let a = self.access(&req, Action::FacilitiesRead, "WatchChanges").await?;
+        let m = req.into_inner();
+        let params = WatchParams {
+            cursor: m.cursor,
+            start_at_end: m.start_at_end,
+            event_types: m.event_types,
+            // Facility events carry no personal data; every reader sees them.
+            scope: Scope::All,
+        };
+        let permit = self.streams.open(&a.principal.agency).map_err(st)?;
+        let stream = outbox::watch(
+            self.store.db().clone(),
+            params,
+            self.watch_tuning,
+            self.shutdown.clone(),
+        )
+        .await
+        .map_err(st)?;
+        Ok(Response::new(Box::pin(stream.map(move |r| {
+            let _held = &permit;
+            r.map(|e| pb::WatchChangesResponse { event: Some(e) }).map_err(st)
+        }))))
+    }
+}

@@ -1,0 +1,45 @@
+//! The facilities service: the sites that hold people, their sections and capacity, their
+//! security status and its timeline, and who runs them.
+//!
+//! # Layout
+//! As in every Concord service:
+//! - [`grpc`]: the contract's surface; parses requests into [`domain`] values, maps errors.
+//! - [`domain`]: kinds, the security status machine, sections and capacity, validation.
+//! - [`store`]: every SQL statement and transaction, with audit and outbox in each write.
+
+pub mod domain;
+pub mod grpc;
+pub mod store;
+
+use std::sync::Arc;
+
+use concord_platform::config::ServerConfig;
+use concord_platform::policy::Policy;
+use concord_platform::server::Shutdown;
+use concord_platform::storage::{Db, DbOptions};
+use concord_proto::facilities::v1::facilities_service_server::FacilitiesServiceServer;
+
+pub use grpc::Facilities;
+
+/// Connects to the service's database (running migrations) and builds the gRPC service,
+/// enforcing `policy`, with the message size caps of `cfg`.
+pub async fn build(
+    database_url: &str,
+    policy: Arc<Policy>,
+    cfg: &ServerConfig,
+    shutdown: Shutdown,
+) -> anyhow::Result<(FacilitiesServiceServer<Facilities>, Db)> {
+    let db = Db::connect(database_url, store::MIGRATIONS, DbOptions::default()).await?;
+    let svc = Facilities::new(
+        store::Store::new(db.clone()),
+        policy,
+        shutdown,
+        cfg.max_streams_per_agency,
+    );
+    Ok((
+        FacilitiesServiceServer::new(svc)
+            .max_decoding_message_size(cfg.max_message_bytes)
+            .max_encoding_message_size(cfg.max_message_bytes),
+        db,
+    ))
+}

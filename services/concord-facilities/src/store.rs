@@ -1,0 +1,418 @@
+//! The facilities' storage: every SQL statement and transaction of the service. Each write
+//! checks the caller may change the facility, applies the change, records it in the timeline,
+//! the audit log and the outbox, in one commit.
+
+use concord_platform::access::Access;
+use concord_platform::audit;
+use concord_platform::error::{Error, Result};
+use concord_platform::idempotency;
+use concord_platform::outbox::{self, NewEvent};
+use concord_platform::policy::Basis;
+use concord_platform::sql::Sql;
+use concord_platform::storage::{Db, Migrations, SqlxResultExt, Tx};
+use concord_platform::time::now_micros;
+use prost::Message;
+use sqlx::any::AnyRow;
+use sqlx::Row;
+
+use crate::domain::*;
+
+static SQLITE: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+static POSTGRES: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+
+/// The service's migrations, for [`Db::connect`].
+pub const MIGRATIONS: Migrations = Migrations { sqlite: &SQLITE, postgres: &POSTGRES };
+
+/// Type URL of event payloads.
+pub const FACILITY_TYPE_URL: &str = "type.googleapis.com/concord.facilities.v1.Facility";
+
+const COLUMNS: &str = "id, doc, kind, custodian_agency, security_status, security_status_reason, \
+                       security_status_time, version, create_time, update_time";
+
+/// The facilities' storage.
+#[derive(Debug, Clone)]
+pub struct Store {
+    db: Db,
+}
+
+fn from_row(r: &AnyRow) -> Result<Facility> {
+    let doc: String = r.try_get("doc").db()?;
+    let status: String = r.try_get("security_status").db()?;
+    Ok(Facility {
+        id: r.try_get("id").db()?,
+        data: serde_json::from_str(&doc).map_err(Error::internal)?,
+        custodian_agency: r.try_get("custodian_agency").db()?,
+        security_status: SecurityStatus::parse(&status)
+            .ok_or_else(|| Error::internal(anyhow::anyhow!("stored status '{status}'")))?,
+        security_status_reason: r.try_get("security_status_reason").db()?,
+        security_status_time: r.try_get("security_status_time").db()?,
+        version: r.try_get("version").db()?,
+        create_time: r.try_get("create_time").db()?,
+        update_time: r.try_get("update_time").db()?,
+    })
+}
+
+fn event_from_row(r: &AnyRow) -> Result<FacilityEvent> {
+    let kind: String = r.try_get("kind").db()?;
+    let from: String = r.try_get("from_status").db()?;
+    let to: String = r.try_get("to_status").db()?;
+    Ok(FacilityEvent {
+        id: r.try_get("id").db()?,
+        facility_id: r.try_get("facility_id").db()?,
+        kind: EventKind::parse(&kind)
+            .ok_or_else(|| Error::internal(anyhow::anyhow!("stored event kind '{kind}'")))?,
+        from_status: SecurityStatus::parse(&from),
+        to_status: SecurityStatus::parse(&to),
+        from_custodian: r.try_get("from_custodian").db()?,
+        to_custodian: r.try_get("to_custodian").db()?,
+        reason: r.try_get("reason").db()?,
+        reporter: r.try_get("reporter").db()?,
+        recorded_by: r.try_get("recorded_by").db()?,
+        occur_time: r.try_get("occur_time").db()?,
+        record_time: r.try_get("record_time").db()?,
+    })
+}
+
+/// PERMISSION_DENIED unless the caller may change `f`: the coordinator (whose policy sees
+/// every record) may change any facility, a custodial authority only those it runs.
+fn check_custodian(access: &Access, f: &Facility) -> Result<()> {
+    if access.grant.sees(Basis::All) || f.custodian_agency == access.principal.agency {
+        Ok(())
+    } else {
+        Err(Error::PermissionDenied(format!(
+            "{} is run by {}; only its custodian or the coordinator may change it",
+            f.name(),
+            f.custodian_agency
+        )))
+    }
+}
+
+/// The outbox event for a change of `f`; facility data is not personal, so every watcher
+/// sees it.
+fn event(event_type: &'static str, f: &Facility) -> NewEvent {
+    NewEvent {
+        event_type,
+        resource_name: f.name(),
+        scope_tags: None,
+        payload: prost_types::Any {
+            type_url: FACILITY_TYPE_URL.into(),
+            value: crate::grpc::facility_out(f).encode_to_vec(),
+        },
+    }
+}
+
+async fn fetch(tx: &mut Tx, id: &str) -> Result<Facility> {
+    let row = sqlx::query(&format!("SELECT {COLUMNS} FROM facilities WHERE id = $1"))
+        .bind(id)
+        .fetch_optional(tx.conn())
+        .await
+        .db()?;
+    match row {
+        Some(r) => from_row(&r),
+        None => Err(Error::NotFound(format!("facilities/{id}"))),
+    }
+}
+
+fn check_version(f: &Facility, expected: Option<i64>) -> Result<()> {
+    match expected {
+        Some(v) if v != f.version => Err(Error::Aborted(format!(
+            "etag mismatch: {} is at etag {}, the request carried \"{v}\"; read it again and retry",
+            f.name(),
+            f.etag()
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// Writes the changed row if its version is still the one read (compare-and-set).
+async fn save(tx: &mut Tx, f: &Facility) -> Result<()> {
+    let doc = serde_json::to_string(&f.data).map_err(Error::internal)?;
+    let updated = sqlx::query(
+        "UPDATE facilities SET doc = $1, kind = $2, custodian_agency = $3, security_status = $4, \
+         security_status_reason = $5, security_status_time = $6, version = $7, update_time = $8 \
+         WHERE id = $9 AND version = $10",
+    )
+    .bind(doc)
+    .bind(f.data.kind.as_str())
+    .bind(&f.custodian_agency)
+    .bind(f.security_status.as_str())
+    .bind(&f.security_status_reason)
+    .bind(f.security_status_time)
+    .bind(f.version)
+    .bind(f.update_time)
+    .bind(&f.id)
+    .bind(f.version - 1)
+    .execute(tx.conn())
+    .await
+    .db()?
+    .rows_affected();
+    if updated != 1 {
+        return Err(Error::Aborted(format!(
+            "{} changed concurrently; read it again and retry",
+            f.name()
+        )));
+    }
+    Ok(())
+}
+
+impl Store {
+    /// Wraps a connected database.
+    pub fn new(db: Db) -> Self {
+        Self { db }
+    }
+
+    /// The database.
+    pub fn db(&self) -> &Db {
+        &self.db
+    }
+
+    /// Creates a facility in NORMAL status.
+    pub async fn create(
+        &self,
+        access: &Access,
+        id: &str,
+        data: FacilityData,
+        custodian: &str,
+        request_id: Option<(String, String)>,
+    ) -> Result<Facility> {
+        let now = now_micros();
+        let f = Facility {
+            id: id.to_string(),
+            data,
+            custodian_agency: custodian.to_string(),
+            security_status: SecurityStatus::Normal,
+            security_status_reason: "created".into(),
+            security_status_time: now,
+            version: 1,
+            create_time: now,
+            update_time: now,
+        };
+        check_custodian(access, &f)?;
+        let mut tx = self.db.begin().await?;
+        if let Some((rid, fp)) = &request_id {
+            if let idempotency::Claim::Replay(_) =
+                idempotency::claim(&mut tx, &access.principal.agency, rid, "CreateFacility", fp)
+                    .await?
+            {
+                drop(tx);
+                return self.get(id).await;
+            }
+        }
+        let doc = serde_json::to_string(&f.data).map_err(Error::internal)?;
+        let inserted = sqlx::query(
+            "INSERT INTO facilities (id, doc, kind, custodian_agency, security_status, security_status_reason, \
+             security_status_time, version, create_time, update_time) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
+             ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(&f.id)
+        .bind(doc)
+        .bind(f.data.kind.as_str())
+        .bind(&f.custodian_agency)
+        .bind(f.security_status.as_str())
+        .bind(&f.security_status_reason)
+        .bind(f.security_status_time)
+        .bind(f.version)
+        .bind(f.create_time)
+        .bind(f.update_time)
+        .execute(tx.conn())
+        .await
+        .db()?
+        .rows_affected();
+        if inserted != 1 {
+            return Err(Error::AlreadyExists(f.name()));
+        }
+        if let Some((rid, _)) = &request_id {
+            idempotency::complete(&mut tx, &access.principal.agency, rid, &f.name()).await?;
+        }
+        audit::append(&mut tx, &access.entry(f.name(), "*", "OK")).await?;
+        outbox::append(&mut tx, event("facility.created", &f)).await?;
+        tx.commit().await?;
+        Ok(f)
+    }
+
+    /// One facility.
+    pub async fn get(&self, id: &str) -> Result<Facility> {
+        let row = sqlx::query(&format!("SELECT {COLUMNS} FROM facilities WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(self.db.reader())
+            .await
+            .db()?;
+        match row {
+            Some(r) => from_row(&r),
+            None => Err(Error::NotFound(format!("facilities/{id}"))),
+        }
+    }
+
+    /// Facilities by id after `after`, matching `filter`.
+    pub async fn list(
+        &self,
+        filter: Option<&Sql>,
+        after: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<Facility>> {
+        let mut sql = Sql::new(format!("SELECT {COLUMNS} FROM facilities f WHERE 1 = 1"));
+        if let Some(f) = filter {
+            sql.push(" AND ").append(f);
+        }
+        if let Some(a) = after {
+            sql.push(" AND f.id > ").bind_text(a);
+        }
+        sql.push(" ORDER BY f.id LIMIT ").bind_int(limit);
+        let rows = sql.query(self.db.dialect()).fetch_all(self.db.reader()).await.db()?;
+        rows.iter().map(from_row).collect()
+    }
+
+    /// Applies `change` to a facility's written fields.
+    pub async fn update<F>(
+        &self,
+        access: &Access,
+        id: &str,
+        fields: &str,
+        expected_version: Option<i64>,
+        request_id: Option<(String, String)>,
+        change: F,
+    ) -> Result<Facility>
+    where
+        F: FnOnce(&FacilityData) -> Result<FacilityData>,
+    {
+        let mut tx = self.db.begin().await?;
+        if let Some((rid, fp)) = &request_id {
+            if let idempotency::Claim::Replay(_) =
+                idempotency::claim(&mut tx, &access.principal.agency, rid, "UpdateFacility", fp)
+                    .await?
+            {
+                drop(tx);
+                return self.get(id).await;
+            }
+        }
+        let mut f = fetch(&mut tx, id).await?;
+        check_custodian(access, &f)?;
+        check_version(&f, expected_version)?;
+        f.data = change(&f.data)?;
+        f.version += 1;
+        f.update_time = now_micros();
+        save(&mut tx, &f).await?;
+        if let Some((rid, _)) = &request_id {
+            idempotency::complete(&mut tx, &access.principal.agency, rid, &f.name()).await?;
+        }
+        audit::append(&mut tx, &access.entry(f.name(), fields, "OK")).await?;
+        outbox::append(&mut tx, event("facility.updated", &f)).await?;
+        tx.commit().await?;
+        Ok(f)
+    }
+
+    /// Changes a facility's security status or custodian, recording it in the timeline.
+    pub async fn change(&self, access: &Access, c: Change) -> Result<Facility> {
+        let method = if c.to_status.is_some() { "ChangeSecurityStatus" } else { "ChangeCustodian" };
+        let mut tx = self.db.begin().await?;
+        if let Some((rid, fp)) = &c.request_id {
+            if let idempotency::Claim::Replay(_) =
+                idempotency::claim(&mut tx, &access.principal.agency, rid, method, fp).await?
+            {
+                drop(tx);
+                return self.get(&c.facility_id).await;
+            }
+        }
+        let mut f = fetch(&mut tx, &c.facility_id).await?;
+        check_custodian(access, &f)?;
+        check_version(&f, c.expected_version)?;
+        let now = now_micros();
+        let from_status = f.security_status;
+        let from_custodian = f.custodian_agency.clone();
+        let (kind, event_type) = match (&c.to_status, &c.to_custodian) {
+            (Some(to), _) => {
+                if !from_status.can_become(*to) {
+                    return Err(Error::FailedPrecondition {
+                        reason: "INVALID_SECURITY_TRANSITION",
+                        message: format!(
+                            "{} is {from_status}; from there it may become {}",
+                            f.name(),
+                            match from_status.successors() {
+                                s if s.is_empty() => "nothing (final)".to_string(),
+                                s => s.join(", "),
+                            }
+                        ),
+                    });
+                }
+                f.security_status = *to;
+                f.security_status_reason = c.reason.clone();
+                f.security_status_time = c.occur_time;
+                (EventKind::SecurityStatus, "facility.security_status_changed")
+            }
+            (None, Some(to)) => {
+                if from_status.is_final() {
+                    return Err(Error::FailedPrecondition {
+                        reason: "FACILITY_FINAL",
+                        message: format!(
+                            "{} is {from_status}; its custodian no longer changes",
+                            f.name()
+                        ),
+                    });
+                }
+                if *to == f.custodian_agency {
+                    return Err(Error::invalid(
+                        "custodian_agency",
+                        format!("{to} already runs {}", f.name()),
+                    ));
+                }
+                f.custodian_agency = to.clone();
+                (EventKind::Custodian, "facility.custodian_changed")
+            }
+            (None, None) => {
+                return Err(Error::internal(anyhow::anyhow!("a change with nothing to change")))
+            }
+        };
+        f.version += 1;
+        f.update_time = now;
+        save(&mut tx, &f).await?;
+        sqlx::query(
+            "INSERT INTO facility_events (id, facility_id, kind, from_status, to_status, from_custodian, to_custodian, \
+             reason, reporter, recorded_by, occur_time, record_time) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+        )
+        .bind(uuid::Uuid::now_v7().to_string())
+        .bind(&f.id)
+        .bind(kind.as_str())
+        .bind(if kind == EventKind::SecurityStatus { from_status.as_str() } else { "" })
+        .bind(if kind == EventKind::SecurityStatus { f.security_status.as_str() } else { "" })
+        .bind(if kind == EventKind::Custodian { from_custodian.as_str() } else { "" })
+        .bind(if kind == EventKind::Custodian { f.custodian_agency.as_str() } else { "" })
+        .bind(&c.reason)
+        .bind(&c.reporter)
+        .bind(&access.principal.agency)
+        .bind(c.occur_time)
+        .bind(now)
+        .execute(tx.conn())
+        .await
+        .db()?;
+        if let Some((rid, _)) = &c.request_id {
+            idempotency::complete(&mut tx, &access.principal.agency, rid, &f.name()).await?;
+        }
+        let fields =
+            if kind == EventKind::SecurityStatus { "security_status" } else { "custodian_agency" };
+        audit::append(&mut tx, &access.entry(f.name(), fields, "OK")).await?;
+        outbox::append(&mut tx, event(event_type, &f)).await?;
+        tx.commit().await?;
+        Ok(f)
+    }
+
+    /// A facility's timeline after `after`, oldest first.
+    pub async fn events(
+        &self,
+        id: &str,
+        after: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<FacilityEvent>> {
+        self.get(id).await?;
+        let mut sql = Sql::new(
+            "SELECT id, facility_id, kind, from_status, to_status, from_custodian, to_custodian, reason, \
+             reporter, recorded_by, occur_time, record_time FROM facility_events WHERE facility_id = ",
+        );
+        sql.bind_text(id);
+        if let Some(a) = after {
+            sql.push(" AND id > ").bind_text(a);
+        }
+        sql.push(" ORDER BY id LIMIT ").bind_int(limit);
+        let rows = sql.query(self.db.dialect()).fetch_all(self.db.reader()).await.db()?;
+        rows.iter().map(event_from_row).collect()
+    }
+}

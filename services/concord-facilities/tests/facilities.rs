@@ -1,0 +1,472 @@
+//! The facilities service on a real server: facilities and their sections, the security
+//! status machine and its timeline, custodian changes, who may change what (the
+//! authorization matrix rows of every RPC), bad input, audit and the change stream.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use concord_platform::auth::{HeaderCredentials, Principal};
+use concord_platform::policy::{Action, Policy};
+use concord_platform::server::{Services, Shutdown};
+use concord_platform::storage::Db;
+use concord_proto::facilities::v1 as pb;
+use concord_proto::facilities::v1::facilities_service_client::FacilitiesServiceClient;
+use concord_testkit::{caller, coordinator, custodial, justice, ministry, monitor, TestServer};
+use futures::StreamExt;
+use prost::Message;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
+use tonic::Code;
+use tonic_types::StatusExt;
+
+type Client = FacilitiesServiceClient<InterceptedService<Channel, HeaderCredentials>>;
+
+struct Harness {
+    server: TestServer,
+    db: Db,
+    _t: concord_testkit::TestDb,
+}
+
+impl Harness {
+    async fn start() -> Self {
+        let t = concord_testkit::database().await.unwrap();
+        let (trigger, shutdown) = Shutdown::new();
+        let cfg = concord_testkit::server_config();
+        let (svc, db) =
+            concord_facilities::build(&t.url, Arc::new(Policy::embedded()), &cfg, shutdown.clone())
+                .await
+                .unwrap();
+        let server =
+            TestServer::start(Services::new().with(svc), trigger, shutdown, cfg).await.unwrap();
+        Harness { server, db, _t: t }
+    }
+
+    async fn client(&self, p: Principal) -> Client {
+        let ch = Channel::from_shared(self.server.uri()).unwrap().connect().await.unwrap();
+        FacilitiesServiceClient::with_interceptor(ch, caller(p))
+    }
+}
+
+/// The custodial authority of the testkit, which runs al-hol and roj.
+fn guard() -> Principal {
+    custodial(&["al-hol", "roj"])
+}
+
+fn facility(display_name: &str) -> pb::Facility {
+    pb::Facility {
+        display_name: display_name.into(),
+        kind: pb::FacilityKind::Camp as i32,
+        location: Some(pb::Location {
+            latitude: 36.37,
+            longitude: 40.99,
+            region: "Hasakah".into(),
+        }),
+        sections: vec![pb::Section {
+            section_id: "annex".into(),
+            display_name: "Annex".into(),
+            capacities: vec![
+                pb::Capacity {
+                    sex: pb::PlaceSex::Female as i32,
+                    age_band: pb::AgeBand::Adult as i32,
+                    places: 500,
+                },
+                pb::Capacity {
+                    sex: pb::PlaceSex::Male as i32,
+                    age_band: pb::AgeBand::Child as i32,
+                    places: 800,
+                },
+            ],
+        }],
+        ..Default::default()
+    }
+}
+
+async fn create(c: &mut Client, id: &str, custodian: &str) -> Result<pb::Facility, tonic::Status> {
+    c.create_facility(pb::CreateFacilityRequest {
+        facility_id: id.into(),
+        facility: Some(facility(&format!("{id} camp"))),
+        custodian_agency: custodian.into(),
+        request_id: String::new(),
+    })
+    .await
+    .map(|r| r.into_inner())
+}
+
+async fn status(
+    c: &mut Client,
+    id: &str,
+    to: pb::SecurityStatus,
+) -> Result<pb::Facility, tonic::Status> {
+    c.change_security_status(pb::ChangeSecurityStatusRequest {
+        name: format!("facilities/{id}"),
+        status: to as i32,
+        reason: "gunfire at the north gate".into(),
+        reporter: "gate post 3".into(),
+        ..Default::default()
+    })
+    .await
+    .map(|r| r.into_inner())
+}
+
+fn violations(s: &tonic::Status) -> Vec<String> {
+    s.get_error_details()
+        .bad_request()
+        .map(|b| b.field_violations.iter().map(|v| v.field.clone()).collect())
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn facilities_are_created_validated_and_updated_with_etags() {
+    let h = Harness::start().await;
+    let mut g = h.client(guard()).await;
+    let camp = create(&mut g, "al-hol", "custodial-authority").await.unwrap();
+    assert_eq!(camp.name, "facilities/al-hol");
+    assert_eq!(camp.security_status, pb::SecurityStatus::Normal as i32);
+    assert_eq!(camp.custodian_agency, "custodial-authority");
+    assert_eq!(
+        create(&mut g, "al-hol", "custodial-authority").await.unwrap_err().code(),
+        Code::AlreadyExists
+    );
+
+    // Bad input: every field at fault is named, and nothing is stored.
+    let mut bad = facility("");
+    bad.location = Some(pb::Location { latitude: 95.0, longitude: 40.0, region: String::new() });
+    bad.sections.push(bad.sections[0].clone());
+    bad.sections[0].capacities[0].places = -1;
+    let twice = bad.sections[0].capacities[1];
+    bad.sections[0].capacities.push(twice);
+    let err = g
+        .create_facility(pb::CreateFacilityRequest {
+            facility_id: "Bad Id".into(),
+            facility: Some(bad),
+            custodian_agency: "custodial-authority".into(),
+            request_id: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    let fields: BTreeSet<String> = violations(&err).into_iter().collect();
+    for f in [
+        "facility_id",
+        "facility.display_name",
+        "facility.location.latitude",
+        "facility.sections[0].capacities[0].places",
+        "facility.sections[0].capacities[2]",
+        "facility.sections[1].section_id",
+    ] {
+        assert!(fields.contains(f), "{f} in {fields:?}");
+    }
+    let listed =
+        g.list_facilities(pb::ListFacilitiesRequest::default()).await.unwrap().into_inner();
+    assert_eq!(listed.facilities.len(), 1, "nothing of the bad request was stored");
+
+    // Update with a field mask and an etag.
+    let mut renamed = camp.clone();
+    renamed.display_name = "al-Hol camp".into();
+    let updated = g
+        .update_facility(pb::UpdateFacilityRequest {
+            facility: Some(renamed.clone()),
+            update_mask: Some(prost_types::FieldMask { paths: vec!["display_name".into()] }),
+            request_id: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(updated.display_name, "al-Hol camp");
+    assert_eq!(updated.sections, camp.sections, "fields outside the mask are kept");
+    let stale = g
+        .update_facility(pb::UpdateFacilityRequest {
+            facility: Some(renamed.clone()),
+            update_mask: Some(prost_types::FieldMask { paths: vec!["display_name".into()] }),
+            request_id: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(stale.code(), Code::Aborted, "the etag of the first read is stale now");
+    let err = g
+        .update_facility(pb::UpdateFacilityRequest {
+            facility: Some(updated.clone()),
+            update_mask: Some(prost_types::FieldMask { paths: vec!["security_status".into()] }),
+            request_id: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(violations(&err), vec!["update_mask.paths[security_status]"]);
+
+    // Filters.
+    let mut cell = h.client(coordinator()).await;
+    create(&mut cell, "ghwayran", "sdf-prisons").await.unwrap();
+    let by_custodian = cell
+        .list_facilities(pb::ListFacilitiesRequest {
+            filter: "custodian_agency = \"sdf-prisons\"".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(by_custodian.facilities.len(), 1);
+    assert_eq!(by_custodian.facilities[0].name, "facilities/ghwayran");
+}
+
+#[tokio::test]
+async fn security_status_follows_its_machine_and_custodian_changes_are_recorded() {
+    let h = Harness::start().await;
+    let mut cell = h.client(coordinator()).await;
+    let mut g = h.client(guard()).await;
+    create(&mut g, "al-hol", "custodial-authority").await.unwrap();
+
+    let err = status(&mut g, "al-hol", pb::SecurityStatus::Compromised).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    assert!(
+        err.message().contains("NORMAL") && err.message().contains("ELEVATED"),
+        "{}",
+        err.message()
+    );
+    for to in [
+        pb::SecurityStatus::Elevated,
+        pb::SecurityStatus::High,
+        pb::SecurityStatus::Lockdown,
+        pb::SecurityStatus::Compromised,
+        pb::SecurityStatus::Recovering,
+    ] {
+        let f = status(&mut g, "al-hol", to).await.unwrap();
+        assert_eq!(f.security_status, to as i32);
+        assert_eq!(f.security_status_reason, "gunfire at the north gate");
+    }
+    let err = g
+        .change_security_status(pb::ChangeSecurityStatusRequest {
+            name: "facilities/al-hol".into(),
+            status: pb::SecurityStatus::Normal as i32,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    let mut fields = violations(&err);
+    fields.sort();
+    assert_eq!(fields, vec!["reason", "reporter"]);
+
+    // The camp passes to another authority: one recorded event; the old custodian may no
+    // longer change it, and only the coordinator records the change.
+    let err = g
+        .change_custodian(pb::ChangeCustodianRequest {
+            name: "facilities/al-hol".into(),
+            custodian_agency: "interim-authority".into(),
+            reason: "handover agreement".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
+    let f = cell
+        .change_custodian(pb::ChangeCustodianRequest {
+            name: "facilities/al-hol".into(),
+            custodian_agency: "interim-authority".into(),
+            reason: "handover agreement of 1 March".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(f.custodian_agency, "interim-authority");
+    let err = status(&mut g, "al-hol", pb::SecurityStatus::Normal).await.unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
+    assert!(err.message().contains("interim-authority"));
+    let mut interim = h.client(Principal { agency: "interim-authority".into(), ..guard() }).await;
+    status(&mut interim, "al-hol", pb::SecurityStatus::Normal).await.unwrap();
+
+    let events = g
+        .list_facility_events(pb::ListFacilityEventsRequest {
+            parent: "facilities/al-hol".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .facility_events;
+    let kinds: Vec<String> = events
+        .iter()
+        .map(|e| {
+            if e.kind == pb::FacilityEventKind::Custodian as i32 {
+                format!("{} -> {}", e.from_custodian, e.to_custodian)
+            } else {
+                format!(
+                    "{} -> {}",
+                    pb::SecurityStatus::try_from(e.from_status).unwrap().as_str_name(),
+                    pb::SecurityStatus::try_from(e.to_status).unwrap().as_str_name()
+                )
+            }
+        })
+        .collect();
+    assert_eq!(kinds.len(), 7, "{kinds:?}");
+    assert_eq!(kinds[5], "custodial-authority -> interim-authority");
+    assert_eq!(kinds[6], "SECURITY_STATUS_RECOVERING -> SECURITY_STATUS_NORMAL");
+    assert_eq!(events[6].recorded_by, "interim-authority");
+
+    // Final statuses end the machine.
+    cell.change_security_status(pb::ChangeSecurityStatusRequest {
+        name: "facilities/al-hol".into(),
+        status: pb::SecurityStatus::Closed as i32,
+        reason: "camp emptied".into(),
+        reporter: "coordination cell".into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let err = status(&mut cell, "al-hol", pb::SecurityStatus::Elevated).await.unwrap_err();
+    assert!(err.message().contains("nothing (final)"), "{}", err.message());
+
+    // Every change is in the audit log, with its purpose; the stream carries them all.
+    let audit = concord_platform::audit::export(&h.db, 0, 1000).await.unwrap();
+    assert_eq!(
+        audit
+            .iter()
+            .filter(|e| e.entry.action == "ChangeSecurityStatus" && e.entry.outcome == "OK")
+            .count(),
+        7
+    );
+    assert!(audit
+        .iter()
+        .any(|e| e.entry.action == "ChangeCustodian" && e.entry.agency == "coalition-cell"));
+    assert!(audit.iter().all(|e| e.entry.purpose == "concord integration test"));
+    let mut watch = h
+        .client(monitor())
+        .await
+        .watch_changes(pb::WatchChangesRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let first = loop {
+        let e = watch.next().await.unwrap().unwrap().event.unwrap();
+        if !e.bookmark {
+            break e;
+        }
+    };
+    assert_eq!(first.event_type, "facility.created");
+    let payload = pb::Facility::decode(first.resource.unwrap().value.as_slice()).unwrap();
+    assert_eq!(payload.name, "facilities/al-hol");
+}
+
+/// Every RPC with the action the policy checks for it.
+const RPCS: &[(&str, Action)] = &[
+    ("CreateFacility", Action::FacilitiesManage),
+    ("GetFacility", Action::FacilitiesRead),
+    ("ListFacilities", Action::FacilitiesRead),
+    ("UpdateFacility", Action::FacilitiesManage),
+    ("ChangeSecurityStatus", Action::FacilitiesSecurity),
+    ("ChangeCustodian", Action::FacilitiesCustodian),
+    ("ListFacilityEvents", Action::FacilitiesRead),
+    ("WatchChanges", Action::FacilitiesRead),
+];
+
+async fn call(c: &mut Client, rpc: &str, id: &str, custodian: &str) -> Result<(), tonic::Status> {
+    let name = format!("facilities/{id}");
+    match rpc {
+        "CreateFacility" => {
+            create(c, &format!("{id}-{}", uuid::Uuid::new_v4().simple()), custodian).await?;
+        }
+        "GetFacility" => {
+            c.get_facility(pb::GetFacilityRequest { name }).await?;
+        }
+        "ListFacilities" => {
+            c.list_facilities(pb::ListFacilitiesRequest::default()).await?;
+        }
+        "UpdateFacility" => {
+            let mut f = c.get_facility(pb::GetFacilityRequest { name }).await?.into_inner();
+            f.display_name.push('.');
+            c.update_facility(pb::UpdateFacilityRequest {
+                facility: Some(f),
+                update_mask: Some(prost_types::FieldMask { paths: vec!["display_name".into()] }),
+                request_id: String::new(),
+            })
+            .await?;
+        }
+        "ChangeSecurityStatus" => {
+            let f =
+                c.get_facility(pb::GetFacilityRequest { name: name.clone() }).await?.into_inner();
+            let to = if f.security_status == pb::SecurityStatus::Normal as i32 {
+                pb::SecurityStatus::Elevated
+            } else {
+                pb::SecurityStatus::Normal
+            };
+            status(c, id, to).await?;
+        }
+        "ChangeCustodian" => {
+            // Hands the facility over and back, so the matrix leaves it as it found it.
+            for to in ["interim-authority", custodian] {
+                c.change_custodian(pb::ChangeCustodianRequest {
+                    name: name.clone(),
+                    custodian_agency: to.into(),
+                    reason: "matrix".into(),
+                    ..Default::default()
+                })
+                .await?;
+            }
+        }
+        "ListFacilityEvents" => {
+            c.list_facility_events(pb::ListFacilityEventsRequest {
+                parent: name,
+                ..Default::default()
+            })
+            .await?;
+        }
+        "WatchChanges" => {
+            let mut s = c.watch_changes(pb::WatchChangesRequest::default()).await?.into_inner();
+            s.next().await.unwrap()?;
+        }
+        other => panic!("no call for {other}"),
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn every_rpc_for_every_kind_of_principal_is_decided_by_the_policy_and_the_custodian() {
+    let fds = prost_types::FileDescriptorSet::decode(concord_proto::FILE_DESCRIPTOR_SET).unwrap();
+    let declared: BTreeSet<String> = fds
+        .file
+        .iter()
+        .flat_map(|f| f.service.iter())
+        .filter(|s| s.name() == "FacilitiesService")
+        .flat_map(|s| s.method.iter().map(|m| m.name().to_string()))
+        .collect();
+    let covered: BTreeSet<String> = RPCS.iter().map(|(r, _)| r.to_string()).collect();
+    assert_eq!(covered, declared, "every RPC joins the matrix");
+
+    let h = Harness::start().await;
+    let mut cell = h.client(coordinator()).await;
+    // One facility the testkit's custodial authority runs, one another authority runs.
+    create(&mut cell, "al-hol", "custodial-authority").await.unwrap();
+    create(&mut cell, "ghwayran", "sdf-prisons").await.unwrap();
+    let policy = Policy::embedded();
+    let callers = [
+        ("coordinator", coordinator(), true),
+        ("FR ministry", ministry("FR"), false),
+        ("FR justice", justice("FR"), false),
+        ("custodial authority", guard(), false),
+        ("humanitarian monitor", monitor(), false),
+        ("service", Principal::service("svc"), false),
+    ];
+    for (label, p, sees_all) in callers {
+        let grant = policy.grant(&p);
+        let mut c = h.client(p.clone()).await;
+        for (rpc, action) in RPCS {
+            for (id, custodian) in [("al-hol", "custodial-authority"), ("ghwayran", "sdf-prisons")]
+            {
+                let at = format!("{label} {rpc} on {id}");
+                let result = call(&mut c, rpc, id, custodian).await;
+                let own = sees_all || custodian == p.agency;
+                let write = !matches!(action, Action::FacilitiesRead);
+                match (&result, grant.allows(*action)) {
+                    (Err(s), false) => assert_eq!(s.code(), Code::PermissionDenied, "{at}"),
+                    (Ok(()), false) => panic!("{at}: succeeded without {}", action.as_str()),
+                    (Err(s), true) if write && !own => {
+                        assert_eq!(s.code(), Code::PermissionDenied, "{at}: {s:?}")
+                    }
+                    (Err(s), true) => panic!("{at}: refused although permitted: {s:?}"),
+                    (Ok(()), true) => assert!(own || !write, "{at}: changed another's facility"),
+                }
+            }
+        }
+    }
+}
