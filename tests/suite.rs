@@ -140,6 +140,76 @@ async fn serve_answers_health_and_traces_errors_with_the_callers_trace_id() {
         .into_inner();
     assert!(listed.facilities.is_empty());
 
+    // The facilities service follows the registry over mutual TLS as its own service
+    // identity: a person admitted in the registry is counted in the facility's occupancy.
+    use concord_proto::facilities::v1 as fpb;
+    let tls = s.pki.agency("custodial-authority").client_config("localhost").unwrap();
+    let ch = Channel::from_shared(format!("https://{}", s.running.facilities.unwrap()))
+        .unwrap()
+        .tls_config(tls)
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut guard = fpb::facilities_service_client::FacilitiesServiceClient::with_interceptor(
+        ch,
+        Purpose("end-to-end test".into()),
+    );
+    guard
+        .create_facility(fpb::CreateFacilityRequest {
+            facility_id: "roj".into(),
+            facility: Some(fpb::Facility {
+                display_name: "Roj camp".into(),
+                kind: fpb::FacilityKind::Camp as i32,
+                location: Some(fpb::Location {
+                    latitude: 36.85,
+                    longitude: 42.12,
+                    region: String::new(),
+                }),
+                sections: vec![fpb::Section { section_id: "main".into(), ..Default::default() }],
+                ..Default::default()
+            }),
+            custodian_agency: "custodial-authority".into(),
+            request_id: String::new(),
+        })
+        .await
+        .unwrap();
+    let mut cell = s.client("coalition-coordinator").await;
+    let p = cell
+        .create_person(pb::CreatePersonRequest {
+            person: Some(person("NL")),
+            request_id: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    cell.admit_person(pb::AdmitPersonRequest {
+        name: p.name,
+        facility_id: "roj".into(),
+        section_id: "main".into(),
+        transition: Some(pb::CustodyTransition {
+            reason: "arrived".into(),
+            source: "camp registration".into(),
+            ..Default::default()
+        }),
+    })
+    .await
+    .unwrap();
+    let mut counted = 0;
+    for _ in 0..200 {
+        counted = guard
+            .get_occupancy(fpb::GetOccupancyRequest { name: "facilities/roj".into() })
+            .await
+            .unwrap()
+            .into_inner()
+            .total;
+        if counted == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(counted, 1, "the projection followed the registry over mTLS");
+
     let mut c = s.client("coalition-coordinator").await;
     let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
     let mut req = tonic::Request::new(pb::GetPersonRequest { name: "persons/nope".into() });

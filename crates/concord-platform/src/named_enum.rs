@@ -17,7 +17,7 @@
 macro_rules! named_enum {
     ($(#[$m:meta])* pub enum $name:ident($prefix:literal) { $($(#[$vm:meta])* $variant:ident = $s:literal),+ $(,)? }) => {
         $(#[$m])*
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
         pub enum $name { $($(#[$vm])* $variant),+ }
 
         impl $name {

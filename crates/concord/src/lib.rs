@@ -50,6 +50,17 @@ pub struct Config {
     /// Address of the facilities service's gRPC server.
     #[arg(long, env = "CONCORD_FACILITIES_ADDR", default_value = "127.0.0.1:50052")]
     pub facilities_addr: SocketAddr,
+    /// The registry as other services reach it; default: the registry this process runs, or
+    /// https://localhost:50051.
+    #[arg(long, env = "CONCORD_REGISTRY_URL")]
+    pub registry_url: Option<String>,
+    /// PEM certificate this process presents when it calls other services (a `service`
+    /// agency of the directory); default: the demo PKI's concord-facilities.
+    #[arg(long, env = "CONCORD_SERVICE_CERT", requires = "service_key")]
+    pub service_cert: Option<PathBuf>,
+    /// PEM key of --service-cert.
+    #[arg(long, env = "CONCORD_SERVICE_KEY")]
+    pub service_key: Option<PathBuf>,
     /// Facilities database (sqlite:// or postgres://); default: a SQLite file in the data folder.
     #[arg(long, env = "CONCORD_FACILITIES_DATABASE_URL")]
     pub facilities_database_url: Option<String>,
@@ -251,10 +262,12 @@ pub async fn start(
             Some(launcher.launch(cfg.registry_addr, Services::new().with(svc), db).await?);
     }
     if matches!(cfg.target, Target::All | Target::Facilities) {
+        let link = registry_link(cfg, running.registry)?;
         let (svc, db) = concord_facilities::build(
             &cfg.facilities_database_url(),
             policy.clone(),
             &cfg.server,
+            Some(link),
             shutdown.clone(),
         )
         .await?;
@@ -270,6 +283,33 @@ pub async fn start(
         Ok(())
     };
     Ok((running, all))
+}
+
+/// How the facilities service reaches the registry: the one this process runs (`local`), or
+/// --registry-url; as its own service identity over mutual TLS.
+fn registry_link(
+    cfg: &Config,
+    local: Option<SocketAddr>,
+) -> anyhow::Result<concord_facilities::occupancy::RegistryLink> {
+    let uri = match (&cfg.registry_url, local) {
+        (Some(u), _) => u.clone(),
+        (None, Some(a)) => format!("https://localhost:{}", a.port()),
+        (None, None) => "https://localhost:50051".into(),
+    };
+    let demo = pki::DemoPki { dir: cfg.demo_pki_dir(), created: false };
+    let ca = cfg.tls_client_ca.clone().unwrap_or_else(|| demo.server().ca);
+    let files = match (&cfg.service_cert, &cfg.service_key) {
+        (Some(cert), Some(key)) => TlsFiles { cert: cert.clone(), key: key.clone(), ca },
+        _ => TlsFiles { ca, ..demo.agency("concord-facilities") },
+    };
+    let host = uri
+        .split("://")
+        .nth(1)
+        .and_then(|r| r.split([':', '/']).next())
+        .unwrap_or("localhost")
+        .to_string();
+    let tls = if uri.starts_with("https://") { Some(files.client_config(&host)?) } else { None };
+    Ok(concord_facilities::occupancy::RegistryLink { uri, tls, principal: None })
 }
 
 /// Binds and serves each service of a process the same way.

@@ -256,6 +256,64 @@ pub fn facility_out(f: &Facility) -> pb::Facility {
     }
 }
 
+/// Places for `(section, sex, band)` in `f`.
+fn places(f: &FacilityData, section: &str, sex: Option<PlaceSex>, band: AgeBand) -> i32 {
+    f.sections
+        .iter()
+        .filter(|s| s.section_id == section)
+        .flat_map(|s| s.capacities.iter())
+        .filter(|c| Some(c.sex) == sex && c.age_band == band)
+        .map(|c| c.places)
+        .sum()
+}
+
+fn occupancy_out(f: &Facility, o: &crate::occupancy::Occupancy) -> pb::Occupancy {
+    pb::Occupancy {
+        name: f.name(),
+        total: o.total,
+        lines: o
+            .lines
+            .iter()
+            .map(|((section, sex, band), count)| pb::OccupancyLine {
+                section_id: section.clone(),
+                sex: sex.map_or(0, |s| enum_out!(pb::PlaceSex, s)),
+                age_band: enum_out!(pb::AgeBand, *band),
+                count: *count,
+                places: places(&f.data, section, *sex, *band),
+            })
+            .collect(),
+        nationalities: o
+            .nationalities
+            .iter()
+            .map(|(state, count)| pb::NationalityCount { state: state.clone(), count: *count })
+            .collect(),
+    }
+}
+
+/// FAILED_PRECONDITION naming each section, sex and age band whose new places are fewer than
+/// the people there now.
+pub(crate) fn check_capacity(new: &FacilityData, o: &crate::occupancy::Occupancy) -> Result<()> {
+    let short: Vec<String> = o
+        .lines
+        .iter()
+        .filter(|((section, _, _), _)| !section.is_empty())
+        .filter_map(|((section, sex, band), count)| {
+            let sex = (*sex)?;
+            let p = places(new, section, Some(sex), *band);
+            (i64::from(p) < *count)
+                .then(|| format!("{section} {sex} {band}: {p} places for {count} people"))
+        })
+        .collect();
+    if short.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::FailedPrecondition {
+            reason: "CAPACITY_BELOW_OCCUPANCY",
+            message: format!("capacity below current occupancy: {}", short.join("; ")),
+        })
+    }
+}
+
 fn event_out(e: &FacilityEvent) -> pb::FacilityEvent {
     pb::FacilityEvent {
         name: format!("facilities/{}/events/{}", e.facility_id, e.id),
@@ -372,6 +430,9 @@ impl FacilitiesService for Facilities {
         }
         v.finish(()).map_err(st)?;
         let fields = paths.join(",");
+        // Read before the write's transaction: the projection changes only as the registry's
+        // events arrive, and a capacity set in between is checked again on the next change.
+        let occupancy = crate::occupancy::occupancy(self.store.db(), &id).await.map_err(st)?;
         let f = self
             .store
             .update(&a, &id, &fields, expected, rid, |current| {
@@ -395,7 +456,11 @@ impl FacilitiesService for Facilities {
                         _ => {}
                     }
                 }
-                facility_data(&merged, "facility")
+                let new = facility_data(&merged, "facility")?;
+                if paths.iter().any(|p| p == "sections") {
+                    check_capacity(&new, &occupancy)?;
+                }
+                Ok(new)
             })
             .await
             .map_err(st)?;
@@ -482,6 +547,17 @@ impl FacilitiesService for Facilities {
             facility_events: es.iter().map(event_out).collect(),
             next_page_token: next,
         }))
+    }
+
+    async fn get_occupancy(
+        &self,
+        req: Request<pb::GetOccupancyRequest>,
+    ) -> Result<Response<pb::Occupancy>, Status> {
+        self.access(&req, Action::FacilitiesRead, "GetOccupancy").await?;
+        let id = facility_id(&req.get_ref().name, "name").map_err(st)?;
+        let f = self.store.get(&id).await.map_err(st)?;
+        let o = crate::occupancy::occupancy(self.store.db(), &id).await.map_err(st)?;
+        Ok(Response::new(occupancy_out(&f, &o)))
     }
 
     type WatchChangesStream = WatchStream;

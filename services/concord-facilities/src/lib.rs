@@ -6,9 +6,11 @@
 //! - [`grpc`]: the contract's surface; parses requests into [`domain`] values, maps errors.
 //! - [`domain`]: kinds, the security status machine, sections and capacity, validation.
 //! - [`store`]: every SQL statement and transaction, with audit and outbox in each write.
+//! - [`occupancy`]: who is placed where, projected from the registry's change stream.
 
 pub mod domain;
 pub mod grpc;
+pub mod occupancy;
 pub mod store;
 
 use std::sync::Arc;
@@ -22,14 +24,19 @@ use concord_proto::facilities::v1::facilities_service_server::FacilitiesServiceS
 pub use grpc::Facilities;
 
 /// Connects to the service's database (running migrations) and builds the gRPC service,
-/// enforcing `policy`, with the message size caps of `cfg`.
+/// enforcing `policy`, with the message size caps of `cfg`. With `registry`, it follows the
+/// registry's changes to keep occupancy current, until `shutdown`.
 pub async fn build(
     database_url: &str,
     policy: Arc<Policy>,
     cfg: &ServerConfig,
+    registry: Option<occupancy::RegistryLink>,
     shutdown: Shutdown,
 ) -> anyhow::Result<(FacilitiesServiceServer<Facilities>, Db)> {
     let db = Db::connect(database_url, store::MIGRATIONS, DbOptions::default()).await?;
+    if let Some(link) = registry {
+        tokio::spawn(occupancy::follow(db.clone(), link, shutdown.clone()));
+    }
     let svc = Facilities::new(
         store::Store::new(db.clone()),
         policy,

@@ -34,10 +34,15 @@ impl Harness {
         let t = concord_testkit::database().await.unwrap();
         let (trigger, shutdown) = Shutdown::new();
         let cfg = concord_testkit::server_config();
-        let (svc, db) =
-            concord_facilities::build(&t.url, Arc::new(Policy::embedded()), &cfg, shutdown.clone())
-                .await
-                .unwrap();
+        let (svc, db) = concord_facilities::build(
+            &t.url,
+            Arc::new(Policy::embedded()),
+            &cfg,
+            None,
+            shutdown.clone(),
+        )
+        .await
+        .unwrap();
         let server =
             TestServer::start(Services::new().with(svc), trigger, shutdown, cfg).await.unwrap();
         Harness { server, db, _t: t }
@@ -357,6 +362,7 @@ const RPCS: &[(&str, Action)] = &[
     ("ChangeSecurityStatus", Action::FacilitiesSecurity),
     ("ChangeCustodian", Action::FacilitiesCustodian),
     ("ListFacilityEvents", Action::FacilitiesRead),
+    ("GetOccupancy", Action::FacilitiesRead),
     ("WatchChanges", Action::FacilitiesRead),
 ];
 
@@ -410,6 +416,9 @@ async fn call(c: &mut Client, rpc: &str, id: &str, custodian: &str) -> Result<()
                 ..Default::default()
             })
             .await?;
+        }
+        "GetOccupancy" => {
+            c.get_occupancy(pb::GetOccupancyRequest { name }).await?;
         }
         "WatchChanges" => {
             let mut s = c.watch_changes(pb::WatchChangesRequest::default()).await?.into_inner();

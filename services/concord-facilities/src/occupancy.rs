@@ -1,0 +1,294 @@
+//! Occupancy: who is placed where, projected from the registry's change stream. The registry
+//! owns where a person is; this service follows it.
+//!
+//! The consumer reads `WatchChanges` from its stored cursor, applies each batch of events and
+//! stores the new cursor in the same transaction, so after a restart (or a lost connection)
+//! it resumes exactly after the last event it applied, and applying an event twice changes
+//! nothing (each event replaces the person's row with the snapshot it carries).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use concord_platform::auth::{HeaderCredentials, Principal, Purpose};
+use concord_platform::error::{Error, Result};
+use concord_platform::server::Shutdown;
+use concord_platform::sql::{Sql, SqlValue};
+use concord_platform::storage::{Db, SqlxResultExt};
+use concord_proto::registry::v1 as reg;
+use concord_proto::registry::v1::registry_service_client::RegistryServiceClient;
+use futures::StreamExt;
+use prost::Message;
+use sqlx::Row;
+
+use crate::domain::{AgeBand, PlaceSex};
+
+/// The consumer's name in `consumer_cursors`.
+const CONSUMER: &str = "registry.persons";
+
+/// Purpose sent with the stream (recorded in the registry's audit log).
+pub const PURPOSE: &str = "facility occupancy projection";
+
+/// Custody statuses in which a person occupies a place at their facility.
+const PLACED: &[&str] = &[
+    "CUSTODY_STATUS_IN_CUSTODY",
+    "CUSTODY_STATUS_HOSPITALISED",
+    "CUSTODY_STATUS_IN_REHABILITATION",
+];
+
+/// How the service reaches the registry.
+#[derive(Debug, Clone)]
+pub struct RegistryLink {
+    /// `https://host:port` (or `http://` in tests).
+    pub uri: String,
+    /// Mutual TLS as this service's identity.
+    pub tls: Option<tonic::transport::ClientTlsConfig>,
+    /// Send this principal as metadata: only for a registry that trusts metadata (tests of
+    /// two services in plaintext). With mutual TLS the certificate names the service.
+    pub principal: Option<Principal>,
+}
+
+/// One person's placement.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Placement {
+    /// Person id.
+    pub person_id: String,
+    /// Facility id.
+    pub facility_id: String,
+    /// Section id, or empty.
+    pub section_id: String,
+    /// Sex, if recorded.
+    pub sex: Option<PlaceSex>,
+    /// Age band.
+    pub age_band: AgeBand,
+    /// Active nationalities.
+    pub states: Vec<String>,
+}
+
+/// The placement a registry snapshot of a person implies, or `None` (not placed, merged).
+pub fn placement(p: &reg::Person, this_year: i32) -> Option<Placement> {
+    let status = reg::CustodyStatus::try_from(p.custody_status).ok()?.as_str_name();
+    if !PLACED.contains(&status) || p.facility_id.is_empty() || !p.merged_into.is_empty() {
+        return None;
+    }
+    let sex = match reg::Sex::try_from(p.sex).ok()? {
+        reg::Sex::Male => Some(PlaceSex::Male),
+        reg::Sex::Female => Some(PlaceSex::Female),
+        _ => None,
+    };
+    let age_band = match p.birth_date.as_ref().filter(|d| d.year > 0) {
+        Some(d) => match this_year - d.year {
+            a if a < 12 => AgeBand::Child,
+            a if a < 18 => AgeBand::Adolescent,
+            _ => AgeBand::Adult,
+        },
+        None => match reg::PersonCategory::try_from(p.category).ok()? {
+            reg::PersonCategory::Child | reg::PersonCategory::UnaccompaniedChild => AgeBand::Child,
+            _ => AgeBand::Adult,
+        },
+    };
+    let mut states: Vec<String> = p
+        .nationalities
+        .iter()
+        .filter(|n| n.revoke_time.is_none())
+        .map(|n| n.state.clone())
+        .collect();
+    states.sort();
+    states.dedup();
+    Some(Placement {
+        person_id: p.name.trim_start_matches("persons/").to_string(),
+        facility_id: p.facility_id.clone(),
+        section_id: p.section_id.clone(),
+        sex,
+        age_band,
+        states,
+    })
+}
+
+/// Applies a batch of registry events and the cursor after them, in one transaction.
+pub async fn apply(
+    db: &Db,
+    events: &[concord_proto::r#type::v1::ChangeEvent],
+    this_year: i32,
+) -> Result<()> {
+    let Some(last) = events.last() else { return Ok(()) };
+    let mut tx = db.begin().await?;
+    for e in events.iter().filter(|e| !e.bookmark) {
+        let Some(any) = e.resource.as_ref() else { continue };
+        let p = reg::Person::decode(any.value.as_slice()).map_err(Error::internal)?;
+        let id = e.resource_name.trim_start_matches("persons/");
+        sqlx::query("DELETE FROM placements WHERE person_id = $1")
+            .bind(id)
+            .execute(tx.conn())
+            .await
+            .db()?;
+        if let Some(pl) = placement(&p, this_year) {
+            sqlx::query(
+                "INSERT INTO placements (person_id, facility_id, section_id, sex, age_band, states, custody_status) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            )
+            .bind(&pl.person_id)
+            .bind(&pl.facility_id)
+            .bind(&pl.section_id)
+            .bind(pl.sex.map_or("", |s| s.as_str()))
+            .bind(pl.age_band.as_str())
+            .bind(format!("|{}|", pl.states.join("|")))
+            .bind(reg::CustodyStatus::try_from(p.custody_status).map_or("", |s| s.as_str_name()))
+            .execute(tx.conn())
+            .await
+            .db()?;
+        }
+    }
+    sqlx::query(
+        "INSERT INTO consumer_cursors (consumer, cursor) VALUES ($1, $2) \
+         ON CONFLICT (consumer) DO UPDATE SET cursor = excluded.cursor",
+    )
+    .bind(CONSUMER)
+    .bind(&last.cursor)
+    .execute(tx.conn())
+    .await
+    .db()?;
+    tx.commit().await
+}
+
+/// The cursor after the last applied event (empty: from the start).
+pub async fn cursor(db: &Db) -> Result<String> {
+    let c: Option<String> =
+        sqlx::query_scalar("SELECT cursor FROM consumer_cursors WHERE consumer = $1")
+            .bind(CONSUMER)
+            .fetch_optional(db.reader())
+            .await
+            .db()?;
+    Ok(c.unwrap_or_default())
+}
+
+/// Occupancy of one facility.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Occupancy {
+    /// People placed.
+    pub total: i64,
+    /// Per (section, sex, age band); sex `None` when not recorded.
+    pub lines: BTreeMap<(String, Option<PlaceSex>, AgeBand), i64>,
+    /// Per nationality (a person with two counts under both).
+    pub nationalities: BTreeMap<String, i64>,
+}
+
+/// The occupancy of `facility`, as projected so far.
+pub async fn occupancy(db: &Db, facility: &str) -> Result<Occupancy> {
+    let mut sql =
+        Sql::new("SELECT section_id, sex, age_band, states FROM placements WHERE facility_id = ");
+    sql.bind(SqlValue::Text(facility.to_string()));
+    let rows = sql.query(db.dialect()).fetch_all(db.reader()).await.db()?;
+    let mut o = Occupancy::default();
+    for r in rows {
+        let section: String = r.try_get("section_id").db()?;
+        let sex: String = r.try_get("sex").db()?;
+        let band: String = r.try_get("age_band").db()?;
+        let states: String = r.try_get("states").db()?;
+        let band = AgeBand::parse(&band)
+            .ok_or_else(|| Error::internal(anyhow::anyhow!("stored age band '{band}'")))?;
+        o.total += 1;
+        *o.lines.entry((section, PlaceSex::parse(&sex), band)).or_default() += 1;
+        for s in states.split('|').filter(|s| !s.is_empty()) {
+            *o.nationalities.entry(s.to_string()).or_default() += 1;
+        }
+    }
+    Ok(o)
+}
+
+/// Follows the registry until `shutdown`, reconnecting with backoff after any failure.
+pub async fn follow(db: Db, link: RegistryLink, mut shutdown: Shutdown) {
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        let run = follow_once(&db, &link);
+        tokio::select! {
+            r = run => {
+                if let Err(e) = r {
+                    tracing::warn!(error = %e, retry_ms = backoff.as_millis() as u64, "occupancy: registry stream lost");
+                }
+            }
+            () = shutdown.wait() => return,
+        }
+        tokio::select! {
+            () = tokio::time::sleep(backoff) => {}
+            () = shutdown.wait() => return,
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(30));
+    }
+}
+
+async fn follow_once(db: &Db, link: &RegistryLink) -> anyhow::Result<()> {
+    let channel = concord_platform::client::connect(&link.uri, link.tls.clone()).await?;
+    let creds = link.principal.clone();
+    let mut client = RegistryServiceClient::with_interceptor(channel, move |req| match &creds {
+        Some(p) => tonic::service::Interceptor::call(
+            &mut HeaderCredentials::new(p.clone()).with_purpose(PURPOSE),
+            req,
+        ),
+        None => tonic::service::Interceptor::call(&mut Purpose(PURPOSE.into()), req),
+    });
+    let from = cursor(db).await?;
+    let stream = client
+        .watch_changes(reg::WatchChangesRequest { cursor: from, ..Default::default() })
+        .await?
+        .into_inner();
+    let mut chunks = stream.ready_chunks(512);
+    while let Some(batch) = chunks.next().await {
+        let events: Vec<_> = batch
+            .into_iter()
+            .collect::<Result<Vec<_>, _>>()?
+            .into_iter()
+            .filter_map(|m| m.event)
+            .collect();
+        let year = this_year();
+        apply(db, &events, year).await?;
+    }
+    Ok(())
+}
+
+/// The current year (UTC).
+pub fn this_year() -> i32 {
+    let days = concord_platform::time::now_micros() / 86_400_000_000;
+    // Civil year from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    (yoe + era * 400 + i64::from(month <= 2)) as i32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_current_year_is_computed_from_the_clock() {
+        let y = this_year();
+        assert!((2024..2100).contains(&y), "{y}");
+    }
+
+    #[test]
+    fn only_people_held_at_a_facility_occupy_a_place() {
+        let mut p = reg::Person {
+            name: "persons/p1".into(),
+            sex: reg::Sex::Female as i32,
+            birth_date: Some(concord_proto::r#type::v1::ApproximateDate {
+                year: 2014,
+                ..Default::default()
+            }),
+            category: reg::PersonCategory::Child as i32,
+            custody_status: reg::CustodyStatus::InCustody as i32,
+            facility_id: "al-hol".into(),
+            ..Default::default()
+        };
+        let pl = placement(&p, 2026).expect("placed");
+        assert_eq!((pl.sex, pl.age_band), (Some(PlaceSex::Female), AgeBand::Adolescent));
+        p.custody_status = reg::CustodyStatus::Escaped as i32;
+        assert!(placement(&p, 2026).is_none());
+        p.custody_status = reg::CustodyStatus::InCustody as i32;
+        p.merged_into = "persons/p2".into();
+        assert!(placement(&p, 2026).is_none(), "a merged record is counted under its survivor");
+    }
+}
