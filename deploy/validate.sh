@@ -8,22 +8,32 @@
 #   - every YAML file parses (duplicate keys are errors)
 #   - each kustomization.yaml's resources / patches / generator files exist
 #   - every manifest has apiVersion, kind, metadata.name; JSON 6902 patches are well formed
-#   - per kustomization: container ports match the Services' targetPorts; each container has
-#     a `grpc` port (mutual TLS) and a separate `health` port, and its startup/readiness/
-#     liveness probes are native gRPC probes on the `health` port by number (the kubelet's
-#     gRPC probe cannot speak TLS: it calls the plaintext health-only CONCORD_HEALTH_ADDR);
-#     CONCORD_REGISTRY_ADDR / CONCORD_HEALTH_ADDR listen on 0.0.0.0 on those ports;
+#   - per kustomization, for every workload (one per service: registry, facilities, ...):
+#     container ports match the Services' targetPorts; each container has a `grpc` port
+#     (mutual TLS) and a separate `health` port, and its startup/readiness/liveness probes are
+#     native gRPC probes on the `health` port by number (the kubelet's gRPC probe cannot speak
+#     TLS: it calls the plaintext health-only CONCORD_HEALTH_ADDR); the `serve --target` of
+#     the container picks the service(s) it runs, whose listen variable (CONCORD_REGISTRY_ADDR,
+#     CONCORD_FACILITIES_ADDR) must listen on 0.0.0.0 on the `grpc` port, as
+#     CONCORD_HEALTH_ADDR on the `health` port; the component label names that target;
+#     a service on SQLite (no *_DATABASE_URL) has its database on a volume claim of a single
+#     replica, and no two services share a database URL source;
 #     CONCORD_TLS_CERT/_KEY/_CLIENT_CA come together with CONCORD_AGENCIES and point into
 #     volume mounts, and without them (demo PKI) CONCORD_DATA_DIR is on a volume claim of a
-#     single replica; Service/PDB/NetworkPolicy selectors select a workload, volume mounts
-#     have volumes, envFrom ConfigMaps exist, the pod security settings hold,
+#     single replica and CONCORD_DEMO_SERVER_NAMES lists the workload's Services;
+#     Service/PDB/NetworkPolicy selectors select exactly one workload, every workload has a
+#     Service, a PDB and a NetworkPolicy, a StatefulSet's serviceName is a headless Service of
+#     its own pods, workload selectors do not overlap, volume mounts have volumes, envFrom
+#     ConfigMaps exist, the pod security settings hold,
 #     terminationGracePeriodSeconds > CONCORD_DRAIN_GRACE + CONCORD_DRAIN_TIMEOUT.
 #     Bases are checked as written; overlays on kubectl's rendering, or without kubectl on a
-#     built-in approximation of kustomize (resources, patches, replicas, namespace)
+#     built-in approximation of kustomize (resources, patches with kind/name/label targets,
+#     replicas, namespace)
 #   - Dockerfile: FROM/USER/EXPOSE/ENTRYPOINT, COPY sources exist and survive
-#     Dockerfile.dockerignore, EXPOSE covers the Kubernetes grpc and health ports
+#     Dockerfile.dockerignore, EXPOSE covers the Kubernetes grpc and health ports, and the
+#     default CMD's services listen on 0.0.0.0 (ENV) on exposed ports
 #   - compose.yaml: build context/Dockerfile, volumes, bind-mounted files, ports, listen
-#     addresses, profiles
+#     addresses of every service the command's --target runs (published), profiles
 #   - README.md mentions every file in deploy/
 # Also run when the tool is on PATH, skipped otherwise:
 #   - kubectl kustomize (renders each kustomization; the rendered output gets the same checks)
@@ -143,6 +153,43 @@ NAMESPACED_EXEMPT = {"Namespace", "ClusterRole", "ClusterRoleBinding", "Persiste
                      "StorageClass", "CustomResourceDefinition", "PriorityClass"}
 JSON_PATCH_OPS = {"add", "remove", "replace", "move", "copy", "test"}
 
+# The services of `concord serve`: the variable each listens on, its database URL variable, and
+# the SQLite file it uses under CONCORD_DATA_DIR when that is unset. `--target` picks one, or
+# `all` (the default) runs every one in one process. Add a line here when a service lands.
+SERVICES = {
+    "registry": {"addr": "CONCORD_REGISTRY_ADDR", "db": "CONCORD_REGISTRY_DATABASE_URL",
+                 "sqlite": "registry.db"},
+    "facilities": {"addr": "CONCORD_FACILITIES_ADDR", "db": "CONCORD_FACILITIES_DATABASE_URL",
+                   "sqlite": "facilities.db"},
+}
+TARGETS = {"all": list(SERVICES), **{name: [name] for name in SERVICES}}
+# The binary's default, used when CONCORD_DEMO_SERVER_NAMES is unset.
+DEFAULT_DEMO_NAMES = "localhost,127.0.0.1,concord,concord-registry,concord-gateway"
+
+
+def serve_target(where, args, env):
+    """The target of a `concord serve ...` command line (the words after the `concord`
+    entrypoint): --target, else CONCORD_TARGET, else `all`. None (and an error) if it is not a
+    serve command or names an unknown target."""
+    if not args or args[0] != "serve":
+        err(where, f"runs {args!r}, not `serve`")
+        return None
+    target = env.get("CONCORD_TARGET") or "all"
+    for i, a in enumerate(args):
+        if a == "--target" and i + 1 < len(args):
+            target = args[i + 1]
+        elif a.startswith("--target="):
+            target = a.split("=", 1)[1]
+    if target not in TARGETS:
+        err(where, f"--target {target!r} is not one of {sorted(TARGETS)}")
+        return None
+    return target
+
+
+def split_addr(addr):
+    host, _, port = str(addr).rpartition(":")
+    return host, port
+
 
 # ---- 2. manifest shape ---------------------------------------------------------------------
 def check_manifest(where, doc):
@@ -240,8 +287,9 @@ def selects(selector, labels):
     return bool(ml) and all(labels.get(k) == v for k, v in ml.items())
 
 
-def check_set(where, objs):
-    """objs: manifests of one kustomization (base files, or the kubectl-rendered output)."""
+def check_set(where, objs, namespace=None):
+    """objs: manifests of one kustomization (base files, or the kubectl-rendered output);
+    namespace: the kustomization's, for objects that do not carry one yet."""
     by_kind = {}
     for o in objs:
         if isinstance(o, dict):
@@ -259,10 +307,14 @@ def check_set(where, objs):
         pod = tmpl.get("spec") or {}
         if not selects(spec.get("selector"), labels):
             err(where, f"{wname}: selector does not match its pod template labels")
-        if w["kind"] == "StatefulSet" and spec.get("replicas", 1) > 1 and spec.get("volumeClaimTemplates"):
-            env_names = {e.get("name") for c in pod.get("containers", []) for e in c.get("env") or []}
-            if "CONCORD_REGISTRY_DATABASE_URL" not in env_names:
-                err(where, f"{wname}: more than 1 replica on per-pod SQLite volumes")
+        # Workload selectors must not reach into another workload's pods (two controllers
+        # would fight over them, and selectors cannot be changed later).
+        for other in workloads:
+            if other is not w and selects(spec.get("selector"),
+                                          ((other.get("spec") or {}).get("template") or {})
+                                          .get("metadata", {}).get("labels") or {}):
+                err(where, f"{wname}: selector also matches the pods of "
+                           f"{other['kind']}/{other['metadata']['name']}")
         # pod-level security
         psc = pod.get("securityContext") or {}
         if psc.get("runAsNonRoot") is not True:
@@ -291,6 +343,7 @@ def check_set(where, objs):
         claims = {t["metadata"]["name"] for t in spec.get("volumeClaimTemplates") or []}
         volumes |= claims
         all_ports = []
+        info = {"demo_names": None, "served": []}  # what the cross-object checks need
         for c in pod.get("containers") or []:
             cname = f"{wname} container {c.get('name')}"
             if not c.get("image"):
@@ -326,20 +379,72 @@ def check_set(where, objs):
             # What the binary will see: the envFrom ConfigMaps, then literal env values.
             env = dict(env_cfg)
             env.update({e["name"]: e["value"] for e in c.get("env") or [] if "value" in e})
-            for var, want, label in (("CONCORD_REGISTRY_ADDR", grpc_port, "grpc"),
-                                     ("CONCORD_HEALTH_ADDR", health_port, "health")):
+            # Variables set from a Secret or elsewhere: present, value unknown here.
+            env_from_ref = {e["name"]: e["valueFrom"] for e in c.get("env") or [] if "valueFrom" in e}
+            # Which service(s) the container runs: `serve --target T` (the image's default
+            # command, `serve --data-dir /data`, runs them all).
+            target = serve_target(f"{where}: {cname}", c.get("args") or ["serve", "--data-dir", "/data"], env)
+            served = TARGETS.get(target, [])
+            info["served"] += served
+            component = labels.get("app.kubernetes.io/component")
+            if target not in (None, "all") and component and component != target:
+                err(where, f"{cname}: runs --target {target} but its pods are labelled "
+                           f"app.kubernetes.io/component={component}")
+            # Each service it runs listens on its own *_ADDR; with one service that is the
+            # `grpc` port, with several (target all) each must be a container port.
+            numbers = {p["containerPort"] for p in ports if "containerPort" in p}
+            listen = [(SERVICES[svc]["addr"], grpc_port if len(served) == 1 else None, "grpc")
+                      for svc in served]
+            listen.append(("CONCORD_HEALTH_ADDR", health_port, "health"))
+            for var, want, label in listen:
                 addr = str(env.get(var) or "")
-                if want is None:
-                    continue
                 if not addr:
-                    err(where, f"{cname}: {var} is not set (the {label} port {want} would not answer)")
+                    if want is not None or label == "grpc":
+                        err(where, f"{cname}: {var} is not set (the binary would listen on "
+                                   f"127.0.0.1 only, or not at all)")
                     continue
-                host, _, port = addr.rpartition(":")
-                if port != str(want):
+                host, port = split_addr(addr)
+                if want is not None and port != str(want):
                     err(where, f"{cname}: {var} {addr} is not on the {label} port {want}")
+                elif want is None and label == "grpc" and not (port.isdigit() and int(port) in numbers):
+                    err(where, f"{cname}: {var} {addr} is not on a container port")
                 if host not in ("0.0.0.0", "[::]"):
                     err(where, f"{cname}: {var} {addr} must listen on all interfaces (0.0.0.0)")
             mounts = [str(vm.get("mountPath", "")).rstrip("/") for vm in c.get("volumeMounts") or []]
+
+            def on_claim(path):
+                return any(vm.get("name") in claims and
+                           (path.rstrip("/") + "/").startswith(str(vm.get("mountPath", "")).rstrip("/") + "/")
+                           for vm in c.get("volumeMounts") or [])
+
+            data_dir = str(env.get("CONCORD_DATA_DIR") or "./data").rstrip("/")
+            replicas = spec.get("replicas", 1)
+            # Databases: a service without a database URL (or with a sqlite:// one) runs on a
+            # SQLite file, which must outlive the pod (a volume claim) and have one writer (one
+            # replica). With PostgreSQL the pods are stateless.
+            for svc in served:
+                dbvar = SERVICES[svc]["db"]
+                if dbvar in env_from_ref:
+                    src = env_from_ref[dbvar]
+                    ref = src.get("secretKeyRef") or src.get("configMapKeyRef") or {}
+                    info.setdefault("db_sources", []).append(
+                        (svc, ("secretKeyRef" in src, ref.get("name"), ref.get("key"))))
+                    continue
+                url = str(env.get(dbvar) or "")
+                if url and not url.startswith("sqlite:"):
+                    info.setdefault("db_sources", []).append((svc, ("value", url)))
+                    continue
+                db_path = (re.sub(r"^sqlite:(//)?", "", url).split("?")[0]
+                           if url else f"{data_dir}/{SERVICES[svc]['sqlite']}")
+                if url:
+                    info.setdefault("db_sources", []).append((svc, ("value", db_path)))
+                what = f"{svc} runs on SQLite ({db_path}; {dbvar} " + ("is sqlite)" if url else "unset)")
+                if replicas > 1:
+                    err(where, f"{cname}: {what} with {replicas} replicas: each would have its "
+                               "own, diverging database (set a PostgreSQL URL or 1 replica)")
+                if not db_path.startswith("/") or not on_claim(db_path):
+                    err(where, f"{cname}: {what}, not on a persistent volume claim: the data "
+                               "would be lost with the pod")
             tls = [v for v in ("CONCORD_TLS_CERT", "CONCORD_TLS_KEY", "CONCORD_TLS_CLIENT_CA") if env.get(v)]
             if tls and len(tls) < 3:
                 err(where, f"{cname}: CONCORD_TLS_CERT, _KEY and _CLIENT_CA go together (only {tls} set)")
@@ -352,12 +457,11 @@ def check_set(where, objs):
                     err(where, f"{cname}: {var} {path} is not on a mounted volume")
             if not tls:
                 # Demo PKI: created under <data dir>/pki on first start. It must outlive the pod
-                # (a persistent volume claim) and be one per deployment (one replica).
-                data_dir = str(env.get("CONCORD_DATA_DIR") or "./data").rstrip("/")
-                on_claim = any(vm.get("name") in claims and
-                               (data_dir + "/").startswith(str(vm.get("mountPath", "")).rstrip("/") + "/")
-                               for vm in c.get("volumeMounts") or [])
-                if not on_claim:
+                # (a persistent volume claim) and be one per deployment (one replica). Each
+                # workload makes its own (its own demo CA): a documented demo limitation.
+                info["demo_names"] = {n.strip() for n in
+                                      str(env.get("CONCORD_DEMO_SERVER_NAMES") or DEFAULT_DEMO_NAMES).split(",")}
+                if not on_claim(data_dir + "/pki"):
                     err(where, f"{cname}: no CONCORD_TLS_* set, so the demo PKI goes to "
                                f"{data_dir}/pki, which is not on a persistent volume claim; "
                                "mount real certificates")
@@ -383,20 +487,45 @@ def check_set(where, objs):
                 ref = (e.get("valueFrom") or {}).get("secretKeyRef")
                 if ref is not None and not (ref.get("name") and ref.get("key")):
                     err(where, f"{cname}: secretKeyRef for {e.get('name')} needs name and key")
-        pods.append((wname, labels, pod, all_ports))
+        pods.append((wname, labels, pod, all_ports, info))
 
     def matching_pods(kind_name, selector):
         found = [p for p in pods if selects(selector, p[1])]
         if not found:
             err(where, f"{kind_name}: selector matches no workload")
+        elif len(found) > 1:
+            err(where, f"{kind_name}: selector matches several workloads "
+                       f"({', '.join(p[0] for p in found)}): one per service")
         return found
+
+    # Each service owns its database: no two services read their URL from the same place.
+    owners = {}
+    for wname, _, _, _, info in pods:
+        for svc, source in info.get("db_sources", []):
+            owners.setdefault(source, set()).add(svc)
+    for source, svcs in owners.items():
+        if len(svcs) > 1:
+            err(where, f"services {sorted(svcs)} share one database ({source[1]}"
+                       f"{' key ' + str(source[2]) if len(source) > 2 else ''}): each owns its own")
+
+    covered = {kind: set() for kind in ("Service", "PodDisruptionBudget", "NetworkPolicy")}
 
     for s in by_kind.get("Service", []):
         sname = f"Service/{s['metadata']['name']}"
         spec = s.get("spec") or {}
         if spec.get("type", "ClusterIP") != "ClusterIP":
             err(where, f"{sname}: type must be ClusterIP")
-        for wname, _, _, ports in matching_pods(sname, spec.get("selector")):
+        for wname, _, _, ports, info in matching_pods(sname, spec.get("selector")):
+            covered["Service"].add(wname)
+            # Demo PKI: the server certificate must name this Service, or clients dialling it
+            # fail verification (CONCORD_DEMO_SERVER_NAMES is read once, at PKI creation).
+            ns = s["metadata"].get("namespace") or namespace
+            if info["demo_names"] is not None:
+                svc_name = s["metadata"]["name"]
+                dns = f"{svc_name}.{ns}.svc" if ns else svc_name
+                if dns not in info["demo_names"]:
+                    err(where, f"{wname}: demo PKI without {dns} in CONCORD_DEMO_SERVER_NAMES, "
+                               f"so clients of {sname} cannot verify the server certificate")
             names = {p.get("name") for p in ports}
             numbers = {p.get("containerPort") for p in ports}
             for sp in spec.get("ports") or []:
@@ -406,10 +535,12 @@ def check_set(where, objs):
                 if sp.get("name") != "grpc" or sp.get("appProtocol") != "grpc":
                     err(where, f"{sname}: port must be named grpc with appProtocol grpc")
     for pdb in by_kind.get("PodDisruptionBudget", []):
-        matching_pods(f"PodDisruptionBudget/{pdb['metadata']['name']}", pdb["spec"].get("selector"))
+        for p in matching_pods(f"PodDisruptionBudget/{pdb['metadata']['name']}", pdb["spec"].get("selector")):
+            covered["PodDisruptionBudget"].add(p[0])
     for np in by_kind.get("NetworkPolicy", []):
         npname = f"NetworkPolicy/{np['metadata']['name']}"
-        for wname, _, _, ports in matching_pods(npname, np["spec"].get("podSelector")):
+        for wname, _, _, ports, _ in matching_pods(npname, np["spec"].get("podSelector")):
+            covered["NetworkPolicy"].add(wname)
             numbers = {p.get("containerPort") for p in ports}
             for rule in np["spec"].get("ingress") or []:
                 for p in rule.get("ports") or []:
@@ -417,6 +548,22 @@ def check_set(where, objs):
                         err(where, f"{npname}: port {p.get('port')} is not a container port of {wname}")
     if not by_kind.get("Service"):
         err(where, "no Service")
+    # Same pattern for every service: each workload has its Service, PDB and NetworkPolicy.
+    for wname, *_ in pods:
+        for kind, seen in covered.items():
+            if wname not in seen:
+                err(where, f"{wname}: no {kind} selects its pods")
+    # A StatefulSet's governing Service: headless, and selecting that StatefulSet's pods.
+    services = {s["metadata"]["name"]: s for s in by_kind.get("Service", [])}
+    for w in by_kind.get("StatefulSet", []):
+        wname = f"StatefulSet/{w['metadata']['name']}"
+        gov = services.get((w.get("spec") or {}).get("serviceName"))
+        labels = ((w.get("spec") or {}).get("template") or {}).get("metadata", {}).get("labels") or {}
+        if gov is None:
+            err(where, f"{wname}: serviceName {w['spec'].get('serviceName')!r} is not a Service here")
+        elif gov["spec"].get("clusterIP") != "None" or not selects(gov["spec"].get("selector"), labels):
+            err(where, f"{wname}: serviceName {gov['metadata']['name']} must be a headless Service "
+                       "selecting its pods")
     return by_kind
 
 
@@ -479,6 +626,44 @@ def json_patch(doc, ops, where):
     return doc
 
 
+def label_selector_matches(selector, labels, where):
+    """Equality-based label selectors (`a=b,c!=d,e`), the kind used in patch targets here."""
+    for term in filter(None, (t.strip() for t in str(selector).split(","))):
+        m = re.fullmatch(r"([\w./-]+)\s*(==|=|!=)\s*([\w.-]*)", term)
+        if m:
+            key, op, value = m.groups()
+            if (labels.get(key) == value) != (op != "!="):
+                return False
+        elif re.fullmatch(r"[\w./-]+", term):
+            if term not in labels:
+                return False
+        else:
+            err(where, f"labelSelector term {term!r} is not supported by the built-in approximation")
+            return False
+    return True
+
+
+def target_matches(target, o, where):
+    meta = o.get("metadata") or {}
+    group, _, version = str(o.get("apiVersion", "")).rpartition("/")
+    if target.get("group") is not None and target["group"] != group:
+        return False
+    if target.get("version") and target["version"] != version:
+        return False
+    if target.get("kind") and target["kind"] != o.get("kind"):
+        return False
+    for field in ("name", "namespace"):
+        if target.get(field) and not re.fullmatch(target[field], str(meta.get(field) or "")):
+            return False
+    if target.get("labelSelector") and not label_selector_matches(
+            target["labelSelector"], meta.get("labels") or {}, where):
+        return False
+    if target.get("annotationSelector") and not label_selector_matches(
+            target["annotationSelector"], meta.get("annotations") or {}, where):
+        return False
+    return True
+
+
 def build(kdir, seen=()):
     """The manifests a kustomization renders to, approximately."""
     kust = kustomizations.get(kdir) or {}
@@ -503,14 +688,21 @@ def build(kdir, seen=()):
             for i, o in enumerate(objs):
                 if not isinstance(o, dict):
                     continue
-                want_kind = target.get("kind") or (pd.get("kind") if isinstance(pd, dict) else None)
-                want_name = target.get("name") or (
-                    (pd.get("metadata") or {}).get("name") if isinstance(pd, dict) else None)
-                if (want_kind and o.get("kind") != want_kind) or \
-                        (want_name and o["metadata"].get("name") != want_name):
+                if target:
+                    # kustomize: every field of the target must match; name and namespace are
+                    # anchored regular expressions, labelSelector a label selector.
+                    if not target_matches(target, o, where):
+                        continue
+                elif isinstance(pd, dict) and (o.get("kind") != pd.get("kind") or
+                                               o["metadata"].get("name") != (pd.get("metadata") or {}).get("name")):
                     continue
                 hit = True
-                objs[i] = json_patch(o, pd, where) if isinstance(pd, list) else strategic_merge(o, pd)
+                if isinstance(pd, list):
+                    objs[i] = json_patch(o, pd, where)
+                else:
+                    # A targeted patch keeps each target's name (its own is only a placeholder).
+                    objs[i] = strategic_merge(o, pd)
+                    objs[i]["metadata"]["name"] = o["metadata"]["name"]
             if not hit:
                 err(where, f"patch {p.get('path', '(inline)')} matches no resource")
     for r in kust.get("replicas") or []:
@@ -530,7 +722,7 @@ for kdir, kust in sorted(kustomizations.items()):
     refs = [r for k, r in kustomization_files(kdir, kust) if k == "resource"]
     if all(os.path.isfile(r) for r in refs):  # a base: its files are the whole set
         objs = [d for r in refs for d in docs_by_file.get(r, [])]
-        by_kind = check_set(rel(kdir), objs)
+        by_kind = check_set(rel(kdir), objs, kust.get("namespace"))
         for w in (o for k in WORKLOAD_KINDS for o in by_kind.get(k, [])):
             for c in w["spec"]["template"]["spec"].get("containers") or []:
                 base_ports |= {p["containerPort"] for p in c.get("ports") or []
@@ -606,6 +798,8 @@ def dockerignore_excludes(patterns, path):
 dockerfile = os.path.join(deploy, "Dockerfile")
 ignore_file = dockerfile + ".dockerignore"
 expose = set()
+image_env = {}       # the final stage's ENV
+image_cmd = ["serve", "--data-dir", "/data"]
 if not os.path.isfile(dockerfile):
     err("Dockerfile", "missing")
 else:
@@ -634,6 +828,17 @@ else:
                     err("Dockerfile", f"ENTRYPOINT is {ep}, expected ['concord']")
         if i == "EXPOSE":
             expose |= {int(p.split("/")[0]) for p in a.split()}
+        if i == "ENV":
+            words = shlex.split(a)
+            if words and "=" not in words[0]:  # legacy `ENV KEY value`
+                image_env[words[0]] = " ".join(words[1:])
+            else:
+                image_env.update(w.split("=", 1) for w in words if "=" in w)
+        if i == "CMD":
+            try:
+                image_cmd = json.loads(a)
+            except ValueError:
+                err("Dockerfile", "CMD must use the JSON (exec) form")
         if i == "VOLUME" and "/data" not in a:
             err("Dockerfile", "VOLUME should be /data")
     if not expose:
@@ -641,6 +846,15 @@ else:
     if base_ports and not base_ports <= expose:
         err("Dockerfile", f"EXPOSE {sorted(expose)} misses Kubernetes container port(s) "
                           f"{sorted(base_ports - expose)} (grpc and health)")
+    # `docker run` with the default CMD: every service it runs must listen on all interfaces
+    # (the binary defaults to 127.0.0.1) on an exposed port.
+    for svc in TARGETS.get(serve_target("Dockerfile CMD", image_cmd, image_env), []):
+        var = SERVICES[svc]["addr"]
+        host, port = split_addr(image_env.get(var, ""))
+        if host not in ("0.0.0.0", "[::]"):
+            err("Dockerfile", f"the default CMD runs {svc}, but ENV does not set {var} to 0.0.0.0:PORT")
+        elif not (port.isdigit() and int(port) in expose):
+            err("Dockerfile", f"{var}={image_env[var]}: port {port} is not EXPOSEd")
     ignore = []
     if os.path.isfile(ignore_file):
         validated.add(ignore_file)
@@ -711,9 +925,24 @@ else:
         if None not in (grace, drain, stop) and not stop >= grace + drain:
             err("compose.yaml service concord",
                 f"stop_grace_period {stop:g}s is shorter than drain grace + timeout ({grace + drain:g}s)")
-        if not str(env.get("CONCORD_REGISTRY_ADDR", "")).startswith("0.0.0.0:"):
-            err("compose.yaml service concord", "CONCORD_REGISTRY_ADDR must listen on 0.0.0.0")
-        health = str(env.get("CONCORD_HEALTH_ADDR") or "")
+        # Every service the command runs (no --target: all of them in one container) listens
+        # on 0.0.0.0 and is published; the image's ENV counts when compose does not set one.
+        published = set()
+        for p in concord.get("ports") or []:
+            published.add(int(str(p).split(":")[-1].split("/")[0]) if not isinstance(p, dict) else p["target"])
+        command = concord.get("command") or image_cmd
+        if isinstance(command, str):
+            command = shlex.split(command)
+        full_env = {**image_env, **{k: v for k, v in env.items() if v is not None}}
+        for svc in TARGETS.get(serve_target("compose.yaml service concord", command, full_env), []):
+            var = SERVICES[svc]["addr"]
+            addr = str(full_env.get(var) or "")
+            host, port = split_addr(addr)
+            if host not in ("0.0.0.0", "[::]"):
+                err("compose.yaml service concord", f"runs {svc}: {var} must listen on 0.0.0.0 (got {addr!r})")
+            elif not (port.isdigit() and int(port) in published):
+                err("compose.yaml service concord", f"runs {svc} on {addr}, but port {port} is not published")
+        health = str(full_env.get("CONCORD_HEALTH_ADDR") or "")
         if health and not health.startswith("0.0.0.0:"):
             err("compose.yaml service concord", "CONCORD_HEALTH_ADDR must listen on 0.0.0.0")
     for profile in ("postgres", "otel"):
