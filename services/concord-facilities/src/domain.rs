@@ -33,6 +33,79 @@ named_enum! {
     pub enum EventKind("FACILITY_EVENT_KIND_") { SecurityStatus = "SECURITY_STATUS", Custodian = "CUSTODIAN" }
 }
 
+named_enum! {
+    /// Kinds of incident.
+    pub enum IncidentKind("INCIDENT_KIND_") {
+        Riot = "RIOT", Escape = "ESCAPE", ExternalAttack = "EXTERNAL_ATTACK", Fire = "FIRE",
+        Shelling = "SHELLING", Disease = "DISEASE", AidCut = "AID_CUT",
+    }
+}
+named_enum! {
+    /// Lifecycle of an incident; see [`IncidentState::can_become`].
+    pub enum IncidentState("INCIDENT_STATE_") {
+        Reported = "REPORTED", Confirmed = "CONFIRMED", Contained = "CONTAINED",
+        Reconciled = "RECONCILED", Closed = "CLOSED",
+    }
+}
+
+impl IncidentState {
+    /// REPORTED -> CONFIRMED -> CONTAINED -> RECONCILED -> CLOSED, and REPORTED -> CLOSED for
+    /// an incident that proves unfounded.
+    pub fn can_become(self, to: IncidentState) -> bool {
+        use IncidentState::*;
+        matches!(
+            (self, to),
+            (Reported, Confirmed | Closed)
+                | (Confirmed, Contained)
+                | (Contained, Reconciled)
+                | (Reconciled, Closed)
+        )
+    }
+
+    /// The states `self` may become, for error messages.
+    pub fn successors(self) -> Vec<&'static str> {
+        IncidentState::ALL.iter().filter(|s| self.can_become(**s)).map(|s| s.as_str()).collect()
+    }
+}
+
+/// A stored incident.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Incident {
+    /// Id.
+    pub id: String,
+    /// Facility id.
+    pub facility_id: String,
+    /// Kind.
+    pub kind: IncidentKind,
+    /// Lifecycle state.
+    pub state: IncidentState,
+    /// What is known.
+    pub description: String,
+    /// Killed, injured, missing, as last reported.
+    pub killed: i64,
+    /// Injured.
+    pub injured: i64,
+    /// Missing.
+    pub missing: i64,
+    /// Who reported it.
+    pub reporter: String,
+    /// Micros.
+    pub occur_time: i64,
+    /// Version, for etags.
+    pub version: i64,
+    /// Micros.
+    pub create_time: i64,
+    /// Micros.
+    pub update_time: i64,
+}
+
+impl Incident {
+    /// `facilities/{facility}/incidents/{id}`.
+    pub fn name(&self) -> String {
+        format!("facilities/{}/incidents/{}", self.facility_id, self.id)
+    }
+}
+
 impl SecurityStatus {
     /// The state machine: NORMAL <-> ELEVATED <-> HIGH -> LOCKDOWN -> COMPROMISED -> RECOVERING
     /// -> NORMAL, LOCKDOWN -> HIGH when lifted, RECOVERING -> LOCKDOWN again if control is
@@ -285,6 +358,15 @@ mod tests {
             assert_eq!(s.can_become(Closed), !s.is_final(), "{s}");
         }
         assert!(HandedOver.successors().is_empty());
+        assert!(Closed.successors().is_empty());
+    }
+
+    #[test]
+    fn incidents_close_after_reconciliation_or_at_once_when_unfounded() {
+        use IncidentState::*;
+        assert!(Reported.can_become(Closed));
+        assert!(!Confirmed.can_become(Closed), "a confirmed incident is reconciled first");
+        assert!(Contained.can_become(Reconciled));
         assert!(Closed.successors().is_empty());
     }
 

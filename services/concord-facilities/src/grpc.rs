@@ -256,6 +256,48 @@ pub fn facility_out(f: &Facility) -> pb::Facility {
     }
 }
 
+/// `(facility id, incident id)` from "facilities/{facility}/incidents/{incident}".
+fn incident_name(name: &str, field: &str) -> Result<(String, String)> {
+    let parts: Vec<&str> = name.split('/').collect();
+    match parts.as_slice() {
+        ["facilities", f, "incidents", i] if is_id(f) && !i.is_empty() && i.len() <= 64 => {
+            Ok((f.to_string(), i.to_string()))
+        }
+        _ => {
+            Err(Error::invalid(field, "is not a name like \"facilities/al-hol/incidents/0192...\""))
+        }
+    }
+}
+
+/// Counts are 0 or more; `prefix` is the message holding them (empty at the top level).
+fn counts(v: &mut Violations, prefix: &str, killed: i32, injured: i32, missing: i32) {
+    for (field, n) in [("killed", killed), ("injured", injured), ("missing", missing)] {
+        if n < 0 {
+            let path =
+                if prefix.is_empty() { field.to_string() } else { format!("{prefix}.{field}") };
+            v.add(path, "must be 0 or more");
+        }
+    }
+}
+
+/// The contract's view of an incident.
+pub fn incident_out(i: &Incident) -> pb::Incident {
+    pb::Incident {
+        name: i.name(),
+        kind: enum_out!(pb::IncidentKind, i.kind),
+        state: enum_out!(pb::IncidentState, i.state),
+        description: i.description.clone(),
+        killed: i.killed as i32,
+        injured: i.injured as i32,
+        missing: i.missing as i32,
+        reporter: i.reporter.clone(),
+        occur_time: Some(to_timestamp(i.occur_time)),
+        create_time: Some(to_timestamp(i.create_time)),
+        update_time: Some(to_timestamp(i.update_time)),
+        etag: format!("\"{}\"", i.version),
+    }
+}
+
 /// Places for `(section, sex, band)` in `f`.
 fn places(f: &FacilityData, section: &str, sex: Option<PlaceSex>, band: AgeBand) -> i32 {
     f.sections
@@ -547,6 +589,97 @@ impl FacilitiesService for Facilities {
             facility_events: es.iter().map(event_out).collect(),
             next_page_token: next,
         }))
+    }
+
+    async fn report_incident(
+        &self,
+        req: Request<pb::ReportIncidentRequest>,
+    ) -> Result<Response<pb::Incident>, Status> {
+        let a = self.access(&req, Action::FacilitiesSecurity, "ReportIncident").await?;
+        let m = req.into_inner();
+        let mut v = Violations::new();
+        let fid = v.absorb(facility_id(&m.parent, "parent"));
+        let rid = v.absorb(request_id(&m.request_id, "request_id", &m)).flatten();
+        let i = m.incident.clone().unwrap_or_default();
+        if m.incident.is_none() {
+            v.add("incident", "is required");
+        }
+        let kind = enum_in!(v, "incident.kind", i.kind, pb::IncidentKind, IncidentKind);
+        text(&mut v, "incident.description", &i.description, 4000);
+        text(&mut v, "incident.reporter", &i.reporter, 200);
+        counts(&mut v, "incident", i.killed, i.injured, i.missing);
+        let at = occur_time(&mut v, "incident.occur_time", i.occur_time.as_ref());
+        let incident = v
+            .finish(Incident {
+                id: String::new(),
+                facility_id: fid.unwrap_or_default(),
+                kind: kind.unwrap_or(IncidentKind::Riot),
+                state: IncidentState::Reported,
+                description: i.description.trim().to_string(),
+                killed: i64::from(i.killed),
+                injured: i64::from(i.injured),
+                missing: i64::from(i.missing),
+                reporter: i.reporter.trim().to_string(),
+                occur_time: at,
+                version: 0,
+                create_time: 0,
+                update_time: 0,
+            })
+            .map_err(st)?;
+        let stored = self.store.report_incident(&a, incident, rid).await.map_err(st)?;
+        Ok(Response::new(incident_out(&stored)))
+    }
+
+    async fn get_incident(
+        &self,
+        req: Request<pb::GetIncidentRequest>,
+    ) -> Result<Response<pb::Incident>, Status> {
+        self.access(&req, Action::FacilitiesRead, "GetIncident").await?;
+        let (fid, id) = incident_name(&req.get_ref().name, "name").map_err(st)?;
+        Ok(Response::new(incident_out(&self.store.incident(&fid, &id).await.map_err(st)?)))
+    }
+
+    async fn list_incidents(
+        &self,
+        req: Request<pb::ListIncidentsRequest>,
+    ) -> Result<Response<pb::ListIncidentsResponse>, Status> {
+        self.access(&req, Action::FacilitiesRead, "ListIncidents").await?;
+        let m = req.into_inner();
+        let fid = facility_id(&m.parent, "parent").map_err(st)?;
+        let size = paging::page_size(m.page_size).map_err(st)?;
+        let fp = paging::request_fingerprint(&[&fid]);
+        let before: Option<String> = paging::decode(&m.page_token, &fp).map_err(st)?;
+        let mut is = self.store.incidents(&fid, before.as_deref(), size + 1).await.map_err(st)?;
+        let next = paging::finish_page(&mut is, size, &fp, |i| i.id.clone());
+        Ok(Response::new(pb::ListIncidentsResponse {
+            incidents: is.iter().map(incident_out).collect(),
+            next_page_token: next,
+        }))
+    }
+
+    async fn transition_incident(
+        &self,
+        req: Request<pb::TransitionIncidentRequest>,
+    ) -> Result<Response<pb::Incident>, Status> {
+        let a = self.access(&req, Action::FacilitiesSecurity, "TransitionIncident").await?;
+        let m = req.into_inner();
+        let mut v = Violations::new();
+        let name = v.absorb(incident_name(&m.name, "name"));
+        let to = enum_in!(v, "state", m.state, pb::IncidentState, IncidentState);
+        text(&mut v, "reason", &m.reason, 2000);
+        counts(&mut v, "", m.killed, m.injured, m.missing);
+        let expected = v.absorb(etag(&m.etag, "etag")).flatten();
+        let ((fid, id), to) = v.finish((name.unwrap_or_default(), to)).map_err(st)?;
+        let change = crate::store::IncidentChange {
+            to: to.unwrap_or(IncidentState::Reported),
+            reason: m.reason.trim().to_string(),
+            killed: i64::from(m.killed),
+            injured: i64::from(m.injured),
+            missing: i64::from(m.missing),
+            expected_version: expected,
+        };
+        let i = self.store.transition_incident(&a, &fid, &id, change).await.map_err(st)?;
+        Ok(Response::new(incident_out(&i)))
     }
 
     async fn get_occupancy(

@@ -23,8 +23,65 @@ static POSTGRES: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres
 /// The service's migrations, for [`Db::connect`].
 pub const MIGRATIONS: Migrations = Migrations { sqlite: &SQLITE, postgres: &POSTGRES };
 
-/// Type URL of event payloads.
+/// Type URL of event payloads about facilities.
 pub const FACILITY_TYPE_URL: &str = "type.googleapis.com/concord.facilities.v1.Facility";
+/// Type URL of event payloads about incidents.
+pub const INCIDENT_TYPE_URL: &str = "type.googleapis.com/concord.facilities.v1.Incident";
+
+const INCIDENT_COLUMNS: &str =
+    "id, facility_id, kind, state, description, killed, injured, missing, \
+                                reporter, occur_time, version, create_time, update_time";
+
+fn incident_from_row(r: &AnyRow) -> Result<Incident> {
+    let kind: String = r.try_get("kind").db()?;
+    let state: String = r.try_get("state").db()?;
+    Ok(Incident {
+        id: r.try_get("id").db()?,
+        facility_id: r.try_get("facility_id").db()?,
+        kind: IncidentKind::parse(&kind)
+            .ok_or_else(|| Error::internal(anyhow::anyhow!("stored incident kind '{kind}'")))?,
+        state: IncidentState::parse(&state)
+            .ok_or_else(|| Error::internal(anyhow::anyhow!("stored incident state '{state}'")))?,
+        description: r.try_get("description").db()?,
+        killed: r.try_get("killed").db()?,
+        injured: r.try_get("injured").db()?,
+        missing: r.try_get("missing").db()?,
+        reporter: r.try_get("reporter").db()?,
+        occur_time: r.try_get("occur_time").db()?,
+        version: r.try_get("version").db()?,
+        create_time: r.try_get("create_time").db()?,
+        update_time: r.try_get("update_time").db()?,
+    })
+}
+
+fn incident_event(event_type: &'static str, i: &Incident) -> NewEvent {
+    NewEvent {
+        event_type,
+        resource_name: i.name(),
+        scope_tags: None,
+        payload: prost_types::Any {
+            type_url: INCIDENT_TYPE_URL.into(),
+            value: crate::grpc::incident_out(i).encode_to_vec(),
+        },
+    }
+}
+
+/// A requested incident transition.
+#[derive(Debug, Clone)]
+pub struct IncidentChange {
+    /// The next state.
+    pub to: IncidentState,
+    /// Why.
+    pub reason: String,
+    /// Latest counts.
+    pub killed: i64,
+    /// Injured.
+    pub injured: i64,
+    /// Missing.
+    pub missing: i64,
+    /// Expected version, from an etag.
+    pub expected_version: Option<i64>,
+}
 
 const COLUMNS: &str = "id, doc, kind, custodian_agency, security_status, security_status_reason, \
                        security_status_time, version, create_time, update_time";
@@ -414,5 +471,181 @@ impl Store {
         sql.push(" ORDER BY id LIMIT ").bind_int(limit);
         let rows = sql.query(self.db.dialect()).fetch_all(self.db.reader()).await.db()?;
         rows.iter().map(event_from_row).collect()
+    }
+
+    /// Records a new incident at a facility the caller runs (or any, for the coordinator).
+    pub async fn report_incident(
+        &self,
+        access: &Access,
+        mut incident: Incident,
+        request_id: Option<(String, String)>,
+    ) -> Result<Incident> {
+        let mut tx = self.db.begin().await?;
+        if let Some((rid, fp)) = &request_id {
+            if let idempotency::Claim::Replay(name) =
+                idempotency::claim(&mut tx, &access.principal.agency, rid, "ReportIncident", fp)
+                    .await?
+            {
+                drop(tx);
+                let id = name.rsplit('/').next().unwrap_or_default().to_string();
+                return self.incident(&incident.facility_id, &id).await;
+            }
+        }
+        let f = fetch(&mut tx, &incident.facility_id).await?;
+        check_custodian(access, &f)?;
+        let now = now_micros();
+        incident.id = uuid::Uuid::now_v7().to_string();
+        incident.state = IncidentState::Reported;
+        incident.version = 1;
+        incident.create_time = now;
+        incident.update_time = now;
+        sqlx::query(&format!(
+            "INSERT INTO incidents ({INCIDENT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
+        ))
+        .bind(&incident.id)
+        .bind(&incident.facility_id)
+        .bind(incident.kind.as_str())
+        .bind(incident.state.as_str())
+        .bind(&incident.description)
+        .bind(incident.killed)
+        .bind(incident.injured)
+        .bind(incident.missing)
+        .bind(&incident.reporter)
+        .bind(incident.occur_time)
+        .bind(incident.version)
+        .bind(incident.create_time)
+        .bind(incident.update_time)
+        .execute(tx.conn())
+        .await
+        .db()?;
+        if let Some((rid, _)) = &request_id {
+            idempotency::complete(&mut tx, &access.principal.agency, rid, &incident.name()).await?;
+        }
+        audit::append(&mut tx, &access.entry(incident.name(), "*", "OK")).await?;
+        outbox::append(&mut tx, incident_event("incident.reported", &incident)).await?;
+        tx.commit().await?;
+        Ok(incident)
+    }
+
+    /// One incident of a facility.
+    pub async fn incident(&self, facility_id: &str, id: &str) -> Result<Incident> {
+        let row = sqlx::query(&format!(
+            "SELECT {INCIDENT_COLUMNS} FROM incidents WHERE facility_id = $1 AND id = $2"
+        ))
+        .bind(facility_id)
+        .bind(id)
+        .fetch_optional(self.db.reader())
+        .await
+        .db()?;
+        match row {
+            Some(r) => incident_from_row(&r),
+            None => Err(Error::NotFound(format!("facilities/{facility_id}/incidents/{id}"))),
+        }
+    }
+
+    /// A facility's incidents, newest first, before `before`.
+    pub async fn incidents(
+        &self,
+        facility_id: &str,
+        before: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<Incident>> {
+        self.get(facility_id).await?;
+        let mut sql =
+            Sql::new(format!("SELECT {INCIDENT_COLUMNS} FROM incidents WHERE facility_id = "));
+        sql.bind_text(facility_id);
+        if let Some(b) = before {
+            sql.push(" AND id < ").bind_text(b);
+        }
+        sql.push(" ORDER BY id DESC LIMIT ").bind_int(limit);
+        let rows = sql.query(self.db.dialect()).fetch_all(self.db.reader()).await.db()?;
+        rows.iter().map(incident_from_row).collect()
+    }
+
+    /// Moves an incident along its lifecycle with its latest counts.
+    pub async fn transition_incident(
+        &self,
+        access: &Access,
+        facility_id: &str,
+        id: &str,
+        c: IncidentChange,
+    ) -> Result<Incident> {
+        let mut tx = self.db.begin().await?;
+        let f = fetch(&mut tx, facility_id).await?;
+        check_custodian(access, &f)?;
+        let row = sqlx::query(&format!(
+            "SELECT {INCIDENT_COLUMNS} FROM incidents WHERE facility_id = $1 AND id = $2"
+        ))
+        .bind(facility_id)
+        .bind(id)
+        .fetch_optional(tx.conn())
+        .await
+        .db()?;
+        let mut i = match row {
+            Some(r) => incident_from_row(&r)?,
+            None => {
+                return Err(Error::NotFound(format!("facilities/{facility_id}/incidents/{id}")))
+            }
+        };
+        if let Some(v) = c.expected_version.filter(|v| *v != i.version) {
+            return Err(Error::Aborted(format!(
+                "etag mismatch: {} is at etag \"{}\", the request carried \"{v}\"; read it again and retry",
+                i.name(),
+                i.version
+            )));
+        }
+        if !i.state.can_become(c.to) {
+            return Err(Error::FailedPrecondition {
+                reason: "INVALID_INCIDENT_TRANSITION",
+                message: format!(
+                    "{} is {}; from there it may become {}",
+                    i.name(),
+                    i.state,
+                    match i.state.successors() {
+                        s if s.is_empty() => "nothing (closed)".to_string(),
+                        s => s.join(", "),
+                    }
+                ),
+            });
+        }
+        i.state = c.to;
+        i.killed = c.killed;
+        i.injured = c.injured;
+        i.missing = c.missing;
+        i.description = if i.description.is_empty() {
+            c.reason.clone()
+        } else {
+            format!("{}\n{}: {}", i.description, c.to, c.reason)
+        };
+        i.version += 1;
+        i.update_time = now_micros();
+        let updated = sqlx::query(
+            "UPDATE incidents SET state = $1, killed = $2, injured = $3, missing = $4, description = $5, \
+             version = $6, update_time = $7 WHERE id = $8 AND version = $9",
+        )
+        .bind(i.state.as_str())
+        .bind(i.killed)
+        .bind(i.injured)
+        .bind(i.missing)
+        .bind(&i.description)
+        .bind(i.version)
+        .bind(i.update_time)
+        .bind(&i.id)
+        .bind(i.version - 1)
+        .execute(tx.conn())
+        .await
+        .db()?
+        .rows_affected();
+        if updated != 1 {
+            return Err(Error::Aborted(format!(
+                "{} changed concurrently; read it again and retry",
+                i.name()
+            )));
+        }
+        audit::append(&mut tx, &access.entry(i.name(), "state,killed,injured,missing", "OK"))
+            .await?;
+        outbox::append(&mut tx, incident_event("incident.changed", &i)).await?;
+        tx.commit().await?;
+        Ok(i)
     }
 }

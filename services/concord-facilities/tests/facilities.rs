@@ -353,6 +353,62 @@ async fn security_status_follows_its_machine_and_custodian_changes_are_recorded(
     assert_eq!(payload.name, "facilities/al-hol");
 }
 
+#[tokio::test]
+async fn incidents_follow_their_lifecycle_with_their_latest_counts() {
+    let h = Harness::start().await;
+    let mut g = h.client(guard()).await;
+    create(&mut g, "al-hol", "custodial-authority").await.unwrap();
+    let err = g
+        .report_incident(pb::ReportIncidentRequest {
+            parent: "facilities/al-hol".into(),
+            incident: Some(pb::Incident { killed: -1, ..Default::default() }),
+            request_id: String::new(),
+        })
+        .await
+        .unwrap_err();
+    let mut fields = violations(&err);
+    fields.sort();
+    assert_eq!(
+        fields,
+        vec!["incident.description", "incident.killed", "incident.kind", "incident.reporter"]
+    );
+    let i = report(&mut g, "al-hol").await.unwrap();
+    assert_eq!(i.state, pb::IncidentState::Reported as i32);
+    let step = |to: pb::IncidentState, missing: i32| pb::TransitionIncidentRequest {
+        name: i.name.clone(),
+        state: to as i32,
+        reason: format!("now {}", to.as_str_name()),
+        killed: 3,
+        injured: 20,
+        missing,
+        ..Default::default()
+    };
+    let err = g.transition_incident(step(pb::IncidentState::Reconciled, 12)).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    assert!(err.message().contains("CONFIRMED"), "{}", err.message());
+    g.transition_incident(step(pb::IncidentState::Confirmed, 40)).await.unwrap();
+    g.transition_incident(step(pb::IncidentState::Contained, 25)).await.unwrap();
+    let reconciled =
+        g.transition_incident(step(pb::IncidentState::Reconciled, 7)).await.unwrap().into_inner();
+    assert_eq!((reconciled.killed, reconciled.injured, reconciled.missing), (3, 20, 7));
+    assert!(reconciled.description.contains("RECONCILED: now INCIDENT_STATE_RECONCILED"));
+    g.transition_incident(step(pb::IncidentState::Closed, 7)).await.unwrap();
+    let err = g.transition_incident(step(pb::IncidentState::Confirmed, 7)).await.unwrap_err();
+    assert!(err.message().contains("nothing (closed)"), "{}", err.message());
+    let listed = h
+        .client(monitor())
+        .await
+        .list_incidents(pb::ListIncidentsRequest {
+            parent: "facilities/al-hol".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(listed.incidents.len(), 1);
+    assert_eq!(listed.incidents[0].state, pb::IncidentState::Closed as i32);
+}
+
 /// Every RPC with the action the policy checks for it.
 const RPCS: &[(&str, Action)] = &[
     ("CreateFacility", Action::FacilitiesManage),
@@ -363,8 +419,41 @@ const RPCS: &[(&str, Action)] = &[
     ("ChangeCustodian", Action::FacilitiesCustodian),
     ("ListFacilityEvents", Action::FacilitiesRead),
     ("GetOccupancy", Action::FacilitiesRead),
+    ("ReportIncident", Action::FacilitiesSecurity),
+    ("GetIncident", Action::FacilitiesRead),
+    ("ListIncidents", Action::FacilitiesRead),
+    ("TransitionIncident", Action::FacilitiesSecurity),
     ("WatchChanges", Action::FacilitiesRead),
 ];
+
+async fn report(c: &mut Client, id: &str) -> Result<pb::Incident, tonic::Status> {
+    c.report_incident(pb::ReportIncidentRequest {
+        parent: format!("facilities/{id}"),
+        incident: Some(pb::Incident {
+            kind: pb::IncidentKind::Riot as i32,
+            description: "riot in block C".into(),
+            reporter: "gate post 3".into(),
+            missing: 12,
+            ..Default::default()
+        }),
+        request_id: String::new(),
+    })
+    .await
+    .map(|r| r.into_inner())
+}
+
+/// The oldest incident of a facility.
+async fn first_incident(c: &mut Client, id: &str) -> Result<pb::Incident, tonic::Status> {
+    let all = c
+        .list_incidents(pb::ListIncidentsRequest {
+            parent: format!("facilities/{id}"),
+            ..Default::default()
+        })
+        .await?
+        .into_inner()
+        .incidents;
+    Ok(all.last().cloned().expect("the matrix reports one incident per facility first"))
+}
 
 async fn call(c: &mut Client, rpc: &str, id: &str, custodian: &str) -> Result<(), tonic::Status> {
     let name = format!("facilities/{id}");
@@ -417,6 +506,32 @@ async fn call(c: &mut Client, rpc: &str, id: &str, custodian: &str) -> Result<()
             })
             .await?;
         }
+        "ReportIncident" => {
+            report(c, id).await?;
+        }
+        "GetIncident" => {
+            let name = first_incident(c, id).await?.name;
+            c.get_incident(pb::GetIncidentRequest { name }).await?;
+        }
+        "ListIncidents" => {
+            c.list_incidents(pb::ListIncidentsRequest { parent: name, ..Default::default() })
+                .await?;
+        }
+        "TransitionIncident" => {
+            let i = first_incident(c, id).await?;
+            let next = match pb::IncidentState::try_from(i.state).unwrap() {
+                pb::IncidentState::Reported => pb::IncidentState::Confirmed,
+                pb::IncidentState::Confirmed => pb::IncidentState::Contained,
+                _ => pb::IncidentState::Reconciled,
+            };
+            c.transition_incident(pb::TransitionIncidentRequest {
+                name: i.name,
+                state: next as i32,
+                reason: "matrix".into(),
+                ..Default::default()
+            })
+            .await?;
+        }
         "GetOccupancy" => {
             c.get_occupancy(pb::GetOccupancyRequest { name }).await?;
         }
@@ -447,6 +562,8 @@ async fn every_rpc_for_every_kind_of_principal_is_decided_by_the_policy_and_the_
     // One facility the testkit's custodial authority runs, one another authority runs.
     create(&mut cell, "al-hol", "custodial-authority").await.unwrap();
     create(&mut cell, "ghwayran", "sdf-prisons").await.unwrap();
+    report(&mut cell, "al-hol").await.unwrap();
+    report(&mut cell, "ghwayran").await.unwrap();
     let policy = Policy::embedded();
     let callers = [
         ("coordinator", coordinator(), true),
