@@ -7,7 +7,7 @@ use concord_platform::audit;
 use concord_platform::error::{Error, Result};
 use concord_platform::idempotency;
 use concord_platform::outbox::{self, NewEvent};
-use concord_platform::policy::Basis;
+use concord_platform::policy::Action;
 use concord_platform::sql::Sql;
 use concord_platform::storage::{Db, Migrations, SqlxResultExt, Tx};
 use concord_platform::time::now_micros;
@@ -130,10 +130,13 @@ fn event_from_row(r: &AnyRow) -> Result<FacilityEvent> {
     })
 }
 
-/// PERMISSION_DENIED unless the caller may change `f`: the coordinator (whose policy sees
-/// every record) may change any facility, a custodial authority only those it runs.
+/// PERMISSION_DENIED unless the caller may change `f`: whoever the policy lets pass
+/// facilities between custodians (the coordinator) may change any facility, a custodial
+/// authority only those it runs.
 fn check_custodian(access: &Access, f: &Facility) -> Result<()> {
-    if access.grant.sees(Basis::All) || f.custodian_agency == access.principal.agency {
+    if access.grant.allows(Action::FacilitiesCustodian)
+        || f.custodian_agency == access.principal.agency
+    {
         Ok(())
     } else {
         Err(Error::PermissionDenied(format!(
