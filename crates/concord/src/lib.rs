@@ -59,7 +59,7 @@ pub struct Config {
     #[arg(long, env = "CONCORD_SERVICE_CERT", requires = "service_key")]
     pub service_cert: Option<PathBuf>,
     /// PEM key of --service-cert.
-    #[arg(long, env = "CONCORD_SERVICE_KEY")]
+    #[arg(long, env = "CONCORD_SERVICE_KEY", requires = "service_cert")]
     pub service_key: Option<PathBuf>,
     /// Facilities database (sqlite:// or postgres://); default: a SQLite file in the data folder.
     #[arg(long, env = "CONCORD_FACILITIES_DATABASE_URL")]
@@ -275,10 +275,14 @@ pub async fn start(
             Some(launcher.launch(cfg.facilities_addr, Services::new().with(svc), db).await?);
     }
     running.health = launcher.health;
-    let tasks = launcher.tasks;
+    let mut tasks = launcher.tasks;
+    // Every server runs until shutdown; the first to fail ends the process with its error
+    // (the others are not left serving a half-working suite).
     let all = async move {
-        for t in tasks {
-            t.await??;
+        while !tasks.is_empty() {
+            let (r, _, rest) = futures::future::select_all(tasks).await;
+            r??;
+            tasks = rest;
         }
         Ok(())
     };

@@ -166,7 +166,12 @@ macro_rules! enum_in {
             .ok()
             .and_then(|e| <$domain>::from_proto_name(e.as_str_name()));
         if parsed.is_none() {
-            $v.add($field, format!("is required; use one of {}", <$domain>::NAMES.join(", ")));
+            let what = if value == 0 {
+                "is required".to_string()
+            } else {
+                format!("has unknown value {value}")
+            };
+            $v.add($field, format!("{what}; use one of {}", <$domain>::NAMES.join(", ")));
         }
         parsed
     }};

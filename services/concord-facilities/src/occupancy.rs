@@ -47,7 +47,9 @@ pub struct RegistryLink {
     pub principal: Option<Principal>,
 }
 
-/// One person's placement.
+/// One person's placement. The age band is not stored: it is worked out when counted, from
+/// the birth year (or, without one, whether the person is recorded as a child), so people
+/// move up a band as years pass without any event about them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Placement {
     /// Person id.
@@ -58,14 +60,31 @@ pub struct Placement {
     pub section_id: String,
     /// Sex, if recorded.
     pub sex: Option<PlaceSex>,
-    /// Age band.
-    pub age_band: AgeBand,
+    /// Birth year, 0 when unknown.
+    pub birth_year: i32,
+    /// Recorded as a child (used without a birth year).
+    pub child: bool,
     /// Active nationalities.
     pub states: Vec<String>,
 }
 
+/// The age band of someone born in `birth_year` (0: unknown) this year.
+pub fn age_band(birth_year: i32, child: bool, this_year: i32) -> AgeBand {
+    if birth_year > 0 {
+        match this_year - birth_year {
+            a if a < 12 => AgeBand::Child,
+            a if a < 18 => AgeBand::Adolescent,
+            _ => AgeBand::Adult,
+        }
+    } else if child {
+        AgeBand::Child
+    } else {
+        AgeBand::Adult
+    }
+}
+
 /// The placement a registry snapshot of a person implies, or `None` (not placed, merged).
-pub fn placement(p: &reg::Person, this_year: i32) -> Option<Placement> {
+pub fn placement(p: &reg::Person) -> Option<Placement> {
     let status = reg::CustodyStatus::try_from(p.custody_status).ok()?.as_str_name();
     if !PLACED.contains(&status) || p.facility_id.is_empty() || !p.merged_into.is_empty() {
         return None;
@@ -75,17 +94,11 @@ pub fn placement(p: &reg::Person, this_year: i32) -> Option<Placement> {
         reg::Sex::Female => Some(PlaceSex::Female),
         _ => None,
     };
-    let age_band = match p.birth_date.as_ref().filter(|d| d.year > 0) {
-        Some(d) => match this_year - d.year {
-            a if a < 12 => AgeBand::Child,
-            a if a < 18 => AgeBand::Adolescent,
-            _ => AgeBand::Adult,
-        },
-        None => match reg::PersonCategory::try_from(p.category).ok()? {
-            reg::PersonCategory::Child | reg::PersonCategory::UnaccompaniedChild => AgeBand::Child,
-            _ => AgeBand::Adult,
-        },
-    };
+    let birth_year = p.birth_date.as_ref().map_or(0, |d| d.year.max(0));
+    let child = matches!(
+        reg::PersonCategory::try_from(p.category),
+        Ok(reg::PersonCategory::Child | reg::PersonCategory::UnaccompaniedChild)
+    );
     let mut states: Vec<String> = p
         .nationalities
         .iter()
@@ -99,17 +112,14 @@ pub fn placement(p: &reg::Person, this_year: i32) -> Option<Placement> {
         facility_id: p.facility_id.clone(),
         section_id: p.section_id.clone(),
         sex,
-        age_band,
+        birth_year,
+        child,
         states,
     })
 }
 
 /// Applies a batch of registry events and the cursor after them, in one transaction.
-pub async fn apply(
-    db: &Db,
-    events: &[concord_proto::r#type::v1::ChangeEvent],
-    this_year: i32,
-) -> Result<()> {
+pub async fn apply(db: &Db, events: &[concord_proto::r#type::v1::ChangeEvent]) -> Result<()> {
     let Some(last) = events.last() else { return Ok(()) };
     let mut tx = db.begin().await?;
     for e in events.iter().filter(|e| !e.bookmark) {
@@ -121,16 +131,17 @@ pub async fn apply(
             .execute(tx.conn())
             .await
             .db()?;
-        if let Some(pl) = placement(&p, this_year) {
+        if let Some(pl) = placement(&p) {
             sqlx::query(
-                "INSERT INTO placements (person_id, facility_id, section_id, sex, age_band, states, custody_status) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                "INSERT INTO placements (person_id, facility_id, section_id, sex, birth_year, child, states, custody_status) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
             )
             .bind(&pl.person_id)
             .bind(&pl.facility_id)
             .bind(&pl.section_id)
             .bind(pl.sex.map_or("", |s| s.as_str()))
-            .bind(pl.age_band.as_str())
+            .bind(i64::from(pl.birth_year))
+            .bind(i64::from(pl.child))
             .bind(format!("|{}|", pl.states.join("|")))
             .bind(reg::CustodyStatus::try_from(p.custody_status).map_or("", |s| s.as_str_name()))
             .execute(tx.conn())
@@ -174,18 +185,20 @@ pub struct Occupancy {
 
 /// The occupancy of `facility`, as projected so far.
 pub async fn occupancy(db: &Db, facility: &str) -> Result<Occupancy> {
-    let mut sql =
-        Sql::new("SELECT section_id, sex, age_band, states FROM placements WHERE facility_id = ");
+    let mut sql = Sql::new(
+        "SELECT section_id, sex, birth_year, child, states FROM placements WHERE facility_id = ",
+    );
     sql.bind(SqlValue::Text(facility.to_string()));
     let rows = sql.query(db.dialect()).fetch_all(db.reader()).await.db()?;
     let mut o = Occupancy::default();
+    let year = this_year();
     for r in rows {
         let section: String = r.try_get("section_id").db()?;
         let sex: String = r.try_get("sex").db()?;
-        let band: String = r.try_get("age_band").db()?;
+        let birth_year: i64 = r.try_get("birth_year").db()?;
+        let child: i64 = r.try_get("child").db()?;
         let states: String = r.try_get("states").db()?;
-        let band = AgeBand::parse(&band)
-            .ok_or_else(|| Error::internal(anyhow::anyhow!("stored age band '{band}'")))?;
+        let band = age_band(birth_year as i32, child != 0, year);
         o.total += 1;
         *o.lines.entry((section, PlaceSex::parse(&sex), band)).or_default() += 1;
         for s in states.split('|').filter(|s| !s.is_empty()) {
@@ -197,13 +210,24 @@ pub async fn occupancy(db: &Db, facility: &str) -> Result<Occupancy> {
 
 /// Follows the registry until `shutdown`, reconnecting with backoff after any failure.
 pub async fn follow(db: Db, link: RegistryLink, mut shutdown: Shutdown) {
-    let mut backoff = Duration::from_millis(200);
+    const FIRST: Duration = Duration::from_millis(200);
+    let mut backoff = FIRST;
     loop {
+        let started = tokio::time::Instant::now();
         let run = follow_once(&db, &link);
         tokio::select! {
             r = run => {
-                if let Err(e) = r {
-                    tracing::warn!(error = %e, retry_ms = backoff.as_millis() as u64, "occupancy: registry stream lost");
+                // The registry ends streams every few minutes to renew their authorization:
+                // a stream that ran a while is normal, and the next one starts at once.
+                if started.elapsed() > Duration::from_secs(30) {
+                    backoff = FIRST;
+                }
+                match r {
+                    Err(e) if e.downcast_ref::<tonic::Status>().is_some_and(|s| s.code() == tonic::Code::Unavailable) => {
+                        tracing::debug!(error = %e, "occupancy: registry stream ended; resuming");
+                    }
+                    Err(e) => tracing::warn!(error = %e, retry_ms = backoff.as_millis() as u64, "occupancy: registry stream lost"),
+                    Ok(()) => {}
                 }
             }
             () = shutdown.wait() => return,
@@ -239,8 +263,7 @@ async fn follow_once(db: &Db, link: &RegistryLink) -> anyhow::Result<()> {
             .into_iter()
             .filter_map(|m| m.event)
             .collect();
-        let year = this_year();
-        apply(db, &events, year).await?;
+        apply(db, &events).await?;
     }
     Ok(())
 }
@@ -283,12 +306,15 @@ mod tests {
             facility_id: "al-hol".into(),
             ..Default::default()
         };
-        let pl = placement(&p, 2026).expect("placed");
-        assert_eq!((pl.sex, pl.age_band), (Some(PlaceSex::Female), AgeBand::Adolescent));
+        let pl = placement(&p).expect("placed");
+        assert_eq!(pl.sex, Some(PlaceSex::Female));
+        assert_eq!(age_band(pl.birth_year, pl.child, 2025), AgeBand::Child);
+        assert_eq!(age_band(pl.birth_year, pl.child, 2026), AgeBand::Adolescent, "a year later");
+        assert_eq!(age_band(0, true, 2026), AgeBand::Child);
         p.custody_status = reg::CustodyStatus::Escaped as i32;
-        assert!(placement(&p, 2026).is_none());
+        assert!(placement(&p).is_none());
         p.custody_status = reg::CustodyStatus::InCustody as i32;
         p.merged_into = "persons/p2".into();
-        assert!(placement(&p, 2026).is_none(), "a merged record is counted under its survivor");
+        assert!(placement(&p).is_none(), "a merged record is counted under its survivor");
     }
 }

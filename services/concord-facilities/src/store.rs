@@ -173,6 +173,17 @@ async fn fetch(tx: &mut Tx, id: &str) -> Result<Facility> {
     }
 }
 
+/// FAILED_PRECONDITION for a facility HANDED_OVER or CLOSED: nothing about it changes.
+fn check_open(f: &Facility) -> Result<()> {
+    if f.security_status.is_final() {
+        return Err(Error::FailedPrecondition {
+            reason: "FACILITY_FINAL",
+            message: format!("{} is {}; it no longer changes", f.name(), f.security_status),
+        });
+    }
+    Ok(())
+}
+
 fn check_version(f: &Facility, expected: Option<i64>) -> Result<()> {
     match expected {
         Some(v) if v != f.version => Err(Error::Aborted(format!(
@@ -347,6 +358,7 @@ impl Store {
         }
         let mut f = fetch(&mut tx, id).await?;
         check_custodian(access, &f)?;
+        check_open(&f)?;
         check_version(&f, expected_version)?;
         f.data = change(&f.data)?;
         f.version += 1;
@@ -393,6 +405,15 @@ impl Store {
                             }
                         ),
                     });
+                }
+                if c.occur_time < f.security_status_time {
+                    return Err(Error::invalid(
+                        "occur_time",
+                        format!(
+                            "is before the last change of {}'s status; report changes in the order they happened",
+                            f.name()
+                        ),
+                    ));
                 }
                 f.security_status = *to;
                 f.security_status_reason = c.reason.clone();
@@ -496,6 +517,7 @@ impl Store {
         }
         let f = fetch(&mut tx, &incident.facility_id).await?;
         check_custodian(access, &f)?;
+        check_open(&f)?;
         let now = now_micros();
         incident.id = uuid::Uuid::now_v7().to_string();
         incident.state = IncidentState::Reported;
@@ -576,6 +598,7 @@ impl Store {
         let mut tx = self.db.begin().await?;
         let f = fetch(&mut tx, facility_id).await?;
         check_custodian(access, &f)?;
+        check_open(&f)?;
         let row = sqlx::query(&format!(
             "SELECT {INCIDENT_COLUMNS} FROM incidents WHERE facility_id = $1 AND id = $2"
         ))

@@ -321,6 +321,59 @@ async fn security_status_follows_its_machine_and_custodian_changes_are_recorded(
     .unwrap();
     let err = status(&mut cell, "al-hol", pb::SecurityStatus::Elevated).await.unwrap_err();
     assert!(err.message().contains("nothing (final)"), "{}", err.message());
+    // A closed facility no longer changes in any way.
+    let closed = cell
+        .get_facility(pb::GetFacilityRequest { name: "facilities/al-hol".into() })
+        .await
+        .unwrap()
+        .into_inner();
+    let err = cell
+        .update_facility(pb::UpdateFacilityRequest {
+            facility: Some(closed),
+            update_mask: Some(prost_types::FieldMask { paths: vec!["display_name".into()] }),
+            request_id: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    assert_eq!(report(&mut cell, "al-hol").await.unwrap_err().code(), Code::FailedPrecondition);
+
+    // Changes are reported in the order they happened; an unknown status is named as such.
+    create(&mut cell, "roj", "custodial-authority").await.unwrap();
+    status(&mut cell, "roj", pb::SecurityStatus::Elevated).await.unwrap();
+    let an_hour_ago = prost_types::Timestamp {
+        seconds: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64
+            - 3600,
+        nanos: 0,
+    };
+    let err = cell
+        .change_security_status(pb::ChangeSecurityStatusRequest {
+            name: "facilities/roj".into(),
+            status: pb::SecurityStatus::High as i32,
+            reason: "late report".into(),
+            reporter: "gate post 3".into(),
+            occur_time: Some(an_hour_ago),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(violations(&err), vec!["occur_time"]);
+    let err = cell
+        .change_security_status(pb::ChangeSecurityStatusRequest {
+            name: "facilities/roj".into(),
+            status: 42,
+            reason: "x".into(),
+            reporter: "y".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert!(err.get_error_details().bad_request().unwrap().field_violations[0]
+        .description
+        .contains("unknown value 42"));
 
     // Every change is in the audit log, with its purpose; the stream carries them all.
     let audit = concord_platform::audit::export(&h.db, 0, 1000).await.unwrap();
@@ -329,7 +382,8 @@ async fn security_status_follows_its_machine_and_custodian_changes_are_recorded(
             .iter()
             .filter(|e| e.entry.action == "ChangeSecurityStatus" && e.entry.outcome == "OK")
             .count(),
-        7
+        8,
+        "seven at al-hol, one at roj"
     );
     assert!(audit
         .iter()

@@ -5,7 +5,9 @@ CREATE TABLE placements (
     facility_id TEXT NOT NULL,
     section_id TEXT NOT NULL,
     sex TEXT NOT NULL,
-    age_band TEXT NOT NULL,
+    -- The age band is worked out when counted, so people move up a band as years pass.
+    birth_year BIGINT NOT NULL,
+    child BIGINT NOT NULL,
     states TEXT NOT NULL,
     custody_status TEXT NOT NULL
 );
