@@ -98,6 +98,20 @@ impl Facilities {
     }
 }
 
+impl Facilities {
+    /// A write's result; a refusal for not running the facility is audited like the
+    /// policy's refusals (a successful write audited itself in its transaction).
+    async fn outcome<T>(&self, a: &Access, resource: &str, r: Result<T>) -> Result<T, Status> {
+        if let Err(Error::PermissionDenied(_)) = &r {
+            self.recorder
+                .record(vec![a.entry(resource, "", "PERMISSION_DENIED")])
+                .await
+                .map_err(st)?;
+        }
+        r.map_err(st)
+    }
+}
+
 fn st(e: Error) -> Status {
     e.into_status(DOMAIN)
 }
@@ -409,11 +423,8 @@ impl FacilitiesService for Facilities {
             .finish(data)
             .map_err(st)?
             .ok_or_else(|| st(Error::invalid("facility", "is required")))?;
-        let f = self
-            .store
-            .create(&a, &m.facility_id, data, &m.custodian_agency, rid)
-            .await
-            .map_err(st)?;
+        let f = self.store.create(&a, &m.facility_id, data, &m.custodian_agency, rid).await;
+        let f = self.outcome(&a, &format!("facilities/{}", m.facility_id), f).await?;
         Ok(Response::new(facility_out(&f)))
     }
 
@@ -509,8 +520,8 @@ impl FacilitiesService for Facilities {
                 }
                 Ok(new)
             })
-            .await
-            .map_err(st)?;
+            .await;
+        let f = self.outcome(&a, &format!("facilities/{id}"), f).await?;
         Ok(Response::new(facility_out(&f)))
     }
 
@@ -540,7 +551,9 @@ impl FacilitiesService for Facilities {
                 request_id: rid,
             })
             .map_err(st)?;
-        let f = self.store.change(&a, change).await.map_err(st)?;
+        let resource = format!("facilities/{}", change.facility_id);
+        let f = self.store.change(&a, change).await;
+        let f = self.outcome(&a, &resource, f).await?;
         Ok(Response::new(facility_out(&f)))
     }
 
@@ -574,7 +587,9 @@ impl FacilitiesService for Facilities {
                 request_id: rid,
             })
             .map_err(st)?;
-        let f = self.store.change(&a, change).await.map_err(st)?;
+        let resource = format!("facilities/{}", change.facility_id);
+        let f = self.store.change(&a, change).await;
+        let f = self.outcome(&a, &resource, f).await?;
         Ok(Response::new(facility_out(&f)))
     }
 
@@ -631,7 +646,9 @@ impl FacilitiesService for Facilities {
                 update_time: 0,
             })
             .map_err(st)?;
-        let stored = self.store.report_incident(&a, incident, rid).await.map_err(st)?;
+        let resource = format!("facilities/{}", incident.facility_id);
+        let stored = self.store.report_incident(&a, incident, rid).await;
+        let stored = self.outcome(&a, &resource, stored).await?;
         Ok(Response::new(incident_out(&stored)))
     }
 
@@ -683,7 +700,8 @@ impl FacilitiesService for Facilities {
             missing: i64::from(m.missing),
             expected_version: expected,
         };
-        let i = self.store.transition_incident(&a, &fid, &id, change).await.map_err(st)?;
+        let i = self.store.transition_incident(&a, &fid, &id, change).await;
+        let i = self.outcome(&a, &format!("facilities/{fid}/incidents/{id}"), i).await?;
         Ok(Response::new(incident_out(&i)))
     }
 

@@ -388,6 +388,11 @@ async fn security_status_follows_its_machine_and_custodian_changes_are_recorded(
     assert!(audit
         .iter()
         .any(|e| e.entry.action == "ChangeCustodian" && e.entry.agency == "coalition-cell"));
+    // The former custodian's refused attempt is on record too.
+    assert!(audit.iter().any(|e| e.entry.action == "ChangeSecurityStatus"
+        && e.entry.agency == "custodial-authority"
+        && e.entry.resource == "facilities/al-hol"
+        && e.entry.outcome == "PERMISSION_DENIED"));
     assert!(audit.iter().all(|e| e.entry.purpose == "concord integration test"));
     let mut watch = h
         .client(monitor())
