@@ -21,6 +21,20 @@ pub fn fingerprint(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
 
+/// The idempotency key of a request: its request id (checked, naming `field` when bad) and
+/// the fingerprint of the whole message; `None` when no request id was sent.
+pub fn key<M: prost::Message>(
+    request_id: &str,
+    field: &str,
+    msg: &M,
+) -> Result<Option<(String, String)>> {
+    if request_id.is_empty() {
+        return Ok(None);
+    }
+    validate(field, request_id)?;
+    Ok(Some((request_id.to_string(), fingerprint(&msg.encode_to_vec()))))
+}
+
 /// Checks a request id: at most 128 printable ASCII characters.
 pub fn validate(field: &str, request_id: &str) -> Result<()> {
     if request_id.len() > 128 || !request_id.chars().all(|c| c.is_ascii_graphic()) {

@@ -27,6 +27,19 @@ pub fn from_timestamp(ts: &prost_types::Timestamp) -> Option<Micros> {
     ts.seconds.checked_mul(1_000_000).and_then(|s| s.checked_add(i64::from(ts.nanos) / 1000))
 }
 
+/// The current year (UTC), from the clock (civil-from-days, Howard Hinnant).
+pub fn current_year() -> i32 {
+    let days = now_micros() / 86_400_000_000;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    (yoe + era * 400 + i64::from(month <= 2)) as i32
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -36,6 +49,12 @@ mod tests {
         let m = 1_574_000_000_123_456;
         assert_eq!(from_timestamp(&to_timestamp(m)), Some(m));
         assert_eq!(from_timestamp(&to_timestamp(-1)), Some(-1));
+    }
+
+    #[test]
+    fn current_year_is_plausible() {
+        let y = current_year();
+        assert!((2025..2100).contains(&y), "{y}");
     }
 
     #[test]

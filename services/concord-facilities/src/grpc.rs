@@ -18,7 +18,6 @@ use concord_platform::{idempotency, paging};
 use concord_proto::facilities::v1 as pb;
 use concord_proto::facilities::v1::facilities_service_server::FacilitiesService;
 use futures::{Stream, StreamExt};
-use prost::Message;
 use tonic::{Request, Response, Status};
 
 use crate::domain::*;
@@ -114,14 +113,6 @@ impl Facilities {
 
 fn st(e: Error) -> Status {
     e.into_status(DOMAIN)
-}
-
-fn request_id<M: Message>(rid: &str, field: &str, msg: &M) -> Result<Option<(String, String)>> {
-    if rid.is_empty() {
-        return Ok(None);
-    }
-    idempotency::validate(field, rid)?;
-    Ok(Some((rid.to_string(), idempotency::fingerprint(&msg.encode_to_vec()))))
 }
 
 fn facility_id(name: &str, field: &str) -> Result<String> {
@@ -402,7 +393,7 @@ impl FacilitiesService for Facilities {
         let a = self.access(&req, Action::FacilitiesManage, "CreateFacility").await?;
         let m = req.into_inner();
         let mut v = Violations::new();
-        let rid = v.absorb(request_id(&m.request_id, "request_id", &m)).flatten();
+        let rid = v.absorb(idempotency::key(&m.request_id, "request_id", &m)).flatten();
         if !is_id(&m.facility_id) {
             v.add(
                 "facility_id",
@@ -464,7 +455,7 @@ impl FacilitiesService for Facilities {
     ) -> Result<Response<pb::Facility>, Status> {
         let a = self.access(&req, Action::FacilitiesManage, "UpdateFacility").await?;
         let m = req.into_inner();
-        let rid = request_id(&m.request_id, "request_id", &m).map_err(st)?;
+        let rid = idempotency::key(&m.request_id, "request_id", &m).map_err(st)?;
         let incoming =
             m.facility.clone().ok_or_else(|| st(Error::invalid("facility", "is required")))?;
         let id = facility_id(&incoming.name, "facility.name").map_err(st)?;
@@ -538,7 +529,7 @@ impl FacilitiesService for Facilities {
         text(&mut v, "reporter", &m.reporter, 200);
         let at = occur_time(&mut v, "occur_time", m.occur_time.as_ref());
         let expected = v.absorb(etag(&m.etag, "etag")).flatten();
-        let rid = v.absorb(request_id(&m.request_id, "request_id", &m)).flatten();
+        let rid = v.absorb(idempotency::key(&m.request_id, "request_id", &m)).flatten();
         let change = v
             .finish(Change {
                 facility_id: id.unwrap_or_default(),
@@ -574,7 +565,7 @@ impl FacilitiesService for Facilities {
         text(&mut v, "reason", &m.reason, 1000);
         let at = occur_time(&mut v, "occur_time", m.occur_time.as_ref());
         let expected = v.absorb(etag(&m.etag, "etag")).flatten();
-        let rid = v.absorb(request_id(&m.request_id, "request_id", &m)).flatten();
+        let rid = v.absorb(idempotency::key(&m.request_id, "request_id", &m)).flatten();
         let change = v
             .finish(Change {
                 facility_id: id.unwrap_or_default(),
@@ -619,7 +610,7 @@ impl FacilitiesService for Facilities {
         let m = req.into_inner();
         let mut v = Violations::new();
         let fid = v.absorb(facility_id(&m.parent, "parent"));
-        let rid = v.absorb(request_id(&m.request_id, "request_id", &m)).flatten();
+        let rid = v.absorb(idempotency::key(&m.request_id, "request_id", &m)).flatten();
         let i = m.incident.clone().unwrap_or_default();
         if m.incident.is_none() {
             v.add("incident", "is required");

@@ -191,7 +191,7 @@ pub async fn occupancy(db: &Db, facility: &str) -> Result<Occupancy> {
     sql.bind(SqlValue::Text(facility.to_string()));
     let rows = sql.query(db.dialect()).fetch_all(db.reader()).await.db()?;
     let mut o = Occupancy::default();
-    let year = this_year();
+    let year = concord_platform::time::current_year();
     for r in rows {
         let section: String = r.try_get("section_id").db()?;
         let sex: String = r.try_get("sex").db()?;
@@ -268,29 +268,9 @@ async fn follow_once(db: &Db, link: &RegistryLink) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The current year (UTC).
-pub fn this_year() -> i32 {
-    let days = concord_platform::time::now_micros() / 86_400_000_000;
-    // Civil year from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    (yoe + era * 400 + i64::from(month <= 2)) as i32
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_current_year_is_computed_from_the_clock() {
-        let y = this_year();
-        assert!((2024..2100).contains(&y), "{y}");
-    }
 
     #[test]
     fn only_people_held_at_a_facility_occupy_a_place() {

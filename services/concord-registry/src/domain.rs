@@ -547,20 +547,6 @@ pub fn parse_etag(etag: &str, field: &str) -> Result<Option<i64>> {
     })
 }
 
-/// The current year (UTC), for date validation.
-pub fn current_year() -> i32 {
-    let days = concord_platform::time::now_micros() / 86_400_000_000;
-    // Civil-from-days (Howard Hinnant), enough for the year.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    (yoe + era * 400 + i64::from(month <= 2)) as i32
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -596,11 +582,5 @@ mod tests {
         assert!(validate_date(&d(1990, 3, 0, DatePrecision::Year), "b", 2026).is_err());
         assert!(validate_date(&d(2030, 1, 1, DatePrecision::Exact), "b", 2026).is_err());
         assert!(validate_date(&d(1990, 13, 0, DatePrecision::Month), "b", 2026).is_err());
-    }
-
-    #[test]
-    fn current_year_is_plausible() {
-        let y = current_year();
-        assert!((2025..2100).contains(&y), "{y}");
     }
 }

@@ -3,7 +3,7 @@
 
 use concord_platform::error::{quote, Result, Violations};
 use concord_platform::policy::{FieldClass, FieldSet};
-use concord_platform::time::{from_timestamp, to_timestamp};
+use concord_platform::time::{current_year, from_timestamp, to_timestamp};
 use concord_proto::r#type::v1 as tpb;
 use concord_proto::registry::v1 as pb;
 

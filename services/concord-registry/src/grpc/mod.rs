@@ -214,15 +214,6 @@ impl Registry {
     }
 }
 
-/// Request id and fingerprint of `msg`, if a request id was sent.
-fn request_id<M: Message>(rid: &str, field: &str, msg: &M) -> Result<Option<(String, String)>> {
-    if rid.is_empty() {
-        return Ok(None);
-    }
-    idempotency::validate(field, rid)?;
-    Ok(Some((rid.to_string(), idempotency::fingerprint(&msg.encode_to_vec()))))
-}
-
 fn parse_filter(f: &str, schema: &[Field]) -> Result<Option<concord_platform::sql::Sql>> {
     filter::parse(f)?.map(|e| filter::to_sql(&e, schema)).transpose()
 }
@@ -251,7 +242,7 @@ impl RegistryService for Registry {
     ) -> Result<Response<pb::Person>, Status> {
         let a = self.access(&req, Action::PersonsCreate, "CreatePerson").await?;
         let msg = req.into_inner();
-        let rid = request_id(&msg.request_id, "request_id", &msg).map_err(st)?;
+        let rid = idempotency::key(&msg.request_id, "request_id", &msg).map_err(st)?;
         let person =
             msg.person.as_ref().ok_or_else(|| st(Error::invalid("person", "is required")))?;
         let data = convert::person_data(person, "person").map_err(st)?;
@@ -321,7 +312,7 @@ impl RegistryService for Registry {
     ) -> Result<Response<pb::Person>, Status> {
         let a = self.access(&req, Action::PersonsUpdate, "UpdatePerson").await?;
         let msg = req.into_inner();
-        let rid = request_id(&msg.request_id, "request_id", &msg).map_err(st)?;
+        let rid = idempotency::key(&msg.request_id, "request_id", &msg).map_err(st)?;
         let incoming =
             msg.person.clone().ok_or_else(|| st(Error::invalid("person", "is required")))?;
         let id = person_id(&incoming.name, "person.name").map_err(st)?;
@@ -773,7 +764,7 @@ impl RegistryService for Registry {
         let p = self.access(&req, Action::RecordsWrite, "CreateRelationship").await?;
         p.grant.require_field(FieldClass::Identity, "relationships").map_err(st)?;
         let m = req.into_inner();
-        let rid = request_id(&m.request_id, "request_id", &m).map_err(st)?;
+        let rid = idempotency::key(&m.request_id, "request_id", &m).map_err(st)?;
         let mut r =
             m.relationship.ok_or_else(|| st(Error::invalid("relationship", "is required")))?;
         let mut v = concord_platform::error::Violations::new();
@@ -820,7 +811,7 @@ impl RegistryService for Registry {
         let p = self.access(&req, Action::RecordsWrite, "CreateHousehold").await?;
         p.grant.require_field(FieldClass::Identity, "households").map_err(st)?;
         let m = req.into_inner();
-        let rid = request_id(&m.request_id, "request_id", &m).map_err(st)?;
+        let rid = idempotency::key(&m.request_id, "request_id", &m).map_err(st)?;
         let h = m.household.ok_or_else(|| st(Error::invalid("household", "is required")))?;
         let mut v = concord_platform::error::Violations::new();
         let members: Vec<String> = h
@@ -873,7 +864,7 @@ impl RegistryService for Registry {
         let p = self.access(&req, Action::RecordsWrite, "CreateIdentityDocument").await?;
         p.grant.require_field(FieldClass::Documents, "identity documents").map_err(st)?;
         let m = req.into_inner();
-        let rid = request_id(&m.request_id, "request_id", &m).map_err(st)?;
+        let rid = idempotency::key(&m.request_id, "request_id", &m).map_err(st)?;
         let mut v = concord_platform::error::Violations::new();
         let id = v.absorb(person_id(&m.parent, "parent"));
         let d = m.identity_document.clone().unwrap_or_default();
@@ -929,7 +920,7 @@ impl RegistryService for Registry {
         let p = self.access(&req, Action::RecordsWrite, "CreateIdentityVerification").await?;
         p.grant.require_field(FieldClass::Documents, "identity verifications").map_err(st)?;
         let m = req.into_inner();
-        let rid = request_id(&m.request_id, "request_id", &m).map_err(st)?;
+        let rid = idempotency::key(&m.request_id, "request_id", &m).map_err(st)?;
         let mut v = concord_platform::error::Violations::new();
         let id = v.absorb(person_id(&m.parent, "parent"));
         let mut d = m.identity_verification.clone().unwrap_or_default();
@@ -1000,7 +991,7 @@ impl RegistryService for Registry {
         let p = self.access(&req, Action::RecordsWrite, "CreateConsentRecord").await?;
         p.grant.require_field(FieldClass::Welfare, "consent records").map_err(st)?;
         let m = req.into_inner();
-        let rid = request_id(&m.request_id, "request_id", &m).map_err(st)?;
+        let rid = idempotency::key(&m.request_id, "request_id", &m).map_err(st)?;
         let mut v = concord_platform::error::Violations::new();
         let id = v.absorb(person_id(&m.parent, "parent"));
         let mut c = m.consent_record.clone().unwrap_or_default();
@@ -1052,7 +1043,7 @@ impl RegistryService for Registry {
     ) -> Result<Response<pb::SharingAgreement>, Status> {
         let a = self.access(&req, Action::SharingManage, "CreateSharingAgreement").await?;
         let m = req.into_inner();
-        let rid = request_id(&m.request_id, "request_id", &m).map_err(st)?;
+        let rid = idempotency::key(&m.request_id, "request_id", &m).map_err(st)?;
         let grantor = a.principal.state.clone().ok_or_else(|| {
             st(Error::PermissionDenied("only a state's agencies share its nationals".into()))
         })?;
@@ -1519,7 +1510,7 @@ fn transition_in<M: Message>(
         },
     };
     let expected = v.absorb(domain::parse_etag(&t.etag, "transition.etag")).flatten();
-    let rid = v.absorb(request_id(&t.request_id, "transition.request_id", msg)).flatten();
+    let rid = v.absorb(idempotency::key(&t.request_id, "transition.request_id", msg)).flatten();
     v.finish(TransitionRequest {
         transition: which,
         person_id: id.unwrap_or_default(),
@@ -1544,7 +1535,7 @@ fn parse_import_row(row: &pb::ImportPersonsRequest, scope: &Scope) -> Result<New
             "is required on every import row, so that a retried import stores nothing twice",
         );
     }
-    let rid = v.absorb(request_id(&row.request_id, "request_id", row)).flatten();
+    let rid = v.absorb(idempotency::key(&row.request_id, "request_id", row)).flatten();
     let data = match &row.person {
         Some(p) => v.absorb(convert::person_data(p, "person")),
         None => {
