@@ -170,6 +170,8 @@ pub struct Person {
     pub receiving_state: String,
     /// Disposition after hand-over.
     pub disposition: Option<Disposition>,
+    /// Id of the household the person last joined, or empty.
+    pub household: String,
     /// Micros.
     pub create_time: i64,
     /// Micros.
@@ -190,6 +192,7 @@ impl Person {
             merged_into: String::new(),
             receiving_state: String::new(),
             disposition: None,
+            household: String::new(),
             create_time: now,
             update_time: now,
             version: 1,

@@ -10,6 +10,7 @@ use concord_proto::registry::v1 as pb;
 use concord_proto::registry::v1::registry_service_client::RegistryServiceClient;
 use concord_testkit::{coordinator, ministry, TestServer};
 use futures::StreamExt;
+use prost::Message;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 use tonic::Code;
@@ -894,6 +895,22 @@ async fn family_and_identity_records_respect_scope() {
         .await
         .unwrap()
         .into_inner();
+    // Each member carries the household, as a change of the person watchers hear of.
+    let m = c.get_person(pb::GetPersonRequest { name: mother.name.clone() }).await.unwrap();
+    let m = m.into_inner();
+    assert_eq!(m.household, hh.name);
+    assert_ne!(m.etag, mother.etag, "joining a household is a change of the person");
+    let mut events =
+        c.watch_changes(pb::WatchChangesRequest::default()).await.unwrap().into_inner();
+    let mut joined = 0;
+    while joined < 2 {
+        let e = events.message().await.unwrap().unwrap().event.unwrap();
+        if e.event_type == "person.updated" {
+            let p = pb::Person::decode(e.resource.unwrap().value.as_slice()).unwrap();
+            assert_eq!(p.household, hh.name);
+            joined += 1;
+        }
+    }
     c.create_consent_record(pb::CreateConsentRecordRequest {
         parent: child.name.clone(),
         consent_record: Some(pb::ConsentRecord {

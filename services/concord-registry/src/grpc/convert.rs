@@ -229,6 +229,11 @@ pub fn person_out(p: &Person) -> pb::Person {
         receiving_state: p.receiving_state.clone(),
         disposition: p.disposition.map_or(0, |x| enum_out!(pb::Disposition, x)),
         redacted_fields: vec![],
+        household: if p.household.is_empty() {
+            String::new()
+        } else {
+            format!("households/{}", p.household)
+        },
     }
 }
 
@@ -247,6 +252,7 @@ pub const PERSON_FIELD_CLASSES: &[(&str, FieldClass)] = &[
     ("section_id", FieldClass::Custody),
     ("receiving_state", FieldClass::Custody),
     ("disposition", FieldClass::Custody),
+    ("household", FieldClass::Identity),
 ];
 
 /// `m` with the fields of classes outside `readable` cleared and named in
@@ -270,6 +276,7 @@ pub fn redact(mut m: pb::Person, readable: FieldSet) -> pb::Person {
             "section_id" => m.section_id.clear(),
             "receiving_state" => m.receiving_state.clear(),
             "disposition" => m.disposition = 0,
+            "household" => m.household.clear(),
             _ => {}
         }
         m.redacted_fields.push((*field).to_string());

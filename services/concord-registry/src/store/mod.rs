@@ -47,7 +47,7 @@ const CACHE_CAPACITY: usize = 200_000;
 /// Columns of `persons` read into a [`Person`], prefixed with `p.`.
 const PERSON_COLUMNS: &str =
     "p.id, p.doc, p.custody_status, p.facility_id, p.section_id, p.merged_into, \
-     p.receiving_state, p.disposition, p.version, p.create_time, p.update_time";
+     p.receiving_state, p.disposition, p.household, p.version, p.create_time, p.update_time";
 
 impl Store {
     /// Wraps a connected database.
@@ -154,6 +154,7 @@ pub(crate) fn person_from_row(row: &AnyRow) -> Result<Person> {
         merged_into: row.try_get("merged_into").db()?,
         receiving_state: row.try_get("receiving_state").db()?,
         disposition: Disposition::parse(&disposition),
+        household: row.try_get("household").db()?,
         version: row.try_get("version").db()?,
         create_time: row.try_get("create_time").db()?,
         update_time: row.try_get("update_time").db()?,

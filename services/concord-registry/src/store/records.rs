@@ -11,13 +11,14 @@ use concord_platform::access::Access;
 use concord_platform::audit;
 use concord_platform::auth::Scope;
 use concord_platform::error::{Error, Result};
-use concord_platform::idempotency;
 use concord_platform::policy::FieldClass;
 use concord_platform::storage::SqlxResultExt;
 use concord_platform::time::now_micros;
+use concord_platform::{idempotency, outbox};
 use sqlx::Row;
 
 use super::{fetch_person, Store};
+use crate::events;
 
 concord_platform::named_enum! {
     /// Kinds of record.
@@ -201,8 +202,9 @@ impl Store {
                 return self.get_household(&scope, &id).await;
             }
         }
+        let mut people = Vec::with_capacity(members.len());
         for m in members {
-            fetch_person(tx.dialect(), tx.conn(), &scope, m).await?;
+            people.push(fetch_person(tx.dialect(), tx.conn(), &scope, m).await?);
         }
         let h = Household {
             id: uuid::Uuid::now_v7().to_string(),
@@ -225,12 +227,35 @@ impl Store {
                 .await
                 .db()?;
         }
+        // Each member carries the household they last joined, and their watchers hear of it.
+        for p in &mut people {
+            p.household = h.id.clone();
+            p.version += 1;
+            p.update_time = h.create_time;
+            let updated = sqlx::query(
+                "UPDATE persons SET household = $1, version = $2, update_time = $3 WHERE id = $4 AND version = $5",
+            )
+            .bind(&p.household)
+            .bind(p.version)
+            .bind(p.update_time)
+            .bind(&p.id)
+            .bind(p.version - 1)
+            .execute(tx.conn())
+            .await
+            .db()?
+            .rows_affected();
+            super::expect_one_row(updated, &p.name())?;
+            outbox::append(&mut tx, events::person("person.updated", p)).await?;
+        }
         if let Some((rid, _)) = &request_id {
             idempotency::complete(&mut tx, &access.principal.agency, rid, &h.id).await?;
         }
         audit::append(&mut tx, &access.entry(format!("households/{}", h.id), "identity", "OK"))
             .await?;
         tx.commit().await?;
+        for p in &people {
+            self.cached(p);
+        }
         Ok(h)
     }
 
