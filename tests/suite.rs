@@ -175,7 +175,7 @@ async fn serve_answers_health_and_traces_errors_with_the_callers_trace_id() {
         .await
         .unwrap();
     let mut cell = s.client("coalition-coordinator").await;
-    let p = cell
+    let admitted = cell
         .create_person(pb::CreatePersonRequest {
             person: Some(person("NL")),
             request_id: String::new(),
@@ -184,7 +184,7 @@ async fn serve_answers_health_and_traces_errors_with_the_callers_trace_id() {
         .unwrap()
         .into_inner();
     cell.admit_person(pb::AdmitPersonRequest {
-        name: p.name,
+        name: admitted.name.clone(),
         facility_id: "roj".into(),
         section_id: "main".into(),
         transition: Some(pb::CustodyTransition {
@@ -209,6 +209,44 @@ async fn serve_answers_health_and_traces_errors_with_the_callers_trace_id() {
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     assert_eq!(counted, 1, "the projection followed the registry over mTLS");
+
+    // And records in the registry what its users do, as its own identity with the
+    // custody_relay role: a roll call that misses her marks her UNACCOUNTED.
+    let h = guard
+        .record_headcount(fpb::RecordHeadcountRequest {
+            parent: "facilities/roj".into(),
+            headcount: Some(fpb::Headcount {
+                reporter: "evening roll call".into(),
+                ..Default::default()
+            }),
+            request_id: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(h.missing, vec![admitted.name.clone()]);
+    guard
+        .mark_missing_unaccounted(fpb::MarkMissingUnaccountedRequest {
+            name: h.name,
+            reason: "not at the evening roll call".into(),
+            request_id: String::new(),
+        })
+        .await
+        .unwrap();
+    let mut status = 0;
+    for _ in 0..200 {
+        status = cell
+            .get_person(pb::GetPersonRequest { name: admitted.name.clone() })
+            .await
+            .unwrap()
+            .into_inner()
+            .custody_status;
+        if status == pb::CustodyStatus::Unaccounted as i32 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(status, pb::CustodyStatus::Unaccounted as i32, "the relay reached the registry");
 
     let mut c = s.client("coalition-coordinator").await;
     let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";

@@ -186,7 +186,7 @@ pub fn demo_agencies() -> Vec<Agency> {
         a("custodial-authority", "custodial_authority", None, &[], &["al-hol", "roj"]),
         a("humanitarian-monitor", "humanitarian_monitor", None, &[], &[]),
         a("concord-gateway", "service", None, &[], &[]),
-        a("concord-facilities", "service", None, &[], &[]),
+        a("concord-facilities", "service", None, &["custody_relay"], &[]),
     ]
 }
 

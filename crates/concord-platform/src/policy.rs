@@ -73,6 +73,9 @@ catalogue!(
         FacilitiesSecurity = "facilities.security",
         /// Pass a facility to another custodian.
         FacilitiesCustodian = "facilities.custodian",
+        /// Read and make movements, headcounts and relocation plans, which name people (at the
+        /// facilities the caller runs, or any with facilities.custodian).
+        FacilitiesPeople = "facilities.people",
     }
 );
 

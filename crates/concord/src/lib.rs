@@ -108,6 +108,11 @@ pub struct Config {
     /// PEM public keys (EC for ES256, RSA for RS256) that sign tokens; repeat for rotation.
     #[arg(long = "oidc-key-file", env = "CONCORD_OIDC_KEY_FILES", value_delimiter = ',')]
     pub oidc_key_files: Vec<PathBuf>,
+    /// Youngest age at which a boy may be moved to a rehabilitation centre (facilities'
+    /// separation rules; children are never placed in an adult prison, whatever this says).
+    #[arg(long, env = "CONCORD_REHABILITATION_MIN_AGE", default_value_t = 12,
+          value_parser = clap::value_parser!(i32).range(0..=17))]
+    pub rehabilitation_min_age: i32,
     /// Server limits and timings.
     #[command(flatten)]
     pub server: ServerConfig,
@@ -129,6 +134,13 @@ impl Config {
             <Wrap as clap::Parser>::parse_from(["concord", "--data-dir", dir.as_str()]).cfg;
         cfg.data_dir = data_dir;
         cfg
+    }
+
+    /// The facilities' separation rules.
+    pub fn separation_rules(&self) -> concord_facilities::domain::SeparationRules {
+        concord_facilities::domain::SeparationRules {
+            rehabilitation_min_age: self.rehabilitation_min_age,
+        }
     }
 
     /// The registry's database URL.
@@ -266,6 +278,7 @@ pub async fn start(
         let (svc, db) = concord_facilities::build(
             &cfg.facilities_database_url(),
             policy.clone(),
+            cfg.separation_rules(),
             &cfg.server,
             Some(link),
             shutdown.clone(),

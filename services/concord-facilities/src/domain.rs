@@ -379,3 +379,343 @@ mod tests {
         }
     }
 }
+
+/// Who may be placed in which kind of facility. Children are never placed in an adult
+/// prison; rehabilitation centres take boys from an age set by configuration until they are
+/// adults; camps, annexes and hospitals take anyone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SeparationRules {
+    /// Youngest age at which a boy may go to a rehabilitation centre.
+    pub rehabilitation_min_age: i32,
+}
+
+impl Default for SeparationRules {
+    fn default() -> Self {
+        Self { rehabilitation_min_age: 12 }
+    }
+}
+
+impl SeparationRules {
+    /// Why someone of `sex`, `age` (years; `None` when the birth year is unknown) and age
+    /// `band` may not be placed in a facility of `kind`, or `None` if they may.
+    pub fn refusal(
+        &self,
+        kind: FacilityKind,
+        sex: Option<PlaceSex>,
+        age: Option<i32>,
+        band: AgeBand,
+    ) -> Option<String> {
+        let Some(sex) = sex else {
+            return Some("sex is not recorded in the registry, and places are by sex".into());
+        };
+        match kind {
+            FacilityKind::Prison if band != AgeBand::Adult => {
+                Some("children are never placed in an adult prison".into())
+            }
+            FacilityKind::RehabilitationCentre => {
+                let min = self.rehabilitation_min_age;
+                match (sex, age) {
+                    (PlaceSex::Male, Some(a)) if a >= min && a < 18 => None,
+                    _ => Some(format!("rehabilitation centres take boys aged {min} to 17")),
+                }
+            }
+            _ => None,
+        }
+    }
+}
+
+named_enum! {
+    /// Lifecycle of a movement; see [`MovementState::can_become`].
+    pub enum MovementState("MOVEMENT_STATE_") {
+        Planned = "PLANNED", Approved = "APPROVED", InTransit = "IN_TRANSIT",
+        Arrived = "ARRIVED", Aborted = "ABORTED",
+    }
+}
+
+impl MovementState {
+    /// PLANNED -> APPROVED -> IN_TRANSIT -> ARRIVED; PLANNED, APPROVED or IN_TRANSIT ->
+    /// ABORTED.
+    pub fn can_become(self, to: MovementState) -> bool {
+        use MovementState::*;
+        matches!(
+            (self, to),
+            (Planned, Approved)
+                | (Approved, InTransit)
+                | (InTransit, Arrived)
+                | (Planned | Approved | InTransit, Aborted)
+        )
+    }
+
+    /// PLANNED, APPROVED and IN_TRANSIT: the movement holds its people.
+    pub fn is_open(self) -> bool {
+        matches!(self, MovementState::Planned | MovementState::Approved | MovementState::InTransit)
+    }
+
+    /// The states `self` may become, for error messages.
+    pub fn successors(self) -> Vec<&'static str> {
+        MovementState::ALL.iter().filter(|s| self.can_become(**s)).map(|s| s.as_str()).collect()
+    }
+}
+
+named_enum! {
+    /// Whether the registry has recorded a step for a person.
+    pub enum UpdateStatus("REGISTRY_UPDATE_") {
+        Pending = "PENDING", Applied = "APPLIED", Refused = "REFUSED",
+    }
+}
+
+named_enum! {
+    /// What the service records in the registry for a person.
+    pub enum Step("") {
+        Depart = "depart", Arrive = "arrive", Return = "return", Unaccounted = "unaccounted",
+    }
+}
+
+/// One person on a manifest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ManifestEntry {
+    /// Person id.
+    pub person_id: String,
+    /// Section at the destination (empty until approval assigns one, if not given).
+    pub section_id: String,
+    /// Sex, from the projection.
+    pub sex: Option<PlaceSex>,
+    /// Age band at planning.
+    pub age_band: AgeBand,
+    /// Age in years at planning; -1 when the birth year is unknown.
+    pub age: i32,
+    /// The last step sent to the registry and what came of it.
+    pub update: Option<(UpdateStatus, String)>,
+}
+
+/// A stored movement.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Movement {
+    /// Id.
+    pub id: String,
+    /// Source facility id.
+    pub source: String,
+    /// Destination facility id.
+    pub destination: String,
+    /// State.
+    pub state: MovementState,
+    /// Why.
+    pub reason: String,
+    /// Why it was aborted.
+    pub abort_reason: String,
+    /// Relocation plan id, or empty.
+    pub relocation_plan: String,
+    /// Agency that planned it.
+    pub planned_by: String,
+    /// Agency that approved it.
+    pub approved_by: String,
+    /// Micros, 0 until it leaves.
+    pub depart_time: i64,
+    /// Micros, 0 until it arrives.
+    pub arrive_time: i64,
+    /// Version, for etags.
+    pub version: i64,
+    /// Micros.
+    pub create_time: i64,
+    /// Micros.
+    pub update_time: i64,
+    /// The manifest, by person id.
+    pub manifest: Vec<ManifestEntry>,
+}
+
+impl Movement {
+    /// `movements/{id}`.
+    pub fn name(&self) -> String {
+        format!("movements/{}", self.id)
+    }
+}
+
+/// A stored headcount.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Headcount {
+    /// Id.
+    pub id: String,
+    /// Facility id.
+    pub facility_id: String,
+    /// Who counted.
+    pub reporter: String,
+    /// Incident name, or empty.
+    pub incident: String,
+    /// Micros.
+    pub count_time: i64,
+    /// People the projection had at the facility.
+    pub expected_count: i64,
+    /// Person ids counted present.
+    pub counted: Vec<String>,
+    /// Expected and not counted.
+    pub missing: Vec<String>,
+    /// Counted and not expected.
+    pub unrecorded: Vec<String>,
+    /// Micros, 0 until the missing are marked.
+    pub unaccounted_mark_time: i64,
+    /// Agency that recorded it.
+    pub recorded_by: String,
+    /// Micros.
+    pub create_time: i64,
+    /// Per missing person, once marked: what the registry made of it.
+    pub updates: Vec<(String, UpdateStatus, String)>,
+}
+
+impl Headcount {
+    /// `facilities/{facility}/headcounts/{id}`.
+    pub fn name(&self) -> String {
+        format!("facilities/{}/headcounts/{}", self.facility_id, self.id)
+    }
+}
+
+/// Places at one facility per section, sex and age band: how many there are, how many people
+/// are held there, how many approved movements have reserved.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Room {
+    /// Section ids in the facility's order.
+    sections: Vec<String>,
+    /// Per (section, sex, band).
+    lines: std::collections::BTreeMap<(String, PlaceSex, AgeBand), RoomLine>,
+}
+
+/// One line of a [`Room`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RoomLine {
+    /// Places.
+    pub places: i64,
+    /// People held.
+    pub held: i64,
+    /// Places reserved by approved movements.
+    pub reserved: i64,
+}
+
+impl RoomLine {
+    /// Places neither held nor reserved (never below 0).
+    pub fn free(&self) -> i64 {
+        (self.places - self.held - self.reserved).max(0)
+    }
+}
+
+impl Room {
+    /// The places of `f`, empty.
+    pub fn new(f: &FacilityData) -> Self {
+        let mut r = Room::default();
+        for s in &f.sections {
+            r.sections.push(s.section_id.clone());
+            for c in &s.capacities {
+                r.lines.entry((s.section_id.clone(), c.sex, c.age_band)).or_default().places +=
+                    i64::from(c.places);
+            }
+        }
+        r
+    }
+
+    /// The line of `section` (or, when it is empty or not a section of the facility, the
+    /// first with a free place of the class, else the first with the class at all).
+    fn line_for(&mut self, section: &str, sex: PlaceSex, band: AgeBand) -> &mut RoomLine {
+        let key = if self.lines.contains_key(&(section.to_string(), sex, band)) {
+            section.to_string()
+        } else {
+            let with_class = |free: bool| {
+                self.sections.iter().find(|s| {
+                    self.lines
+                        .get(&((*s).clone(), sex, band))
+                        .is_some_and(|l| !free || l.free() > 0)
+                })
+            };
+            with_class(true).or_else(|| with_class(false)).cloned().unwrap_or_default()
+        };
+        self.lines.entry((key, sex, band)).or_default()
+    }
+
+    /// Counts someone held in `section` (people whose section is not recorded fill the
+    /// first free place of their class). People of unrecorded sex hold no place.
+    pub fn hold(&mut self, section: &str, sex: Option<PlaceSex>, band: AgeBand) {
+        if let Some(sex) = sex {
+            self.line_for(section, sex, band).held += 1;
+        }
+    }
+
+    /// Counts a place reserved in `section`.
+    pub fn reserve(&mut self, section: &str, sex: PlaceSex, band: AgeBand) {
+        self.line_for(section, sex, band).reserved += 1;
+    }
+
+    /// Takes a place of `sex` and `band`: in `section` if given, else in the first section
+    /// with one free. The section taken, or `None` when there is no free place.
+    pub fn take(&mut self, section: &str, sex: PlaceSex, band: AgeBand) -> Option<String> {
+        let key = if section.is_empty() {
+            self.sections
+                .iter()
+                .find(|s| self.lines.get(&((*s).clone(), sex, band)).is_some_and(|l| l.free() > 0))?
+                .clone()
+        } else {
+            section.to_string()
+        };
+        let line = self.lines.get_mut(&(key.clone(), sex, band))?;
+        if line.free() == 0 {
+            return None;
+        }
+        line.reserved += 1;
+        Some(key)
+    }
+
+    /// Every line, for messages and plans.
+    pub fn lines(&self) -> impl Iterator<Item = (&(String, PlaceSex, AgeBand), &RoomLine)> {
+        self.lines.iter()
+    }
+
+    /// Whether `section` is a section of the facility.
+    pub fn has_section(&self, section: &str) -> bool {
+        self.sections.iter().any(|s| s == section)
+    }
+}
+
+#[cfg(test)]
+mod room_tests {
+    use super::*;
+
+    fn facility() -> FacilityData {
+        let cap = |sex, age_band, places| Capacity { sex, age_band, places };
+        FacilityData {
+            display_name: "x".into(),
+            kind: FacilityKind::Camp,
+            location: Location { latitude: 0.0, longitude: 0.0, region: String::new() },
+            sections: vec![
+                Section {
+                    section_id: "a".into(),
+                    display_name: "A".into(),
+                    capacities: vec![cap(PlaceSex::Female, AgeBand::Adult, 2)],
+                },
+                Section {
+                    section_id: "b".into(),
+                    display_name: "B".into(),
+                    capacities: vec![cap(PlaceSex::Female, AgeBand::Adult, 1)],
+                },
+            ],
+        }
+    }
+
+    #[test]
+    fn places_are_taken_section_by_section_and_never_beyond_capacity() {
+        let mut r = Room::new(&facility());
+        r.hold("", Some(PlaceSex::Female), AgeBand::Adult);
+        assert_eq!(r.take("", PlaceSex::Female, AgeBand::Adult).as_deref(), Some("a"));
+        assert_eq!(r.take("", PlaceSex::Female, AgeBand::Adult).as_deref(), Some("b"));
+        assert_eq!(
+            r.take("", PlaceSex::Female, AgeBand::Adult),
+            None,
+            "three places, three people"
+        );
+        assert_eq!(r.take("a", PlaceSex::Male, AgeBand::Adult), None, "no places for men");
+    }
+
+    #[test]
+    fn a_named_section_is_used_or_refused() {
+        let mut r = Room::new(&facility());
+        r.reserve("b", PlaceSex::Female, AgeBand::Adult);
+        assert_eq!(r.take("b", PlaceSex::Female, AgeBand::Adult), None);
+        assert_eq!(r.take("a", PlaceSex::Female, AgeBand::Adult).as_deref(), Some("a"));
+        assert!(r.has_section("a") && !r.has_section("c"));
+    }
+}

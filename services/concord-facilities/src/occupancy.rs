@@ -66,6 +66,22 @@ pub struct Placement {
     pub child: bool,
     /// Active nationalities.
     pub states: Vec<String>,
+    /// Household id, or empty.
+    pub household: String,
+    /// Custody status (the registry's name, `CUSTODY_STATUS_IN_CUSTODY`...).
+    pub custody_status: String,
+}
+
+impl Placement {
+    /// Age in `this_year`, if the birth year is known.
+    pub fn age(&self, this_year: i32) -> Option<i32> {
+        (self.birth_year > 0).then(|| this_year - self.birth_year)
+    }
+
+    /// Age band in `this_year`.
+    pub fn band(&self, this_year: i32) -> AgeBand {
+        age_band(self.birth_year, self.child, this_year)
+    }
 }
 
 /// The age band of someone born in `birth_year` (0: unknown) this year.
@@ -115,6 +131,8 @@ pub fn placement(p: &reg::Person) -> Option<Placement> {
         birth_year,
         child,
         states,
+        household: p.household.trim_start_matches("households/").to_string(),
+        custody_status: status.to_string(),
     })
 }
 
@@ -133,8 +151,8 @@ pub async fn apply(db: &Db, events: &[concord_proto::r#type::v1::ChangeEvent]) -
             .db()?;
         if let Some(pl) = placement(&p) {
             sqlx::query(
-                "INSERT INTO placements (person_id, facility_id, section_id, sex, birth_year, child, states, custody_status) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                "INSERT INTO placements (person_id, facility_id, section_id, sex, birth_year, child, states, custody_status, household) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
             )
             .bind(&pl.person_id)
             .bind(&pl.facility_id)
@@ -143,11 +161,23 @@ pub async fn apply(db: &Db, events: &[concord_proto::r#type::v1::ChangeEvent]) -
             .bind(i64::from(pl.birth_year))
             .bind(i64::from(pl.child))
             .bind(format!("|{}|", pl.states.join("|")))
-            .bind(reg::CustodyStatus::try_from(p.custody_status).map_or("", |s| s.as_str_name()))
+            .bind(&pl.custody_status)
+            .bind(&pl.household)
             .execute(tx.conn())
             .await
             .db()?;
         }
+        // The version applied, so that an arrival's places stay reserved until it is seen.
+        let version: i64 = p.etag.trim_matches('"').parse().unwrap_or(0);
+        sqlx::query(
+            "INSERT INTO person_versions (person_id, version) VALUES ($1, $2) \
+             ON CONFLICT (person_id) DO UPDATE SET version = excluded.version",
+        )
+        .bind(id)
+        .bind(version)
+        .execute(tx.conn())
+        .await
+        .db()?;
     }
     sqlx::query(
         "INSERT INTO consumer_cursors (consumer, cursor) VALUES ($1, $2) \
@@ -240,16 +270,44 @@ pub async fn follow(db: Db, link: RegistryLink, mut shutdown: Shutdown) {
     }
 }
 
+/// Identifies this service to the registry (as [`RegistryLink::principal`] says) and states
+/// a purpose on every call.
+#[derive(Debug, Clone)]
+pub struct LinkCredentials {
+    principal: Option<Principal>,
+    purpose: &'static str,
+}
+
+impl tonic::service::Interceptor for LinkCredentials {
+    fn call(&mut self, req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        match &self.principal {
+            Some(p) => HeaderCredentials::new(p.clone()).with_purpose(self.purpose).call(req),
+            None => Purpose(self.purpose.into()).call(req),
+        }
+    }
+}
+
+/// A registry client over `link`, stating `purpose`.
+pub type RegistryClient = RegistryServiceClient<
+    tonic::service::interceptor::InterceptedService<
+        concord_platform::client::TracedChannel,
+        LinkCredentials,
+    >,
+>;
+
+impl RegistryLink {
+    /// Connects, stating `purpose` on every call.
+    pub async fn connect(&self, purpose: &'static str) -> anyhow::Result<RegistryClient> {
+        let channel = concord_platform::client::connect(&self.uri, self.tls.clone()).await?;
+        Ok(RegistryServiceClient::with_interceptor(
+            channel,
+            LinkCredentials { principal: self.principal.clone(), purpose },
+        ))
+    }
+}
+
 async fn follow_once(db: &Db, link: &RegistryLink) -> anyhow::Result<()> {
-    let channel = concord_platform::client::connect(&link.uri, link.tls.clone()).await?;
-    let creds = link.principal.clone();
-    let mut client = RegistryServiceClient::with_interceptor(channel, move |req| match &creds {
-        Some(p) => tonic::service::Interceptor::call(
-            &mut HeaderCredentials::new(p.clone()).with_purpose(PURPOSE),
-            req,
-        ),
-        None => tonic::service::Interceptor::call(&mut Purpose(PURPOSE.into()), req),
-    });
+    let mut client = link.connect(PURPOSE).await?;
     let from = cursor(db).await?;
     let stream = client
         .watch_changes(reg::WatchChangesRequest { cursor: from, ..Default::default() })

@@ -7,6 +7,7 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
+use concord_facilities::domain::SeparationRules;
 use concord_platform::auth::{HeaderCredentials, Principal};
 use concord_platform::policy::{Action, Policy};
 use concord_platform::server::{Services, Shutdown};
@@ -37,6 +38,7 @@ impl Harness {
         let (svc, db) = concord_facilities::build(
             &t.url,
             Arc::new(Policy::embedded()),
+            SeparationRules::default(),
             &cfg,
             None,
             shutdown.clone(),
@@ -483,6 +485,18 @@ const RPCS: &[(&str, Action)] = &[
     ("ListIncidents", Action::FacilitiesRead),
     ("TransitionIncident", Action::FacilitiesSecurity),
     ("WatchChanges", Action::FacilitiesRead),
+    ("CreateMovement", Action::FacilitiesPeople),
+    ("GetMovement", Action::FacilitiesPeople),
+    ("ListMovements", Action::FacilitiesPeople),
+    ("ApproveMovement", Action::FacilitiesPeople),
+    ("DepartMovement", Action::FacilitiesPeople),
+    ("ArriveMovement", Action::FacilitiesPeople),
+    ("AbortMovement", Action::FacilitiesPeople),
+    ("RecordHeadcount", Action::FacilitiesPeople),
+    ("GetHeadcount", Action::FacilitiesPeople),
+    ("ListHeadcounts", Action::FacilitiesPeople),
+    ("MarkMissingUnaccounted", Action::FacilitiesPeople),
+    ("PlanRelocation", Action::FacilitiesPeople),
 ];
 
 async fn report(c: &mut Client, id: &str) -> Result<pb::Incident, tonic::Status> {
@@ -635,7 +649,8 @@ async fn every_rpc_for_every_kind_of_principal_is_decided_by_the_policy_and_the_
     for (label, p, sees_all) in callers {
         let grant = policy.grant(&p);
         let mut c = h.client(p.clone()).await;
-        for (rpc, action) in RPCS {
+        // Movements, headcounts and plans have their own matrix below.
+        for (rpc, action) in RPCS.iter().filter(|(_, a)| *a != Action::FacilitiesPeople) {
             for (id, custodian) in [("al-hol", "custodial-authority"), ("ghwayran", "sdf-prisons")]
             {
                 let at = format!("{label} {rpc} on {id}");
@@ -653,5 +668,289 @@ async fn every_rpc_for_every_kind_of_principal_is_decided_by_the_policy_and_the_
                 }
             }
         }
+    }
+}
+
+/// Places a new person at `facility` in the projection, as the registry's stream would.
+async fn place(db: &Db, facility: &str) -> String {
+    use concord_proto::registry::v1 as reg;
+    let id = uuid::Uuid::now_v7().to_string();
+    let p = reg::Person {
+        name: format!("persons/{id}"),
+        sex: reg::Sex::Female as i32,
+        birth_date: Some(concord_proto::r#type::v1::ApproximateDate {
+            year: 1990,
+            ..Default::default()
+        }),
+        custody_status: reg::CustodyStatus::InCustody as i32,
+        facility_id: facility.into(),
+        section_id: "annex".into(),
+        etag: "\"2\"".into(),
+        ..Default::default()
+    };
+    let e = concord_proto::r#type::v1::ChangeEvent {
+        cursor: "1".into(),
+        event_type: "person.custody_changed".into(),
+        resource_name: p.name.clone(),
+        resource: Some(prost_types::Any {
+            type_url: "type.googleapis.com/concord.registry.v1.Person".into(),
+            value: p.encode_to_vec(),
+        }),
+        ..Default::default()
+    };
+    concord_facilities::occupancy::apply(db, &[e]).await.unwrap();
+    p.name
+}
+
+async fn movement(
+    c: &mut Client,
+    db: &Db,
+    from: &str,
+    to: &str,
+    steps: usize,
+) -> Result<pb::Movement, tonic::Status> {
+    let person = place(db, from).await;
+    let mut m = c
+        .create_movement(pb::CreateMovementRequest {
+            movement: Some(pb::Movement {
+                source_facility: format!("facilities/{from}"),
+                destination_facility: format!("facilities/{to}"),
+                reason: "matrix".into(),
+                manifest: vec![pb::ManifestEntry { person, ..Default::default() }],
+                ..Default::default()
+            }),
+            request_id: String::new(),
+        })
+        .await?
+        .into_inner();
+    for step in 0..steps {
+        let name = m.name.clone();
+        m = match step {
+            0 => {
+                c.approve_movement(pb::ApproveMovementRequest { name, ..Default::default() })
+                    .await?
+            }
+            _ => {
+                c.depart_movement(pb::DepartMovementRequest { name, ..Default::default() }).await?
+            }
+        }
+        .into_inner();
+    }
+    Ok(m)
+}
+
+async fn headcount(c: &mut Client, id: &str) -> Result<pb::Headcount, tonic::Status> {
+    Ok(c.record_headcount(pb::RecordHeadcountRequest {
+        parent: format!("facilities/{id}"),
+        headcount: Some(pb::Headcount {
+            counted: vec![],
+            reporter: "matrix".into(),
+            ..Default::default()
+        }),
+        request_id: String::new(),
+    })
+    .await?
+    .into_inner())
+}
+
+/// One call of a movement, headcount or plan RPC as `c`, on `from` (moving people to `to`);
+/// whatever it needs first is made by the coordinator `cell`.
+async fn call_people(
+    c: &mut Client,
+    cell: &mut Client,
+    db: &Db,
+    rpc: &str,
+    from: &str,
+    to: &str,
+) -> Result<Vec<pb::Movement>, tonic::Status> {
+    let name = format!("facilities/{from}");
+    match rpc {
+        "CreateMovement" => return Ok(vec![movement(c, db, from, to, 0).await?]),
+        "GetMovement" => {
+            let m = movement(cell, db, from, to, 0).await.unwrap();
+            c.get_movement(pb::GetMovementRequest { name: m.name }).await?;
+        }
+        "ListMovements" => {
+            movement(cell, db, from, to, 0).await.unwrap();
+            return Ok(c
+                .list_movements(pb::ListMovementsRequest::default())
+                .await?
+                .into_inner()
+                .movements);
+        }
+        "ApproveMovement" | "DepartMovement" | "ArriveMovement" | "AbortMovement" => {
+            let steps = match rpc {
+                "ApproveMovement" => 0,
+                "DepartMovement" => 1,
+                _ => 2,
+            };
+            let m = movement(cell, db, from, to, steps).await.unwrap();
+            let name = m.name;
+            match rpc {
+                "ApproveMovement" => {
+                    c.approve_movement(pb::ApproveMovementRequest { name, ..Default::default() })
+                        .await?;
+                }
+                "DepartMovement" => {
+                    c.depart_movement(pb::DepartMovementRequest { name, ..Default::default() })
+                        .await?;
+                }
+                "ArriveMovement" => {
+                    c.arrive_movement(pb::ArriveMovementRequest { name, ..Default::default() })
+                        .await?;
+                }
+                _ => {
+                    c.abort_movement(pb::AbortMovementRequest {
+                        name,
+                        reason: "matrix".into(),
+                        ..Default::default()
+                    })
+                    .await?;
+                }
+            }
+        }
+        "RecordHeadcount" => {
+            headcount(c, from).await?;
+        }
+        "GetHeadcount" => {
+            let h = headcount(cell, from).await.unwrap();
+            c.get_headcount(pb::GetHeadcountRequest { name: h.name }).await?;
+        }
+        "ListHeadcounts" => {
+            c.list_headcounts(pb::ListHeadcountsRequest { parent: name, ..Default::default() })
+                .await?;
+        }
+        "MarkMissingUnaccounted" => {
+            place(db, from).await;
+            let h = headcount(cell, from).await.unwrap();
+            c.mark_missing_unaccounted(pb::MarkMissingUnaccountedRequest {
+                name: h.name,
+                reason: "matrix".into(),
+                request_id: String::new(),
+            })
+            .await?;
+        }
+        "PlanRelocation" => {
+            place(db, from).await;
+            c.plan_relocation(pb::PlanRelocationRequest { name, request_id: String::new() })
+                .await?;
+        }
+        other => panic!("no call for {other}"),
+    }
+    Ok(vec![])
+}
+
+#[tokio::test]
+async fn movements_headcounts_and_plans_reach_only_the_custodians_concerned_and_the_coordinator() {
+    let h = Harness::start().await;
+    let mut cell = h.client(coordinator()).await;
+    // Two pairs of camps: one the testkit's custodial authority runs, one another runs. The
+    // sources are COMPROMISED, so that relocation plans may be made for them.
+    for (id, custodian) in [
+        ("al-hol", "custodial-authority"),
+        ("roj", "custodial-authority"),
+        ("ghwayran", "sdf-prisons"),
+        ("hasakah", "sdf-prisons"),
+    ] {
+        create(&mut cell, id, custodian).await.unwrap();
+    }
+    for id in ["al-hol", "ghwayran"] {
+        for to in [
+            pb::SecurityStatus::Elevated,
+            pb::SecurityStatus::High,
+            pb::SecurityStatus::Lockdown,
+            pb::SecurityStatus::Compromised,
+        ] {
+            status(&mut cell, id, to).await.unwrap();
+        }
+    }
+    let policy = Policy::embedded();
+    let callers = [
+        ("coordinator", coordinator(), true),
+        ("FR ministry", ministry("FR"), false),
+        ("FR justice", justice("FR"), false),
+        ("custodial authority", guard(), false),
+        ("humanitarian monitor", monitor(), false),
+        ("service", Principal::service("svc"), false),
+    ];
+    let mut seen = 0;
+    for (label, p, sees_all) in callers {
+        let allowed = policy.grant(&p).allows(Action::FacilitiesPeople);
+        let mut c = h.client(p.clone()).await;
+        for (rpc, _) in RPCS.iter().filter(|(_, a)| *a == Action::FacilitiesPeople) {
+            for (from, to, custodian) in
+                [("al-hol", "roj", "custodial-authority"), ("ghwayran", "hasakah", "sdf-prisons")]
+            {
+                let at = format!("{label} {rpc} on {from}");
+                let result = call_people(&mut c, &mut cell, &h.db, rpc, from, to).await;
+                let own = sees_all || custodian == p.agency;
+                match (result, allowed) {
+                    (Err(s), false) => assert_eq!(s.code(), Code::PermissionDenied, "{at}"),
+                    (Ok(_), false) => panic!("{at}: succeeded without facilities.people"),
+                    (Err(s), true) if !own => assert!(
+                        matches!(s.code(), Code::PermissionDenied | Code::NotFound),
+                        "{at}: {s:?}"
+                    ),
+                    (Err(s), true) => panic!("{at}: refused although permitted: {s:?}"),
+                    (Ok(listed), true) => {
+                        assert!(own || *rpc == "ListMovements", "{at}: reached another's people");
+                        for m in listed {
+                            let mine = sees_all
+                                || [&m.source_facility, &m.destination_facility].iter().any(|f| {
+                                    p.facilities.iter().any(|x| **f == format!("facilities/{x}"))
+                                });
+                            assert!(mine, "{at}: listed {}", m.name);
+                            seen += 1;
+                        }
+                    }
+                }
+            }
+        }
+    }
+    assert!(seen > 0, "the listings returned something to check");
+
+    // The change stream: movement and headcount events reach the same agencies.
+    for (p, expect_own, expect_other) in [
+        (coordinator(), true, true),
+        (guard(), true, false),
+        (ministry("FR"), false, false),
+        (monitor(), false, false),
+    ] {
+        let mut c = h.client(p.clone()).await;
+        let mut s = c.watch_changes(pb::WatchChangesRequest::default()).await.unwrap().into_inner();
+        let (mut own, mut other, mut facilities) = (0, 0, 0);
+        while let Ok(Some(m)) =
+            tokio::time::timeout(std::time::Duration::from_millis(300), s.next()).await
+        {
+            let e = m.unwrap().event.unwrap();
+            if e.bookmark {
+                continue;
+            }
+            let payload = e.resource.unwrap();
+            let touches = |ids: &[&str]| -> bool {
+                if let Ok(m) = pb::Movement::decode(payload.value.as_slice()) {
+                    if payload.type_url.ends_with("Movement") {
+                        return ids.iter().any(|id| {
+                            m.source_facility.ends_with(id) || m.destination_facility.ends_with(id)
+                        });
+                    }
+                }
+                ids.iter()
+                    .any(|id| e.resource_name.starts_with(&format!("facilities/{id}/headcounts")))
+            };
+            if e.event_type.starts_with("movement.") || e.event_type.starts_with("headcount.") {
+                if touches(&["al-hol", "roj"]) {
+                    own += 1;
+                } else if touches(&["ghwayran", "hasakah"]) {
+                    other += 1;
+                }
+            } else {
+                facilities += 1;
+            }
+        }
+        let who = &p.agency;
+        assert_eq!(own > 0, expect_own, "{who} sees its movements and headcounts: {own}");
+        assert_eq!(other > 0, expect_other, "{who} sees another's: {other}");
+        assert!(facilities > 0, "{who} sees facility changes");
     }
 }

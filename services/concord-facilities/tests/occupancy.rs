@@ -4,104 +4,16 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::sync::Arc;
+mod common;
+
 use std::time::Duration;
 
-use concord_facilities::occupancy::RegistryLink;
-use concord_platform::auth::{HeaderCredentials, Principal};
-use concord_platform::policy::Policy;
-use concord_platform::server::{Services, Shutdown};
+use common::{admit, connect, facilities, person, registry, Facilities, Registry};
 use concord_proto::facilities::v1 as pb;
 use concord_proto::facilities::v1::facilities_service_client::FacilitiesServiceClient;
 use concord_proto::registry::v1 as reg;
 use concord_proto::registry::v1::registry_service_client::RegistryServiceClient;
-use concord_testkit::{caller, coordinator, custodial, TestServer};
-use tonic::service::interceptor::InterceptedService;
-use tonic::transport::Channel;
-
-type Facilities = FacilitiesServiceClient<InterceptedService<Channel, HeaderCredentials>>;
-type Registry = RegistryServiceClient<InterceptedService<Channel, HeaderCredentials>>;
-
-async fn registry() -> (TestServer, concord_testkit::TestDb) {
-    let t = concord_testkit::database().await.unwrap();
-    let (trigger, shutdown) = Shutdown::new();
-    let cfg = concord_testkit::server_config();
-    let (svc, _db) =
-        concord_registry::build(&t.url, Arc::new(Policy::embedded()), &cfg, shutdown.clone())
-            .await
-            .unwrap();
-    (TestServer::start(Services::new().with(svc), trigger, shutdown, cfg).await.unwrap(), t)
-}
-
-/// A facilities server on `url` following the registry at `registry_uri`.
-async fn facilities(url: &str, registry_uri: &str) -> TestServer {
-    let (trigger, shutdown) = Shutdown::new();
-    let cfg = concord_testkit::server_config();
-    let link = RegistryLink {
-        uri: registry_uri.to_string(),
-        tls: None,
-        principal: Some(Principal::service("concord-facilities")),
-    };
-    let (svc, _db) = concord_facilities::build(
-        url,
-        Arc::new(Policy::embedded()),
-        &cfg,
-        Some(link),
-        shutdown.clone(),
-    )
-    .await
-    .unwrap();
-    TestServer::start(Services::new().with(svc), trigger, shutdown, cfg).await.unwrap()
-}
-
-async fn connect(uri: &str) -> Channel {
-    Channel::from_shared(uri.to_string()).unwrap().connect().await.unwrap()
-}
-
-fn person(name: &str, state: &str, sex: reg::Sex, year: i32) -> reg::Person {
-    reg::Person {
-        names: vec![reg::PersonName { full_name: name.into(), ..Default::default() }],
-        sex: sex as i32,
-        birth_date: Some(concord_proto::r#type::v1::ApproximateDate {
-            year,
-            precision: concord_proto::r#type::v1::DatePrecision::Year as i32,
-            ..Default::default()
-        }),
-        nationalities: vec![reg::Nationality {
-            state: state.into(),
-            basis: reg::NationalityBasis::Claimed as i32,
-            ..Default::default()
-        }],
-        category: if year > 2008 {
-            reg::PersonCategory::Child as i32
-        } else {
-            reg::PersonCategory::AdultFemale as i32
-        },
-        identity_confidence: reg::IdentityConfidence::Low as i32,
-        ..Default::default()
-    }
-}
-
-async fn admit(r: &mut Registry, p: reg::Person, section: &str) -> String {
-    let p = r
-        .create_person(reg::CreatePersonRequest { person: Some(p), request_id: String::new() })
-        .await
-        .unwrap()
-        .into_inner();
-    r.admit_person(reg::AdmitPersonRequest {
-        name: p.name.clone(),
-        facility_id: "al-hol".into(),
-        section_id: section.into(),
-        transition: Some(reg::CustodyTransition {
-            reason: "intake".into(),
-            source: "camp registration".into(),
-            ..Default::default()
-        }),
-    })
-    .await
-    .unwrap();
-    p.name
-}
+use concord_testkit::{caller, coordinator, custodial};
 
 /// The occupancy once it has `total` people, one of them of `state` (the projection is
 /// eventually consistent).

@@ -21,7 +21,11 @@ use futures::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
 use crate::domain::*;
+use crate::store::movements::MovementStep;
 use crate::store::Store;
+
+mod people;
+pub use people::{headcount_out, movement_out, plan_out};
 
 /// Error domain of the service (google.rpc.ErrorInfo.domain).
 pub const DOMAIN: &str = "facilities.concord";
@@ -56,6 +60,7 @@ pub struct Facilities {
     shutdown: Shutdown,
     watch_tuning: WatchTuning,
     streams: Arc<concord_platform::quota::StreamLimiter>,
+    rules: SeparationRules,
 }
 
 impl Facilities {
@@ -74,7 +79,14 @@ impl Facilities {
             shutdown,
             watch_tuning: WatchTuning::default(),
             streams: Arc::new(concord_platform::quota::StreamLimiter::new(streams_per_agency)),
+            rules: SeparationRules::default(),
         }
+    }
+
+    /// Applies `rules` to movements and relocation plans.
+    pub fn with_rules(mut self, rules: SeparationRules) -> Self {
+        self.rules = rules;
+        self
     }
 
     /// The call's access. Facility data is not personal: reads need no purpose; writes state
@@ -85,6 +97,7 @@ impl Facilities {
         action: Action,
         rpc: &'static str,
     ) -> Result<Access, Status> {
+        // Movements and headcounts name people: reading them states a purpose too.
         let rule = match action {
             Action::FacilitiesRead => PurposeRule::Optional,
             _ => PurposeRule::Required,
@@ -111,11 +124,64 @@ impl Facilities {
     }
 }
 
+impl Facilities {
+    /// A movement step from its request's fields.
+    fn step<M: prost::Message>(
+        &self,
+        name: &str,
+        to: MovementState,
+        reason: &str,
+        etag_s: &str,
+        request_id: &str,
+        msg: &M,
+    ) -> Result<MovementStep, Status> {
+        let mut v = Violations::new();
+        let id = v.absorb(people::movement_id(name, "name"));
+        if to == MovementState::Aborted {
+            text(&mut v, "reason", reason, 1000);
+        }
+        let expected = v.absorb(etag(etag_s, "etag")).flatten();
+        let rid = v.absorb(idempotency::key(request_id, "request_id", msg)).flatten();
+        v.finish(MovementStep {
+            id: id.unwrap_or_default(),
+            to,
+            reason: reason.trim().to_string(),
+            expected_version: expected,
+            request_id: rid,
+        })
+        .map_err(st)
+    }
+
+    async fn movement_step(
+        &self,
+        a: &Access,
+        step: MovementStep,
+    ) -> Result<Response<pb::Movement>, Status> {
+        let resource = format!("movements/{}", step.id);
+        let r = self.store.step_movement(a, step, &self.rules).await;
+        let m = self.outcome(a, &resource, r).await?;
+        Ok(Response::new(movement_out(&m)))
+    }
+
+    /// A read of something that names people: audited with its outcome (NOT_FOUND included,
+    /// as the registry audits refused gets).
+    async fn read<T>(&self, a: &Access, resource: &str, r: Result<T>) -> Result<T, Status> {
+        let outcome = match &r {
+            Ok(_) => "OK",
+            Err(Error::NotFound(_)) => "NOT_FOUND",
+            Err(Error::PermissionDenied(_)) => "PERMISSION_DENIED",
+            Err(_) => return r.map_err(st),
+        };
+        self.recorder.record(vec![a.entry(resource, "manifest", outcome)]).await.map_err(st)?;
+        r.map_err(st)
+    }
+}
+
 fn st(e: Error) -> Status {
     e.into_status(DOMAIN)
 }
 
-fn facility_id(name: &str, field: &str) -> Result<String> {
+pub(crate) fn facility_id(name: &str, field: &str) -> Result<String> {
     match name.strip_prefix("facilities/") {
         Some(id) if is_id(id) => Ok(id.to_string()),
         _ => Err(Error::invalid(
@@ -138,7 +204,7 @@ fn etag(s: &str, field: &str) -> Result<Option<i64>> {
         .map_err(|_| Error::invalid(field, "is not an etag this service issued"))
 }
 
-fn text(v: &mut Violations, field: &str, s: &str, max: usize) {
+pub(crate) fn text(v: &mut Violations, field: &str, s: &str, max: usize) {
     if s.trim().is_empty() {
         v.add(field, "is required");
     } else if s.chars().count() > max {
@@ -707,6 +773,175 @@ impl FacilitiesService for Facilities {
         Ok(Response::new(occupancy_out(&f, &o)))
     }
 
+    async fn create_movement(
+        &self,
+        req: Request<pb::CreateMovementRequest>,
+    ) -> Result<Response<pb::Movement>, Status> {
+        let a = self.access(&req, Action::FacilitiesPeople, "CreateMovement").await?;
+        let m = req.into_inner();
+        let rid = idempotency::key(&m.request_id, "request_id", &m).map_err(st)?;
+        let new = people::new_movement(m.movement.as_ref()).map_err(st)?;
+        let resource = format!("facilities/{}", new.source);
+        let r = self.store.create_movement(&a, new, &self.rules, rid).await;
+        let mv = self.outcome(&a, &resource, r).await?;
+        Ok(Response::new(movement_out(&mv)))
+    }
+
+    async fn get_movement(
+        &self,
+        req: Request<pb::GetMovementRequest>,
+    ) -> Result<Response<pb::Movement>, Status> {
+        let a = self.access(&req, Action::FacilitiesPeople, "GetMovement").await?;
+        let id = people::movement_id(&req.get_ref().name, "name").map_err(st)?;
+        let mv = self.store.movement(&a, &id).await;
+        Ok(Response::new(movement_out(&self.read(&a, &format!("movements/{id}"), mv).await?)))
+    }
+
+    async fn list_movements(
+        &self,
+        req: Request<pb::ListMovementsRequest>,
+    ) -> Result<Response<pb::ListMovementsResponse>, Status> {
+        let a = self.access(&req, Action::FacilitiesPeople, "ListMovements").await?;
+        let m = req.into_inner();
+        let size = paging::page_size(m.page_size).map_err(st)?;
+        let filter = filter::parse(&m.filter)
+            .and_then(|e| e.map(|e| filter::to_sql(&e, people::MOVEMENT_FILTER)).transpose())
+            .map_err(st)?;
+        let fp = paging::request_fingerprint(&[&m.filter]);
+        let before: Option<String> = paging::decode(&m.page_token, &fp).map_err(st)?;
+        let mut ms = self
+            .store
+            .movements(&a, filter.as_ref(), before.as_deref(), size + 1)
+            .await
+            .map_err(st)?;
+        let next = paging::finish_page(&mut ms, size, &fp, |m| m.id.clone());
+        let names: Vec<String> = ms.iter().map(Movement::name).collect();
+        self.recorder.record(vec![a.entry(names.join(","), "manifest", "OK")]).await.map_err(st)?;
+        Ok(Response::new(pb::ListMovementsResponse {
+            movements: ms.iter().map(movement_out).collect(),
+            next_page_token: next,
+        }))
+    }
+
+    async fn approve_movement(
+        &self,
+        req: Request<pb::ApproveMovementRequest>,
+    ) -> Result<Response<pb::Movement>, Status> {
+        let a = self.access(&req, Action::FacilitiesPeople, "ApproveMovement").await?;
+        let m = req.into_inner();
+        let step = self.step(&m.name, MovementState::Approved, "", &m.etag, &m.request_id, &m)?;
+        self.movement_step(&a, step).await
+    }
+
+    async fn depart_movement(
+        &self,
+        req: Request<pb::DepartMovementRequest>,
+    ) -> Result<Response<pb::Movement>, Status> {
+        let a = self.access(&req, Action::FacilitiesPeople, "DepartMovement").await?;
+        let m = req.into_inner();
+        let step = self.step(&m.name, MovementState::InTransit, "", &m.etag, &m.request_id, &m)?;
+        self.movement_step(&a, step).await
+    }
+
+    async fn arrive_movement(
+        &self,
+        req: Request<pb::ArriveMovementRequest>,
+    ) -> Result<Response<pb::Movement>, Status> {
+        let a = self.access(&req, Action::FacilitiesPeople, "ArriveMovement").await?;
+        let m = req.into_inner();
+        let step = self.step(&m.name, MovementState::Arrived, "", &m.etag, &m.request_id, &m)?;
+        self.movement_step(&a, step).await
+    }
+
+    async fn abort_movement(
+        &self,
+        req: Request<pb::AbortMovementRequest>,
+    ) -> Result<Response<pb::Movement>, Status> {
+        let a = self.access(&req, Action::FacilitiesPeople, "AbortMovement").await?;
+        let m = req.into_inner();
+        let step =
+            self.step(&m.name, MovementState::Aborted, &m.reason, &m.etag, &m.request_id, &m)?;
+        self.movement_step(&a, step).await
+    }
+
+    async fn record_headcount(
+        &self,
+        req: Request<pb::RecordHeadcountRequest>,
+    ) -> Result<Response<pb::Headcount>, Status> {
+        let a = self.access(&req, Action::FacilitiesPeople, "RecordHeadcount").await?;
+        let m = req.into_inner();
+        let rid = idempotency::key(&m.request_id, "request_id", &m).map_err(st)?;
+        let new = people::new_headcount(&m.parent, m.headcount.as_ref(), |v, t| {
+            occur_time(v, "headcount.count_time", t)
+        })
+        .map_err(st)?;
+        let resource = format!("facilities/{}", new.facility_id);
+        let r = self.store.record_headcount(&a, new, rid).await;
+        let h = self.outcome(&a, &resource, r).await?;
+        Ok(Response::new(headcount_out(&h)))
+    }
+
+    async fn get_headcount(
+        &self,
+        req: Request<pb::GetHeadcountRequest>,
+    ) -> Result<Response<pb::Headcount>, Status> {
+        let a = self.access(&req, Action::FacilitiesPeople, "GetHeadcount").await?;
+        let (fid, id) = people::headcount_name(&req.get_ref().name, "name").map_err(st)?;
+        let h = self.store.headcount(&a, &fid, &id).await;
+        let name = format!("facilities/{fid}/headcounts/{id}");
+        Ok(Response::new(headcount_out(&self.read(&a, &name, h).await?)))
+    }
+
+    async fn list_headcounts(
+        &self,
+        req: Request<pb::ListHeadcountsRequest>,
+    ) -> Result<Response<pb::ListHeadcountsResponse>, Status> {
+        let a = self.access(&req, Action::FacilitiesPeople, "ListHeadcounts").await?;
+        let m = req.into_inner();
+        let fid = facility_id(&m.parent, "parent").map_err(st)?;
+        let size = paging::page_size(m.page_size).map_err(st)?;
+        let fp = paging::request_fingerprint(&[&fid]);
+        let before: Option<String> = paging::decode(&m.page_token, &fp).map_err(st)?;
+        let hs = self.store.headcounts(&a, &fid, before.as_deref(), size + 1).await;
+        let mut hs = self.outcome(&a, &format!("facilities/{fid}"), hs).await?;
+        let next = paging::finish_page(&mut hs, size, &fp, |h| h.id.clone());
+        Ok(Response::new(pb::ListHeadcountsResponse {
+            headcounts: hs.iter().map(headcount_out).collect(),
+            next_page_token: next,
+        }))
+    }
+
+    async fn mark_missing_unaccounted(
+        &self,
+        req: Request<pb::MarkMissingUnaccountedRequest>,
+    ) -> Result<Response<pb::Headcount>, Status> {
+        let a = self.access(&req, Action::FacilitiesPeople, "MarkMissingUnaccounted").await?;
+        let m = req.into_inner();
+        let mut v = Violations::new();
+        let name = v.absorb(people::headcount_name(&m.name, "name"));
+        text(&mut v, "reason", &m.reason, 1000);
+        let rid = v.absorb(idempotency::key(&m.request_id, "request_id", &m)).flatten();
+        let (fid, id) = v.finish(name.unwrap_or_default()).map_err(st)?;
+        let r = self.store.mark_missing_unaccounted(&a, &fid, &id, m.reason.trim(), rid).await;
+        let h = self.outcome(&a, &format!("facilities/{fid}/headcounts/{id}"), r).await?;
+        Ok(Response::new(headcount_out(&h)))
+    }
+
+    async fn plan_relocation(
+        &self,
+        req: Request<pb::PlanRelocationRequest>,
+    ) -> Result<Response<pb::RelocationPlan>, Status> {
+        let a = self.access(&req, Action::FacilitiesPeople, "PlanRelocation").await?;
+        let m = req.into_inner();
+        let mut v = Violations::new();
+        let fid = v.absorb(facility_id(&m.name, "name"));
+        let rid = v.absorb(idempotency::key(&m.request_id, "request_id", &m)).flatten();
+        let fid = v.finish(fid.unwrap_or_default()).map_err(st)?;
+        let r = self.store.plan_relocation(&a, &fid, &self.rules, rid).await;
+        let p = self.outcome(&a, &format!("facilities/{fid}"), r).await?;
+        Ok(Response::new(plan_out(&p)))
+    }
+
     type WatchChangesStream = WatchStream;
 
     async fn watch_changes(
@@ -715,12 +950,26 @@ impl FacilitiesService for Facilities {
     ) -> Result<Response<Self::WatchChangesStream>, Status> {
         let a = self.access(&req, Action::FacilitiesRead, "WatchChanges").await?;
         let m = req.into_inner();
+        // Facility and incident events carry no personal data and reach every reader;
+        // movements and headcounts are tagged with their facilities, and reach their
+        // custodians and the coordinator.
+        let scope = if a.grant.allows(Action::FacilitiesCustodian)
+            && a.grant.allows(Action::FacilitiesPeople)
+        {
+            Scope::All
+        } else if a.grant.allows(Action::FacilitiesPeople) {
+            Scope::Only(concord_platform::auth::Visible {
+                facilities: a.principal.facilities.clone(),
+                ..Default::default()
+            })
+        } else {
+            Scope::Only(concord_platform::auth::Visible::default())
+        };
         let params = WatchParams {
             cursor: m.cursor,
             start_at_end: m.start_at_end,
             event_types: m.event_types,
-            // Facility events carry no personal data; every reader sees them.
-            scope: Scope::All,
+            scope,
         };
         let permit = self.streams.open(&a.principal.agency).map_err(st)?;
         let stream = outbox::watch(

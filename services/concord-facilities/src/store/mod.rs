@@ -17,6 +17,10 @@ use sqlx::Row;
 
 use crate::domain::*;
 
+pub mod headcounts;
+pub mod movements;
+pub mod relocation;
+
 static SQLITE: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 static POSTGRES: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
@@ -83,16 +87,17 @@ pub struct IncidentChange {
     pub expected_version: Option<i64>,
 }
 
-const COLUMNS: &str = "id, doc, kind, custodian_agency, security_status, security_status_reason, \
+pub(crate) const COLUMNS: &str =
+    "id, doc, kind, custodian_agency, security_status, security_status_reason, \
                        security_status_time, version, create_time, update_time";
 
 /// The facilities' storage.
 #[derive(Debug, Clone)]
 pub struct Store {
-    db: Db,
+    pub(crate) db: Db,
 }
 
-fn from_row(r: &AnyRow) -> Result<Facility> {
+pub(crate) fn from_row(r: &AnyRow) -> Result<Facility> {
     let doc: String = r.try_get("doc").db()?;
     let status: String = r.try_get("security_status").db()?;
     Ok(Facility {
@@ -133,7 +138,7 @@ fn event_from_row(r: &AnyRow) -> Result<FacilityEvent> {
 /// PERMISSION_DENIED unless the caller may change `f`: whoever the policy lets pass
 /// facilities between custodians (the coordinator) may change any facility, a custodial
 /// authority only those it runs.
-fn check_custodian(access: &Access, f: &Facility) -> Result<()> {
+pub(crate) fn check_custodian(access: &Access, f: &Facility) -> Result<()> {
     if access.grant.allows(Action::FacilitiesCustodian)
         || f.custodian_agency == access.principal.agency
     {
@@ -161,7 +166,7 @@ fn event(event_type: &'static str, f: &Facility) -> NewEvent {
     }
 }
 
-async fn fetch(tx: &mut Tx, id: &str) -> Result<Facility> {
+pub(crate) async fn fetch(tx: &mut Tx, id: &str) -> Result<Facility> {
     let row = sqlx::query(&format!("SELECT {COLUMNS} FROM facilities WHERE id = $1"))
         .bind(id)
         .fetch_optional(tx.conn())
@@ -174,7 +179,7 @@ async fn fetch(tx: &mut Tx, id: &str) -> Result<Facility> {
 }
 
 /// FAILED_PRECONDITION for a facility HANDED_OVER or CLOSED: nothing about it changes.
-fn check_open(f: &Facility) -> Result<()> {
+pub(crate) fn check_open(f: &Facility) -> Result<()> {
     if f.security_status.is_final() {
         return Err(Error::FailedPrecondition {
             reason: "FACILITY_FINAL",
@@ -360,7 +365,28 @@ impl Store {
         check_custodian(access, &f)?;
         check_open(&f)?;
         check_version(&f, expected_version)?;
+        let before = f.data.sections.clone();
         f.data = change(&f.data)?;
+        // Inside the transaction: places approved movements reserved count as taken. Only a
+        // change of the sections is checked, so an overfilled site can still be renamed.
+        let (room, _) = movements::room(&mut tx, &f, "").await?;
+        let short: Vec<String> = room
+            .lines()
+            .filter(|(_, l)| f.data.sections != before && l.held + l.reserved > l.places)
+            .map(|((section, sex, band), l)| {
+                let at = if section.is_empty() { "no section" } else { section.as_str() };
+                format!(
+                    "{at} {sex} {band}: {} places for {} people and {} reserved by approved movements",
+                    l.places, l.held, l.reserved
+                )
+            })
+            .collect();
+        if !short.is_empty() {
+            return Err(Error::FailedPrecondition {
+                reason: "CAPACITY_BELOW_OCCUPANCY",
+                message: format!("capacity below current occupancy: {}", short.join("; ")),
+            });
+        }
         f.version += 1;
         f.update_time = now_micros();
         save(&mut tx, &f).await?;

@@ -1,0 +1,316 @@
+//! The registry relay: what movements and headcounts change about people, recorded in the
+//! registry, which owns where a person is.
+//!
+//! Each step that the registry must record (a departure, an arrival, an abort on the road,
+//! the missing of a headcount) commits, with the step itself, one `registry_updates` row per
+//! person and an outbox event. The relay follows this service's own change stream from its
+//! stored cursor; for each such event it sends the pending rows to the registry's custody
+//! transitions, each with a request id made of the step and the person, so a call repeated
+//! after a crash is answered from the registry's idempotency record and applied once. A row
+//! ends APPLIED (with the person's version, which keeps an arrival's places reserved until
+//! the occupancy projection has seen it) or REFUSED with the registry's reason. Transient
+//! failures leave it PENDING and the event is retried with backoff; the cursor moves past an
+//! event only when none of its rows is pending.
+
+use std::time::Duration;
+
+use concord_platform::auth::Scope;
+use concord_platform::outbox::{self, WatchParams, WatchTuning};
+use concord_platform::server::Shutdown;
+use concord_platform::storage::{Db, SqlxResultExt};
+use concord_platform::time::to_timestamp;
+use concord_proto::r#type::v1::ChangeEvent;
+use concord_proto::registry::v1 as reg;
+use futures::StreamExt;
+use sqlx::Row;
+
+use crate::domain::{Step, UpdateStatus};
+use crate::occupancy::{RegistryClient, RegistryLink};
+
+/// The relay's name in `consumer_cursors`.
+const CONSUMER: &str = "relay.registry";
+
+/// Purpose sent with every call (recorded in the registry's audit log).
+pub const PURPOSE: &str = "custody changes of facility movements and headcounts";
+
+/// Event types that carry registry updates, and the step of each.
+const EVENTS: &[(&str, Step)] = &[
+    ("movement.departed", Step::Depart),
+    ("movement.arrived", Step::Arrive),
+    ("movement.aborted", Step::Return),
+    ("headcount.unaccounted_marked", Step::Unaccounted),
+];
+
+/// Registry calls made at once for one event.
+const CONCURRENCY: usize = 8;
+
+/// Follows this service's changes and records them in the registry until `shutdown`,
+/// reconnecting with backoff after any failure.
+pub async fn run(db: Db, link: RegistryLink, mut shutdown: Shutdown) {
+    const FIRST: Duration = Duration::from_millis(200);
+    let mut backoff = FIRST;
+    loop {
+        tokio::select! {
+            r = run_once(&db, &link, shutdown.clone()) => match r {
+                Ok(()) => backoff = FIRST,
+                Err(e) => tracing::warn!(error = %e, retry_ms = backoff.as_millis() as u64, "registry relay: retrying"),
+            },
+            () = shutdown.wait() => return,
+        }
+        tokio::select! {
+            () = tokio::time::sleep(backoff) => {}
+            () = shutdown.wait() => return,
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(30));
+    }
+}
+
+async fn run_once(db: &Db, link: &RegistryLink, shutdown: Shutdown) -> anyhow::Result<()> {
+    let mut client = link.connect(PURPOSE).await?;
+    let cursor: Option<String> =
+        sqlx::query_scalar("SELECT cursor FROM consumer_cursors WHERE consumer = $1")
+            .bind(CONSUMER)
+            .fetch_optional(db.reader())
+            .await
+            .db()?;
+    let params = WatchParams {
+        cursor: cursor.unwrap_or_default(),
+        start_at_end: false,
+        event_types: EVENTS.iter().map(|(t, _)| t.to_string()).collect(),
+        scope: Scope::All,
+    };
+    let mut stream =
+        Box::pin(outbox::watch(db.clone(), params, WatchTuning::default(), shutdown).await?);
+    while let Some(e) = stream.next().await {
+        let e = e?;
+        if e.bookmark {
+            continue;
+        }
+        relay(db, &mut client, &e).await?;
+    }
+    Ok(())
+}
+
+/// What one pending row asks of the registry.
+struct Pending {
+    person: String,
+    reason: String,
+    facility: String,
+    section: String,
+    occur_time: i64,
+    reference: String,
+}
+
+/// Sends the pending rows of one event and records what came of each, with the cursor after
+/// the event; a transient failure leaves its rows pending and the cursor where it was.
+async fn relay(db: &Db, client: &mut RegistryClient, e: &ChangeEvent) -> anyhow::Result<()> {
+    let Some((_, step)) = EVENTS.iter().find(|(t, _)| *t == e.event_type) else {
+        return Ok(());
+    };
+    let subject = e.resource_name.clone();
+    let pending = pending(db, &subject, *step).await?;
+    let results = futures::stream::iter(pending.into_iter().map(|p| {
+        let mut client = client.clone();
+        let subject = subject.clone();
+        async move {
+            let r = call(&mut client, &subject, *step, &p).await;
+            (p.person, r)
+        }
+    }))
+    .buffer_unordered(CONCURRENCY)
+    .collect::<Vec<_>>()
+    .await;
+    let mut transient = None;
+    let mut tx = db.begin().await?;
+    for (person, r) in results {
+        let (status, error, version) = match r {
+            Ok(p) => (UpdateStatus::Applied, String::new(), version_of(&p)),
+            Err(s) if is_transient(&s) => {
+                transient = Some(s);
+                continue;
+            }
+            Err(s) => (UpdateStatus::Refused, s.message().chars().take(1000).collect(), 0),
+        };
+        sqlx::query(
+            "UPDATE registry_updates SET status = $1, error = $2, person_version = $3 \
+             WHERE subject = $4 AND step = $5 AND person_id = $6 AND status = 'PENDING'",
+        )
+        .bind(status.as_str())
+        .bind(&error)
+        .bind(version)
+        .bind(&subject)
+        .bind(step.as_str())
+        .bind(&person)
+        .execute(tx.conn())
+        .await
+        .db()?;
+    }
+    if let Some(s) = transient {
+        // What was recorded stays recorded; the event is read again after the backoff.
+        tx.commit().await?;
+        return Err(anyhow::anyhow!("{subject}: the registry answered {s}; will retry"));
+    }
+    sqlx::query(
+        "INSERT INTO consumer_cursors (consumer, cursor) VALUES ($1, $2) \
+         ON CONFLICT (consumer) DO UPDATE SET cursor = excluded.cursor",
+    )
+    .bind(CONSUMER)
+    .bind(&e.cursor)
+    .execute(tx.conn())
+    .await
+    .db()?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Codes after which the same call may succeed later: the row stays pending.
+fn is_transient(s: &tonic::Status) -> bool {
+    use tonic::Code::*;
+    matches!(
+        s.code(),
+        Unavailable
+            | DeadlineExceeded
+            | ResourceExhausted
+            | Aborted
+            | Internal
+            | Unknown
+            | Cancelled
+            | Unauthenticated
+            | PermissionDenied
+    )
+}
+
+fn version_of(p: &reg::Person) -> i64 {
+    p.etag.trim_matches('"').parse().unwrap_or(0)
+}
+
+/// The pending rows of `subject` for `step`, with what each call needs.
+async fn pending(db: &Db, subject: &str, step: Step) -> anyhow::Result<Vec<Pending>> {
+    let rows = sqlx::query(
+        "SELECT person_id, reason FROM registry_updates \
+         WHERE subject = $1 AND step = $2 AND status = 'PENDING' ORDER BY person_id",
+    )
+    .bind(subject)
+    .bind(step.as_str())
+    .fetch_all(db.reader())
+    .await
+    .db()?;
+    let mut out = Vec::with_capacity(rows.len());
+    if let Some(id) = subject.strip_prefix("movements/") {
+        let m = sqlx::query(
+            "SELECT source_facility, destination_facility, depart_time, arrive_time, update_time \
+             FROM movements WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_one(db.reader())
+        .await
+        .db()?;
+        let source: String = m.try_get("source_facility").db()?;
+        let destination: String = m.try_get("destination_facility").db()?;
+        let entries = sqlx::query(
+            "SELECT person_id, section_id, source_section FROM manifest_entries WHERE movement_id = $1",
+        )
+        .bind(id)
+        .fetch_all(db.reader())
+        .await
+        .db()?;
+        let mut sections = std::collections::BTreeMap::new();
+        for r in entries {
+            let p: String = r.try_get("person_id").db()?;
+            let s: String = r.try_get("section_id").db()?;
+            let from: String = r.try_get("source_section").db()?;
+            sections.insert(p, (s, from));
+        }
+        let (facility, time) = match step {
+            Step::Depart => (destination, m.try_get::<i64, _>("depart_time").db()?),
+            Step::Arrive => (destination, m.try_get::<i64, _>("arrive_time").db()?),
+            _ => (source, m.try_get::<i64, _>("update_time").db()?),
+        };
+        for r in rows {
+            let person: String = r.try_get("person_id").db()?;
+            let (to, from) = sections.get(&person).cloned().unwrap_or_default();
+            out.push(Pending {
+                section: if step == Step::Return { from } else { to },
+                person,
+                reason: r.try_get("reason").db()?,
+                facility: facility.clone(),
+                occur_time: time,
+                reference: subject.to_string(),
+            });
+        }
+    } else {
+        let (facility, id) = subject
+            .strip_prefix("facilities/")
+            .and_then(|s| s.split_once("/headcounts/"))
+            .ok_or_else(|| anyhow::anyhow!("registry update of unknown subject {subject}"))?;
+        let h = sqlx::query(
+            "SELECT incident, count_time FROM headcounts WHERE facility_id = $1 AND id = $2",
+        )
+        .bind(facility)
+        .bind(id)
+        .fetch_one(db.reader())
+        .await
+        .db()?;
+        let incident: String = h.try_get("incident").db()?;
+        let time: i64 = h.try_get("count_time").db()?;
+        for r in rows {
+            out.push(Pending {
+                person: r.try_get("person_id").db()?,
+                reason: r.try_get("reason").db()?,
+                facility: facility.to_string(),
+                section: String::new(),
+                occur_time: time,
+                reference: if incident.is_empty() { subject.to_string() } else { incident.clone() },
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// The registry call for one person.
+async fn call(
+    client: &mut RegistryClient,
+    subject: &str,
+    step: Step,
+    p: &Pending,
+) -> Result<reg::Person, tonic::Status> {
+    let name = format!("persons/{}", p.person);
+    let transition = Some(reg::CustodyTransition {
+        reason: p.reason.clone(),
+        source: format!("concord-facilities, {subject}"),
+        occur_time: Some(to_timestamp(p.occur_time)),
+        etag: String::new(),
+        request_id: format!("{subject}:{}:{}", step.as_str(), p.person),
+    });
+    let r = match step {
+        Step::Depart => {
+            client
+                .start_transfer(reg::StartTransferRequest {
+                    name,
+                    destination_facility_id: p.facility.clone(),
+                    transition,
+                })
+                .await
+        }
+        Step::Arrive | Step::Return => {
+            client
+                .return_to_custody(reg::ReturnToCustodyRequest {
+                    name,
+                    facility_id: p.facility.clone(),
+                    section_id: p.section.clone(),
+                    transition,
+                })
+                .await
+        }
+        Step::Unaccounted => {
+            client
+                .mark_unaccounted(reg::MarkUnaccountedRequest {
+                    name,
+                    incident_id: p.reference.clone(),
+                    transition,
+                })
+                .await
+        }
+    };
+    r.map(tonic::Response::into_inner)
+}
