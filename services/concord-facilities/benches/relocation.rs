@@ -5,6 +5,9 @@
 //! than it holds, but not for every adolescent or adult man. Then the same people with no
 //! households, where the plan must equal the bound.
 //!
+//! Last, the first instance through the service: `PlanRelocation` over gRPC, with the people
+//! in the occupancy projection of a real database, the plan stored as PLANNED movements.
+//!
 //! `cargo bench -p concord-facilities --bench relocation [-- PEOPLE]` (default 10,000).
 
 use std::collections::BTreeMap;
@@ -310,7 +313,7 @@ fn report(title: &str, people: &[Candidate], sites: &[Site]) {
     println!();
 }
 
-/// `[PEOPLE]`: both scenarios.
+/// `[PEOPLE]`: both scenarios, then the first through the service.
 fn main() {
     let n = std::env::args()
         .skip(1)
@@ -323,4 +326,172 @@ fn main() {
     let without = people(n, 0x5eed, false);
     let sites_without = sites(&without, 0xfac);
     report("no households (plan should equal the bound)", &without, &sites_without);
+    stored(&with, &sites_with);
+}
+
+/// The same plan through the service: `PlanRelocation` on a server over a real database (the
+/// testkit's: SQLite, or PostgreSQL with `CONCORD_TEST_BACKEND=postgres`), with the people
+/// in its occupancy projection; the plan is stored as PLANNED movements in one transaction.
+fn stored(people: &[Candidate], sites: &[Site]) {
+    use concord_platform::policy::Policy;
+    use concord_platform::server::{Services, Shutdown};
+    use concord_proto::facilities::v1 as pb;
+    use concord_proto::facilities::v1::facilities_service_client::FacilitiesServiceClient;
+    use concord_proto::registry::v1 as reg;
+    use prost::Message;
+
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => return println!("stored plan: no runtime: {e}"),
+    };
+    let result: anyhow::Result<()> = rt.block_on(async {
+        let t = concord_testkit::database().await?;
+        let (trigger, shutdown) = Shutdown::new();
+        let cfg = concord_testkit::server_config();
+        let (svc, db) = concord_facilities::build(
+            &t.url,
+            std::sync::Arc::new(Policy::embedded()),
+            SeparationRules::default(),
+            &cfg,
+            None,
+            shutdown.clone(),
+        )
+        .await?;
+        let server =
+            concord_testkit::TestServer::start(Services::new().with(svc), trigger, shutdown, cfg)
+                .await?;
+        let channel = tonic::transport::Channel::from_shared(server.uri())?.connect().await?;
+        let mut c = FacilitiesServiceClient::with_interceptor(
+            channel,
+            concord_testkit::caller(concord_testkit::coordinator()),
+        )
+        .max_decoding_message_size(64 << 20);
+        let facility = |id: &str, kind: FacilityKind, at: (f64, f64), free: &[Free]| {
+            let mut sections: BTreeMap<String, Vec<pb::Capacity>> = BTreeMap::new();
+            for f in free {
+                sections.entry(f.section_id.clone()).or_default().push(pb::Capacity {
+                    sex: pb::PlaceSex::from_str_name(&f.sex.proto_name()).map_or(0, |s| s as i32),
+                    age_band: pb::AgeBand::from_str_name(&f.band.proto_name())
+                        .map_or(0, |b| b as i32),
+                    places: i32::try_from(f.places).unwrap_or(i32::MAX),
+                });
+            }
+            pb::CreateFacilityRequest {
+                facility_id: id.into(),
+                facility: Some(pb::Facility {
+                    display_name: id.into(),
+                    kind: pb::FacilityKind::from_str_name(&kind.proto_name())
+                        .map_or(0, |k| k as i32),
+                    location: Some(pb::Location {
+                        latitude: at.0,
+                        longitude: at.1,
+                        region: String::new(),
+                    }),
+                    sections: sections
+                        .into_iter()
+                        .map(|(section_id, capacities)| pb::Section {
+                            display_name: section_id.clone(),
+                            section_id,
+                            capacities,
+                        })
+                        .collect(),
+                    ..Default::default()
+                }),
+                custodian_agency: "custodial-authority".into(),
+                request_id: String::new(),
+            }
+        };
+        let mut camp = Vec::new();
+        for sex in PlaceSex::ALL {
+            for band in AgeBand::ALL {
+                let places = people.len() as i64;
+                camp.push(Free { section_id: "main".into(), sex: *sex, band: *band, places });
+            }
+        }
+        c.create_facility(facility("al-hol", FacilityKind::Camp, ORIGIN, &camp)).await?;
+        for s in sites {
+            c.create_facility(facility(&s.facility_id, s.kind, (s.latitude, s.longitude), &s.free))
+                .await?;
+        }
+        let year = concord_platform::time::current_year();
+        let events: Vec<_> = people
+            .iter()
+            .map(|p| {
+                let person = reg::Person {
+                    name: format!("persons/{}", p.person_id),
+                    sex: match p.sex {
+                        Some(PlaceSex::Male) => reg::Sex::Male as i32,
+                        Some(PlaceSex::Female) => reg::Sex::Female as i32,
+                        None => 0,
+                    },
+                    birth_date: p.age.map(|a| concord_proto::r#type::v1::ApproximateDate {
+                        year: year - a,
+                        ..Default::default()
+                    }),
+                    category: if p.band == AgeBand::Child {
+                        reg::PersonCategory::Child as i32
+                    } else {
+                        0
+                    },
+                    custody_status: reg::CustodyStatus::InCustody as i32,
+                    facility_id: "al-hol".into(),
+                    household: if p.household.is_empty() {
+                        String::new()
+                    } else {
+                        format!("households/{}", p.household)
+                    },
+                    etag: "\"1\"".into(),
+                    ..Default::default()
+                };
+                concord_proto::r#type::v1::ChangeEvent {
+                    cursor: "1".into(),
+                    event_type: "person.custody_changed".into(),
+                    resource_name: person.name.clone(),
+                    resource: Some(prost_types::Any {
+                        type_url: "type.googleapis.com/concord.registry.v1.Person".into(),
+                        value: person.encode_to_vec(),
+                    }),
+                    ..Default::default()
+                }
+            })
+            .collect();
+        for chunk in events.chunks(1000) {
+            concord_facilities::occupancy::apply(&db, chunk).await?;
+        }
+        for to in ["ELEVATED", "HIGH", "LOCKDOWN", "COMPROMISED"] {
+            c.change_security_status(pb::ChangeSecurityStatusRequest {
+                name: "facilities/al-hol".into(),
+                status: pb::SecurityStatus::from_str_name(&format!("SECURITY_STATUS_{to}"))
+                    .map_or(0, |s| s as i32),
+                reason: "attack on the camp".into(),
+                reporter: "camp security".into(),
+                ..Default::default()
+            })
+            .await?;
+        }
+        let start = Instant::now();
+        let plan = c
+            .plan_relocation(pb::PlanRelocationRequest {
+                name: "facilities/al-hol".into(),
+                request_id: String::new(),
+            })
+            .await?
+            .into_inner();
+        let took = start.elapsed();
+        let backend = if t.url.starts_with("postgres") { "PostgreSQL" } else { "SQLite" };
+        println!("== stored plan: PlanRelocation over gRPC, {backend}");
+        println!("{:<34}{:>14}", "people", people.len());
+        println!("{:<34}{:>14.1}", "call ms (plan + store)", ms(took));
+        println!("{:<34}{:>14}", "placed", plan.placed_count);
+        println!("{:<34}{:>14}", "movements (PLANNED)", plan.movements.len());
+        println!("{:<34}{:>14}", "unplaced", plan.unplaced.len());
+        println!("{:<34}{:>14}", "households split", plan.split_households.len());
+        println!("{:<34}{:>14.1}", "total distance km", plan.total_distance_km);
+        server.stop().await?;
+        Ok(())
+    });
+    if let Err(e) = result {
+        eprintln!("stored plan failed: {e:#}");
+        std::process::exit(1);
+    }
 }
