@@ -144,6 +144,18 @@ pub async fn apply(db: &Db, events: &[concord_proto::r#type::v1::ChangeEvent]) -
         let Some(any) = e.resource.as_ref() else { continue };
         let p = reg::Person::decode(any.value.as_slice()).map_err(Error::internal)?;
         let id = e.resource_name.trim_start_matches("persons/");
+        // A snapshot older than one applied already (another replica ahead of this one, or
+        // the relay's own) changes nothing.
+        let version: i64 = p.etag.trim_matches('"').parse().unwrap_or(0);
+        let seen: Option<i64> =
+            sqlx::query_scalar("SELECT version FROM person_versions WHERE person_id = $1")
+                .bind(id)
+                .fetch_optional(tx.conn())
+                .await
+                .db()?;
+        if seen.is_some_and(|s| s > version) {
+            continue;
+        }
         sqlx::query("DELETE FROM placements WHERE person_id = $1")
             .bind(id)
             .execute(tx.conn())
@@ -168,7 +180,6 @@ pub async fn apply(db: &Db, events: &[concord_proto::r#type::v1::ChangeEvent]) -
             .db()?;
         }
         // The version applied, so that an arrival's places stay reserved until it is seen.
-        let version: i64 = p.etag.trim_matches('"').parse().unwrap_or(0);
         sqlx::query(
             "INSERT INTO person_versions (person_id, version) VALUES ($1, $2) \
              ON CONFLICT (person_id) DO UPDATE SET version = excluded.version",

@@ -44,6 +44,10 @@ const EVENTS: &[(&str, Step)] = &[
 /// Registry calls made at once for one event.
 const CONCURRENCY: usize = 8;
 
+/// Refusals that may be a passing fault (a policy being fixed, an internal error) are tried
+/// this many times, then recorded REFUSED, so that one bad row cannot hold up the rest.
+const MAX_ATTEMPTS: i64 = 5;
+
 /// Follows this service's changes and records them in the registry until `shutdown`,
 /// reconnecting with backoff after any failure.
 pub async fn run(db: Db, link: RegistryLink, mut shutdown: Shutdown) {
@@ -94,6 +98,8 @@ async fn run_once(db: &Db, link: &RegistryLink, shutdown: Shutdown) -> anyhow::R
 /// What one pending row asks of the registry.
 struct Pending {
     person: String,
+    /// The person's departure on this movement was applied (movements only).
+    departed: bool,
     reason: String,
     facility: String,
     section: String,
@@ -113,7 +119,15 @@ async fn relay(db: &Db, client: &mut RegistryClient, e: &ChangeEvent) -> anyhow:
         let mut client = client.clone();
         let subject = subject.clone();
         async move {
-            let r = call(&mut client, &subject, *step, &p).await;
+            // An arrival or a return follows a departure the registry recorded; otherwise it
+            // would put back in custody someone the registry knows elsewhere (missing, say).
+            let r = if matches!(step, Step::Arrive | Step::Return) && !p.departed {
+                Err(Outcome::Skip(
+                    "the departure was not recorded in the registry, so neither is this".into(),
+                ))
+            } else {
+                call(&mut client, &subject, *step, &p).await.map_err(Outcome::Failed)
+            };
             (p.person, r)
         }
     }))
@@ -125,11 +139,32 @@ async fn relay(db: &Db, client: &mut RegistryClient, e: &ChangeEvent) -> anyhow:
     for (person, r) in results {
         let (status, error, version) = match r {
             Ok(p) => (UpdateStatus::Applied, String::new(), version_of(&p)),
-            Err(s) if is_transient(&s) => {
+            Err(Outcome::Skip(why)) => (UpdateStatus::Refused, why, 0),
+            Err(Outcome::Failed(s)) if is_unreachable(&s) => {
                 transient = Some(s);
                 continue;
             }
-            Err(s) => (UpdateStatus::Refused, s.message().chars().take(1000).collect(), 0),
+            Err(Outcome::Failed(s)) if is_transient(&s) => {
+                let attempts: i64 = sqlx::query_scalar(
+                    "UPDATE registry_updates SET attempts = attempts + 1 \
+                     WHERE subject = $1 AND step = $2 AND person_id = $3 RETURNING attempts",
+                )
+                .bind(&subject)
+                .bind(step.as_str())
+                .bind(&person)
+                .fetch_one(tx.conn())
+                .await
+                .db()?;
+                if attempts < MAX_ATTEMPTS {
+                    transient = Some(s);
+                    continue;
+                }
+                let why = format!("gave up after {attempts} attempts: {}", s.message());
+                (UpdateStatus::Refused, why.chars().take(1000).collect(), 0)
+            }
+            Err(Outcome::Failed(s)) => {
+                (UpdateStatus::Refused, s.message().chars().take(1000).collect(), 0)
+            }
         };
         sqlx::query(
             "UPDATE registry_updates SET status = $1, error = $2, person_version = $3 \
@@ -163,21 +198,32 @@ async fn relay(db: &Db, client: &mut RegistryClient, e: &ChangeEvent) -> anyhow:
     Ok(())
 }
 
-/// Codes after which the same call may succeed later: the row stays pending.
+/// The registry could not be reached or was busy: the row stays pending however long.
+fn is_unreachable(s: &tonic::Status) -> bool {
+    use tonic::Code::*;
+    matches!(s.code(), Unavailable | DeadlineExceeded | ResourceExhausted | Aborted | Cancelled)
+}
+
+/// Refusals that may pass (credentials or policy being fixed, an internal error): tried
+/// [`MAX_ATTEMPTS`] times.
 fn is_transient(s: &tonic::Status) -> bool {
     use tonic::Code::*;
-    matches!(
-        s.code(),
-        Unavailable
-            | DeadlineExceeded
-            | ResourceExhausted
-            | Aborted
-            | Internal
-            | Unknown
-            | Cancelled
-            | Unauthenticated
-            | PermissionDenied
-    )
+    matches!(s.code(), Internal | Unknown | Unauthenticated | PermissionDenied)
+}
+
+/// Why a row was not applied.
+enum Outcome {
+    /// Not sent: an earlier step for the person was not recorded.
+    Skip(String),
+    /// The registry's answer.
+    Failed(tonic::Status),
+}
+
+/// The request id of one step for one person: fixed length whatever the ids, so the
+/// registry's limit (128) always holds, and the same for every resend.
+fn request_id(subject: &str, step: Step, person: &str) -> String {
+    let key = format!("{subject}\n{}\n{person}", step.as_str());
+    format!("concord-facilities:{}", concord_platform::idempotency::fingerprint(key.as_bytes()))
 }
 
 fn version_of(p: &reg::Person) -> i64 {
@@ -214,6 +260,15 @@ async fn pending(db: &Db, subject: &str, step: Step) -> anyhow::Result<Vec<Pendi
         .fetch_all(db.reader())
         .await
         .db()?;
+        let departed: std::collections::BTreeSet<String> = sqlx::query_scalar(
+            "SELECT person_id FROM registry_updates WHERE subject = $1 AND step = 'depart' AND status = 'APPLIED'",
+        )
+        .bind(subject)
+        .fetch_all(db.reader())
+        .await
+        .db()?
+        .into_iter()
+        .collect();
         let mut sections = std::collections::BTreeMap::new();
         for r in entries {
             let p: String = r.try_get("person_id").db()?;
@@ -231,6 +286,7 @@ async fn pending(db: &Db, subject: &str, step: Step) -> anyhow::Result<Vec<Pendi
             let (to, from) = sections.get(&person).cloned().unwrap_or_default();
             out.push(Pending {
                 section: if step == Step::Return { from } else { to },
+                departed: departed.contains(&person),
                 person,
                 reason: r.try_get("reason").db()?,
                 facility: facility.clone(),
@@ -256,6 +312,7 @@ async fn pending(db: &Db, subject: &str, step: Step) -> anyhow::Result<Vec<Pendi
         for r in rows {
             out.push(Pending {
                 person: r.try_get("person_id").db()?,
+                departed: false,
                 reason: r.try_get("reason").db()?,
                 facility: facility.to_string(),
                 section: String::new(),
@@ -280,7 +337,7 @@ async fn call(
         source: format!("concord-facilities, {subject}"),
         occur_time: Some(to_timestamp(p.occur_time)),
         etag: String::new(),
-        request_id: format!("{subject}:{}:{}", step.as_str(), p.person),
+        request_id: request_id(subject, step, &p.person),
     });
     let r = match step {
         Step::Depart => {
@@ -313,4 +370,23 @@ async fn call(
         }
     };
     r.map(tonic::Response::into_inner)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids_fit_the_registry_whatever_the_ids_and_differ_per_step_and_person() {
+        let long = format!("facilities/{}/headcounts/{}", "f".repeat(63), uuid::Uuid::now_v7());
+        let a = request_id(&long, Step::Unaccounted, "0192d6c4-9a2e-7c3b-8f21-3c4d5e6f7a8b");
+        assert!(a.len() <= 128, "{}", a.len());
+        assert!(concord_platform::idempotency::validate("request_id", &a).is_ok());
+        assert_eq!(a, request_id(&long, Step::Unaccounted, "0192d6c4-9a2e-7c3b-8f21-3c4d5e6f7a8b"));
+        assert_ne!(a, request_id(&long, Step::Unaccounted, "another"));
+        assert_ne!(
+            request_id("movements/m", Step::Depart, "p"),
+            request_id("movements/m", Step::Arrive, "p")
+        );
+    }
 }

@@ -870,6 +870,9 @@ async fn movements_headcounts_and_plans_reach_only_the_custodians_concerned_and_
         ("FR ministry", ministry("FR"), false),
         ("FR justice", justice("FR"), false),
         ("custodial authority", guard(), false),
+        // Staff of the same authority posted at a facility it does not run: al-hol's people
+        // are not theirs, although their agency runs al-hol.
+        ("custodial authority posted elsewhere", custodial(&["hasakah"]), false),
         ("humanitarian monitor", monitor(), false),
         ("service", Principal::service("svc"), false),
     ];
@@ -883,22 +886,40 @@ async fn movements_headcounts_and_plans_reach_only_the_custodians_concerned_and_
             {
                 let at = format!("{label} {rpc} on {from}");
                 let result = call_people(&mut c, &mut cell, &h.db, rpc, from, to).await;
-                let own = sees_all || custodian == p.agency;
+                let own =
+                    sees_all || (custodian == p.agency && p.facilities.iter().any(|f| f == from));
+                // A movement or headcount of another facility does not exist for the caller;
+                // acting on a facility one does not run is refused (facilities are public).
+                let hidden = matches!(
+                    *rpc,
+                    "GetMovement"
+                        | "ApproveMovement"
+                        | "DepartMovement"
+                        | "ArriveMovement"
+                        | "AbortMovement"
+                        | "GetHeadcount"
+                );
                 match (result, allowed) {
                     (Err(s), false) => assert_eq!(s.code(), Code::PermissionDenied, "{at}"),
                     (Ok(_), false) => panic!("{at}: succeeded without facilities.people"),
-                    (Err(s), true) if !own => assert!(
-                        matches!(s.code(), Code::PermissionDenied | Code::NotFound),
-                        "{at}: {s:?}"
-                    ),
+                    (Err(s), true) if !own => {
+                        let expected = if hidden { Code::NotFound } else { Code::PermissionDenied };
+                        assert_eq!(s.code(), expected, "{at}: {s:?}");
+                        assert!(!s.message().contains("persons/"), "{at}: {s:?}");
+                    }
                     (Err(s), true) => panic!("{at}: refused although permitted: {s:?}"),
                     (Ok(listed), true) => {
                         assert!(own || *rpc == "ListMovements", "{at}: reached another's people");
                         for m in listed {
+                            // Facilities the caller's agency runs and is posted at.
+                            let runs = |f: &str| {
+                                p.facilities.iter().any(|x| f == format!("facilities/{x}"))
+                                    && p.agency == "custodial-authority"
+                                    && ["facilities/al-hol", "facilities/roj"].contains(&f)
+                            };
                             let mine = sees_all
-                                || [&m.source_facility, &m.destination_facility].iter().any(|f| {
-                                    p.facilities.iter().any(|x| **f == format!("facilities/{x}"))
-                                });
+                                || runs(&m.source_facility)
+                                || runs(&m.destination_facility);
                             assert!(mine, "{at}: listed {}", m.name);
                             seen += 1;
                         }
@@ -908,6 +929,25 @@ async fn movements_headcounts_and_plans_reach_only_the_custodians_concerned_and_
         }
     }
     assert!(seen > 0, "the listings returned something to check");
+
+    // Without a purpose, the coordinator's stream carries no one.
+    let ch = Channel::from_shared(h.server.uri()).unwrap().connect().await.unwrap();
+    let mut bare =
+        FacilitiesServiceClient::with_interceptor(ch, HeaderCredentials::new(coordinator()));
+    let mut s = bare.watch_changes(pb::WatchChangesRequest::default()).await.unwrap().into_inner();
+    let mut public = 0;
+    while let Ok(Some(m)) =
+        tokio::time::timeout(std::time::Duration::from_millis(300), s.next()).await
+    {
+        let e = m.unwrap().event.unwrap();
+        assert!(
+            !e.event_type.starts_with("movement.") && !e.event_type.starts_with("headcount."),
+            "sent without a purpose: {}",
+            e.event_type
+        );
+        public += u32::from(!e.bookmark);
+    }
+    assert!(public > 0, "facility changes still flow");
 
     // The change stream: movement and headcount events reach the same agencies.
     for (p, expect_own, expect_other) in [

@@ -36,7 +36,7 @@ impl Suite {
         let server = facilities(&fac_db.url, &reg_server.uri()).await;
         let f = FacilitiesServiceClient::with_interceptor(
             connect(&server.uri()).await,
-            caller(custodial(&["al-hol", "roj", "ghwayran", "houry"])),
+            caller(custodial(&["al-hol", "roj", "ghwayran", "houry", "far-camp"])),
         );
         Suite { reg_server, _reg_db: reg_db, fac_db, server: Some(server), r, f }
     }
@@ -55,7 +55,7 @@ impl Suite {
         let server = facilities(&self.fac_db.url, &self.reg_server.uri()).await;
         self.f = FacilitiesServiceClient::with_interceptor(
             connect(&server.uri()).await,
-            caller(custodial(&["al-hol", "roj", "ghwayran", "houry"])),
+            caller(custodial(&["al-hol", "roj", "ghwayran", "houry", "far-camp"])),
         );
         self.server = Some(server);
     }
@@ -364,7 +364,27 @@ async fn bad_movements_are_refused_with_the_reason_and_nothing_is_stored() {
         .into_inner();
     assert_eq!(aborted.state, pb::MovementState::Aborted as i32);
     assert!(aborted.manifest.iter().all(|e| e.registry_update == 0), "it never left");
-    plan(&mut s.f, "al-hol", "roj", &[boy, mother]).await.unwrap();
+    let again = plan(&mut s.f, "al-hol", "roj", &[boy, mother.clone()]).await.unwrap();
+    // Someone hospitalised after approval does not leave with the movement.
+    approve(&mut s.f, &again.name).await.unwrap();
+    s.r.hospitalise_person(reg::HospitalisePersonRequest {
+        name: mother.clone(),
+        facility_id: String::new(),
+        transition: Some(reg::CustodyTransition {
+            reason: "fever".into(),
+            source: "camp clinic".into(),
+            ..Default::default()
+        }),
+    })
+    .await
+    .unwrap();
+    // Once the projection has caught up (a later admission is counted)...
+    admit_at(&mut s.r, woman("Noor Saleh", 1991), "al-hol", "main").await;
+    occupancy(&mut s.f, "al-hol", 4).await;
+    let err = depart(&mut s.f, &again.name).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    assert!(err.message().contains("no longer held IN_CUSTODY"), "{}", err.message());
+    assert!(err.message().contains(&mother), "{}", err.message());
     // Strangers to both facilities see none of it.
     let mut other = FacilitiesServiceClient::with_interceptor(
         connect(&s.uri()).await,
@@ -383,12 +403,12 @@ async fn of_two_approvals_that_would_overfill_a_site_one_loses_with_aborted() {
     let mut s = Suite::start().await;
     two_camps(&mut s, 3).await;
     let mut women = Vec::new();
-    for i in 0..4 {
+    for i in 0..5 {
         women.push(
             admit_at(&mut s.r, woman(&format!("Woman {i}"), 1980 + i), "al-hol", "main").await,
         );
     }
-    occupancy(&mut s.f, "al-hol", 4).await;
+    occupancy(&mut s.f, "al-hol", 5).await;
     let a = plan(&mut s.f, "al-hol", "roj", &women[0..2]).await.unwrap();
     let b = plan(&mut s.f, "al-hol", "roj", &women[2..4]).await.unwrap();
     let mut f2 = s.f.clone();
@@ -435,6 +455,9 @@ async fn of_two_approvals_that_would_overfill_a_site_one_loses_with_aborted() {
     let err = approve(&mut s.f, &lost.0.name).await.unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition, "held, not reserved: {err:?}");
     assert!(err.message().contains("1 more FEMALE ADULT"), "{}", err.message());
+    // Once occupancy counts the arrivals their reservation ends: the last place is free.
+    let last = plan(&mut s.f, "al-hol", "roj", &women[4..5]).await.unwrap();
+    approve(&mut s.f, &last.name).await.unwrap();
 }
 
 #[tokio::test]
@@ -474,27 +497,47 @@ async fn a_headcount_names_the_missing_and_marks_them_unaccounted_in_one_action(
     };
     let err = s.f.mark_missing_unaccounted(mark(&first.name)).await.unwrap_err();
     assert!(err.message().contains("is not the latest headcount"), "{}", err.message());
+    // Since the count, c was released: the registry no longer holds her here, so she is not
+    // marked (the count is hours old by the time someone acts on it).
+    s.r.record_release(reg::RecordReleaseRequest {
+        name: c.clone(),
+        transition: Some(reg::CustodyTransition {
+            reason: "released to family".into(),
+            source: "camp administration".into(),
+            ..Default::default()
+        }),
+    })
+    .await
+    .unwrap();
+    occupancy(&mut s.f, "al-hol", 2).await;
     let marked = s.f.mark_missing_unaccounted(mark(&h.name)).await.unwrap().into_inner();
     assert!(marked.unaccounted_mark_time.is_some());
+    let status = |h: &pb::Headcount, who: &str| {
+        h.unaccounted_updates.iter().find(|u| u.person == who).map(|u| u.registry_update)
+    };
+    assert_eq!(status(&marked, &c), Some(pb::RegistryUpdate::Refused as i32), "{marked:?}");
+    let mut got = marked.clone();
     for _ in 0..400 {
-        let got =
+        got =
             s.f.get_headcount(pb::GetHeadcountRequest { name: h.name.clone() })
                 .await
                 .unwrap()
                 .into_inner();
-        if got
-            .unaccounted_updates
-            .iter()
-            .all(|u| u.registry_update == pb::RegistryUpdate::Applied as i32)
-        {
+        if status(&got, &b) == Some(pb::RegistryUpdate::Applied as i32) {
             break;
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
-    for who in [&b, &c] {
-        let p = get_person(&mut s.r, who).await;
-        assert_eq!(p.custody_status, reg::CustodyStatus::Unaccounted as i32);
-    }
+    assert_eq!(status(&got, &b), Some(pb::RegistryUpdate::Applied as i32), "{got:?}");
+    assert_eq!(
+        get_person(&mut s.r, &b).await.custody_status,
+        reg::CustodyStatus::Unaccounted as i32
+    );
+    assert_eq!(
+        get_person(&mut s.r, &c).await.custody_status,
+        reg::CustodyStatus::Released as i32,
+        "a stale count marks no one who has left"
+    );
     assert_eq!(get_person(&mut s.r, &a).await.custody_status, reg::CustodyStatus::InCustody as i32);
     occupancy(&mut s.f, "al-hol", 1).await;
     let err = s.f.mark_missing_unaccounted(mark(&h.name)).await.unwrap_err();

@@ -904,7 +904,8 @@ async fn family_and_identity_records_respect_scope() {
         c.watch_changes(pb::WatchChangesRequest::default()).await.unwrap().into_inner();
     let mut joined = 0;
     while joined < 2 {
-        let e = events.message().await.unwrap().unwrap().event.unwrap();
+        let next = tokio::time::timeout(std::time::Duration::from_secs(10), events.message());
+        let e = next.await.expect("both members' changes arrive").unwrap().unwrap().event.unwrap();
         if e.event_type == "person.updated" {
             let p = pb::Person::decode(e.resource.unwrap().value.as_slice()).unwrap();
             assert_eq!(p.household, hh.name);

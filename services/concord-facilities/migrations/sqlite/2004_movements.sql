@@ -50,6 +50,7 @@ CREATE TABLE registry_updates (
     reason TEXT NOT NULL,
     status TEXT NOT NULL,
     error TEXT NOT NULL,
+    attempts BIGINT NOT NULL DEFAULT 0,
     person_version BIGINT NOT NULL,
     PRIMARY KEY (subject, step, person_id)
 );

@@ -951,19 +951,17 @@ impl FacilitiesService for Facilities {
         let a = self.access(&req, Action::FacilitiesRead, "WatchChanges").await?;
         let m = req.into_inner();
         // Facility and incident events carry no personal data and reach every reader;
-        // movements and headcounts are tagged with their facilities, and reach their
-        // custodians and the coordinator.
-        let scope = if a.grant.allows(Action::FacilitiesCustodian)
-            && a.grant.allows(Action::FacilitiesPeople)
-        {
-            Scope::All
-        } else if a.grant.allows(Action::FacilitiesPeople) {
-            Scope::Only(concord_platform::auth::Visible {
-                facilities: a.principal.facilities.clone(),
+        // movements and headcounts are tagged with their facilities, and reach the staff
+        // posted at the facilities concerned and the coordinator, when they state a purpose;
+        // each such event is audited as it is sent.
+        let people = a.grant.allows(Action::FacilitiesPeople) && !a.purpose.is_empty();
+        let scope = match self.store.facilities_run(&a).await.map_err(st)? {
+            None if people => Scope::All,
+            Some(run) if people => Scope::Only(concord_platform::auth::Visible {
+                facilities: run,
                 ..Default::default()
-            })
-        } else {
-            Scope::Only(concord_platform::auth::Visible::default())
+            }),
+            _ => Scope::Only(concord_platform::auth::Visible::default()),
         };
         let params = WatchParams {
             cursor: m.cursor,
@@ -980,9 +978,19 @@ impl FacilitiesService for Facilities {
         )
         .await
         .map_err(st)?;
-        Ok(Response::new(Box::pin(stream.map(move |r| {
+        let recorder = self.recorder.clone();
+        Ok(Response::new(Box::pin(stream.then(move |r| {
             let _held = &permit;
-            r.map(|e| pb::WatchChangesResponse { event: Some(e) }).map_err(st)
+            let (recorder, a) = (recorder.clone(), a.clone());
+            async move {
+                let e = r.map_err(st)?;
+                if e.event_type.starts_with("movement.") || e.event_type.starts_with("headcount.") {
+                    // Sent only once its audit entry is stored.
+                    let entry = a.entry(e.resource_name.clone(), "manifest", "OK");
+                    recorder.record(vec![entry]).await.map_err(st)?;
+                }
+                Ok(pb::WatchChangesResponse { event: Some(e) })
+            }
         }))))
     }
 }

@@ -96,7 +96,8 @@ pub(super) fn new_movement(m: Option<&pb::Movement>) -> Result<NewMovement> {
     let source = v.absorb(facility_id(&m.source_facility, "movement.source_facility"));
     let destination =
         v.absorb(facility_id(&m.destination_facility, "movement.destination_facility"));
-    text(&mut v, "movement.reason", &m.reason, 2000);
+    // At most what the registry's custody timeline takes, as it is recorded there.
+    text(&mut v, "movement.reason", &m.reason, 1000);
     if m.manifest.is_empty() {
         v.add("movement.manifest", "name at least one person");
     } else if m.manifest.len() > MAX_MANIFEST {

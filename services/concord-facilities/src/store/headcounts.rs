@@ -13,8 +13,8 @@ use concord_platform::time::now_micros;
 use sqlx::any::AnyRow;
 use sqlx::Row;
 
-use super::movements::{may_see, placements};
-use super::{check_custodian, check_open, fetch, Store};
+use super::movements::{check_runs, placements, runs};
+use super::{check_open, fetch, Store};
 use crate::domain::*;
 
 /// Type URL of event payloads about headcounts.
@@ -97,7 +97,7 @@ impl Store {
             }
         }
         let f = fetch(&mut tx, &new.facility_id).await?;
-        check_custodian(access, &f)?;
+        check_runs(access, &f)?;
         check_open(&f)?;
         if !new.incident.is_empty() {
             let id = new.incident.rsplit('/').next().unwrap_or_default();
@@ -166,8 +166,9 @@ impl Store {
     /// were marked, what the registry made of each.
     pub async fn headcount(&self, access: &Access, facility: &str, id: &str) -> Result<Headcount> {
         let name = format!("facilities/{facility}/headcounts/{id}");
-        if !may_see(access, &[facility]) {
-            return Err(Error::NotFound(name));
+        match self.get(facility).await {
+            Ok(f) if runs(access, &f) => {}
+            _ => return Err(Error::NotFound(name)),
         }
         let row = sqlx::query(&format!(
             "SELECT {COLUMNS} FROM headcounts WHERE facility_id = $1 AND id = $2"
@@ -207,12 +208,7 @@ impl Store {
         before: Option<&str>,
         limit: i64,
     ) -> Result<Vec<Headcount>> {
-        self.get(facility).await?;
-        if !may_see(access, &[facility]) {
-            return Err(Error::PermissionDenied(format!(
-                "the headcounts of facilities/{facility} are for its custodian and the coordinator"
-            )));
-        }
+        check_runs(access, &self.get(facility).await?)?;
         let mut sql = concord_platform::sql::Sql::new(format!(
             "SELECT {COLUMNS} FROM headcounts WHERE facility_id = "
         ));
@@ -251,7 +247,7 @@ impl Store {
             }
         }
         let f = fetch(&mut tx, facility).await?;
-        check_custodian(access, &f)?;
+        check_runs(access, &f)?;
         check_open(&f)?;
         let row = sqlx::query(&format!(
             "SELECT {COLUMNS} FROM headcounts WHERE facility_id = $1 AND id = $2"
@@ -296,25 +292,64 @@ impl Store {
             });
         }
         h.unaccounted_mark_time = now_micros();
-        sqlx::query("UPDATE headcounts SET unaccounted_mark_time = $1 WHERE id = $2")
-            .bind(h.unaccounted_mark_time)
-            .bind(&h.id)
-            .execute(tx.conn())
-            .await
-            .db()?;
+        let marked = sqlx::query(
+            "UPDATE headcounts SET unaccounted_mark_time = $1 WHERE id = $2 AND unaccounted_mark_time = 0",
+        )
+        .bind(h.unaccounted_mark_time)
+        .bind(&h.id)
+        .execute(tx.conn())
+        .await
+        .db()?
+        .rows_affected();
+        if marked != 1 {
+            return Err(Error::Aborted(format!("{} was marked concurrently", h.name())));
+        }
+        // The count may be hours old: only people the registry still records held here, and
+        // on no movement, are marked; the others are reported as not sent.
+        let now_held: BTreeSet<String> = placements(&mut tx, Some(&f.id), &[])
+            .await?
+            .into_iter()
+            .filter(|p| p.custody_status == "CUSTODY_STATUS_IN_CUSTODY")
+            .map(|p| p.person_id)
+            .collect();
+        let mut moving = BTreeSet::new();
+        for chunk in h.missing.chunks(concord_platform::sql::MAX_IN_LIST) {
+            let mut sql = concord_platform::sql::Sql::new(
+                "SELECT person_id FROM movement_holds WHERE person_id IN ",
+            );
+            sql.bind_list(chunk.iter().map(|p| concord_platform::sql::SqlValue::Text(p.clone())));
+            let ids: Vec<String> =
+                sql.query_scalar(tx.dialect()).fetch_all(tx.conn()).await.db()?;
+            moving.extend(ids);
+        }
         for p in &h.missing {
+            let (status, error) = if moving.contains(p) {
+                (UpdateStatus::Refused, "on a movement since the count; not marked".to_string())
+            } else if !now_held.contains(p) {
+                (
+                    UpdateStatus::Refused,
+                    format!(
+                        "no longer held IN_CUSTODY at {} since the count; not marked",
+                        f.name()
+                    ),
+                )
+            } else {
+                (UpdateStatus::Pending, String::new())
+            };
             sqlx::query(
                 "INSERT INTO registry_updates (subject, person_id, step, reason, status, error, person_version) \
-                 VALUES ($1, $2, $3, $4, 'PENDING', '', 0)",
+                 VALUES ($1, $2, $3, $4, $5, $6, 0)",
             )
             .bind(h.name())
             .bind(p)
             .bind(Step::Unaccounted.as_str())
             .bind(reason)
+            .bind(status.as_str())
+            .bind(&error)
             .execute(tx.conn())
             .await
             .db()?;
-            h.updates.push((p.clone(), UpdateStatus::Pending, String::new()));
+            h.updates.push((p.clone(), status, error));
         }
         if let Some((rid, _)) = &request_id {
             idempotency::complete(&mut tx, &access.principal.agency, rid, &h.name()).await?;

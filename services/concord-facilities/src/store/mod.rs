@@ -361,6 +361,8 @@ impl Store {
                 return self.get(id).await;
             }
         }
+        // Held until commit: an approval towards it waits, then sees the new places.
+        movements::lock(&mut tx, &[id]).await?;
         let mut f = fetch(&mut tx, id).await?;
         check_custodian(access, &f)?;
         check_open(&f)?;
@@ -411,6 +413,7 @@ impl Store {
                 return self.get(&c.facility_id).await;
             }
         }
+        movements::lock(&mut tx, &[&c.facility_id]).await?;
         let mut f = fetch(&mut tx, &c.facility_id).await?;
         check_custodian(access, &f)?;
         check_version(&f, c.expected_version)?;

@@ -16,7 +16,7 @@ use concord_platform::time::{current_year, now_micros};
 use sqlx::any::AnyRow;
 use sqlx::Row;
 
-use super::{check_custodian, check_open, fetch, Store};
+use super::{check_open, fetch, Store};
 use crate::domain::*;
 use crate::occupancy::Placement;
 
@@ -100,7 +100,8 @@ fn placement_from_row(r: &AnyRow) -> Result<Placement> {
 
 /// The places of `f` with the people held there and the places reserved by movements
 /// towards it (approved or on the road, and arrived until the projection counts them),
-/// except `except`'s own. The second value counts only the people held.
+/// except `except`'s own, and by people returning after an abort on the road. The second
+/// value counts only the people held.
 pub(crate) async fn room(tx: &mut Tx, f: &Facility, except: &str) -> Result<(Room, Room)> {
     let mut held = Room::new(&f.data);
     let year = current_year();
@@ -122,7 +123,21 @@ pub(crate) async fn room(tx: &mut Tx, f: &Facility, except: &str) -> Result<(Roo
     .fetch_all(tx.conn())
     .await
     .db()?;
-    for r in rows {
+    // People on their way back after a movement from here was aborted on the road hold their
+    // old places until the projection counts them here again.
+    let returning = sqlx::query(
+        "SELECT e.source_section AS section_id, e.sex, e.age_band FROM manifest_entries e \
+         JOIN movements m ON m.id = e.movement_id \
+         WHERE m.source_facility = $1 AND m.state = 'ABORTED' AND EXISTS (SELECT 1 FROM registry_updates u \
+               WHERE u.subject = 'movements/' || m.id AND u.step = 'return' AND u.person_id = e.person_id \
+               AND (u.status = 'PENDING' OR (u.status = 'APPLIED' AND NOT EXISTS (SELECT 1 FROM person_versions v \
+                   WHERE v.person_id = u.person_id AND v.version >= u.person_version))))",
+    )
+    .bind(&f.id)
+    .fetch_all(tx.conn())
+    .await
+    .db()?;
+    for r in rows.iter().chain(&returning) {
         let section: String = r.try_get("section_id").db()?;
         let sex: String = r.try_get("sex").db()?;
         let band: String = r.try_get("age_band").db()?;
@@ -242,11 +257,44 @@ fn separation(
         .collect()
 }
 
-/// NOT_FOUND unless the caller may see movements touching `source` or `destination`: the
-/// coordinator sees all, a custodian those of the facilities it runs.
-pub(crate) fn may_see(access: &Access, facilities: &[&str]) -> bool {
+/// Whether the caller may see and act on the people at `f`: the coordinator (who may pass
+/// facilities between custodians) everywhere; otherwise an agency that runs `f` (it is its
+/// `custodian_agency`) and whose directory entry (or token) posts the caller there, as the
+/// registry's own "people in its facilities" scope does. One rule for reads and writes.
+pub(crate) fn runs(access: &Access, f: &Facility) -> bool {
     access.grant.allows(concord_platform::policy::Action::FacilitiesCustodian)
-        || facilities.iter().any(|f| access.principal.facilities.iter().any(|p| p == f))
+        || (f.custodian_agency == access.principal.agency
+            && access.principal.facilities.contains(&f.id))
+}
+
+/// PERMISSION_DENIED unless the caller [`runs`] `f` (facilities are public: this reveals
+/// nothing about people).
+pub(crate) fn check_runs(access: &Access, f: &Facility) -> Result<()> {
+    if runs(access, f) {
+        Ok(())
+    } else {
+        Err(Error::PermissionDenied(format!(
+            "the people at {} are for the staff of its custodian posted there and the coordinator",
+            f.name()
+        )))
+    }
+}
+
+/// Takes the rows of `ids` (in id order, so two transactions never wait on each other in a
+/// cycle) until commit: on PostgreSQL a concurrent writer of the same facility waits, and
+/// reads what this one committed. SQLite has one writer anyway.
+pub(crate) async fn lock(tx: &mut Tx, ids: &[&str]) -> Result<()> {
+    let mut ids = ids.to_vec();
+    ids.sort_unstable();
+    ids.dedup();
+    for id in ids {
+        sqlx::query("UPDATE facilities SET update_time = update_time WHERE id = $1")
+            .bind(id)
+            .execute(tx.conn())
+            .await
+            .db()?;
+    }
+    Ok(())
 }
 
 impl Store {
@@ -270,7 +318,7 @@ impl Store {
             }
         }
         let source = fetch(&mut tx, &new.source).await?;
-        check_custodian(access, &source)?;
+        check_runs(access, &source)?;
         check_open(&source)?;
         let destination = fetch(&mut tx, &new.destination).await?;
         check_open(&destination)?;
@@ -295,11 +343,29 @@ impl Store {
             Some(r) => movement_from_row(&r)?,
             None => return Err(Error::NotFound(format!("movements/{id}"))),
         };
-        if !may_see(access, &[&m.source, &m.destination]) {
+        let (source, destination) = (self.get(&m.source).await?, self.get(&m.destination).await?);
+        if !runs(access, &source) && !runs(access, &destination) {
             return Err(Error::NotFound(format!("movements/{id}")));
         }
         load_manifests(&self.db, std::slice::from_mut(&mut m)).await?;
         Ok(m)
+    }
+
+    /// The facilities whose people the caller sees, or `None` for all.
+    pub(crate) async fn facilities_run(&self, access: &Access) -> Result<Option<Vec<String>>> {
+        if access.grant.allows(concord_platform::policy::Action::FacilitiesCustodian) {
+            return Ok(None);
+        }
+        let posted = &access.principal.facilities;
+        if posted.is_empty() {
+            return Ok(Some(Vec::new()));
+        }
+        let mut sql = Sql::new("SELECT id FROM facilities WHERE custodian_agency = ");
+        sql.bind_text(access.principal.agency.clone())
+            .push(" AND id IN ")
+            .bind_list(posted.iter().map(|f| SqlValue::Text(f.clone())));
+        let ids = sql.query_scalar(self.db.dialect()).fetch_all(self.db.reader()).await.db()?;
+        Ok(Some(ids))
     }
 
     /// Movements the caller may see, newest first, before `before`, matching `filter`.
@@ -311,11 +377,11 @@ impl Store {
         limit: i64,
     ) -> Result<Vec<Movement>> {
         let mut sql = Sql::new(format!("SELECT {MOVEMENT_COLUMNS} FROM movements m WHERE 1 = 1"));
-        if !may_see(access, &[]) {
-            let mine = || access.principal.facilities.iter().map(|f| SqlValue::Text(f.clone()));
-            if access.principal.facilities.is_empty() {
+        if let Some(run) = self.facilities_run(access).await? {
+            if run.is_empty() {
                 return Ok(Vec::new());
             }
+            let mine = || run.iter().map(|f| SqlValue::Text(f.clone()));
             sql.push(" AND (m.source_facility IN ")
                 .bind_list(mine())
                 .push(" OR m.destination_facility IN ")
@@ -366,20 +432,21 @@ impl Store {
             Some(r) => movement_from_row(&r)?,
             None => return Err(Error::NotFound(format!("movements/{}", step.id))),
         };
-        if !may_see(access, &[&m.source, &m.destination]) {
-            return Err(Error::NotFound(m.name()));
-        }
+        // Both facilities are held until commit, then read: a concurrent approval, capacity
+        // change or status change of either waits for this one and sees what it did.
+        lock(&mut tx, &[&m.source, &m.destination]).await?;
         let source = fetch(&mut tx, &m.source).await?;
         let destination = fetch(&mut tx, &m.destination).await?;
+        if !runs(access, &source) && !runs(access, &destination) {
+            return Err(Error::NotFound(m.name()));
+        }
         // The source plans and sends; the destination approves and receives; either calls off.
         match step.to {
-            MovementState::Approved | MovementState::Arrived => {
-                check_custodian(access, &destination)?
-            }
-            MovementState::InTransit | MovementState::Planned => check_custodian(access, &source)?,
+            MovementState::Approved | MovementState::Arrived => check_runs(access, &destination)?,
+            MovementState::InTransit | MovementState::Planned => check_runs(access, &source)?,
             MovementState::Aborted => {
-                if check_custodian(access, &source).is_err() {
-                    check_custodian(access, &destination)?;
+                if !runs(access, &source) {
+                    check_runs(access, &destination)?;
                 }
             }
         }
@@ -425,11 +492,14 @@ impl Store {
                         ),
                     });
                 }
+                check_receiving(&destination)?;
+                still_at_source(&mut tx, &mut m, &source).await?;
                 m.depart_time = now;
                 registry_step = Some(Step::Depart);
                 "movement.departed"
             }
             MovementState::Arrived => {
+                check_open(&destination)?;
                 m.arrive_time = now;
                 registry_step = Some(Step::Arrive);
                 "movement.arrived"
@@ -473,9 +543,10 @@ impl Store {
         }
         if let Some(rs) = registry_step {
             let subject = m.name();
+            // The registry's timeline names the movement in `source`; the reason is as given.
             let reason = match rs {
-                Step::Return => format!("{subject}: {}", m.abort_reason),
-                _ => format!("{subject}: {}", m.reason),
+                Step::Return => m.abort_reason.clone(),
+                _ => m.reason.clone(),
             };
             for e in &mut m.manifest {
                 sqlx::query(
@@ -680,51 +751,11 @@ async fn approve(
     destination: &Facility,
     rules: &SeparationRules,
 ) -> Result<()> {
-    if matches!(destination.security_status, SecurityStatus::Lockdown | SecurityStatus::Compromised)
-        || destination.security_status.is_final()
-    {
-        return Err(Error::FailedPrecondition {
-            reason: "DESTINATION_NOT_RECEIVING",
-            message: format!(
-                "{} is {}; it receives no one until that changes",
-                destination.name(),
-                destination.security_status
-            ),
-        });
-    }
+    check_receiving(destination)?;
     check_open(source)?;
-    // Approvals towards one destination take turns: this write holds the facility's row
-    // until commit, so a concurrent approval sees the places this one reserves.
-    sqlx::query("UPDATE facilities SET update_time = update_time WHERE id = $1")
-        .bind(&destination.id)
-        .execute(tx.conn())
-        .await
-        .db()?;
-    let ids: Vec<String> = m.manifest.iter().map(|e| e.person_id.clone()).collect();
-    let held: BTreeMap<String, Placement> =
-        placements(tx, None, &ids).await?.into_iter().map(|p| (p.person_id.clone(), p)).collect();
-    let year = current_year();
-    let mut gone = Vec::new();
-    for e in &mut m.manifest {
-        match held.get(&e.person_id) {
-            Some(p) if p.facility_id == source.id && p.custody_status == IN_CUSTODY => {
-                e.sex = p.sex;
-                e.age_band = p.band(year);
-                e.age = p.age(year).unwrap_or(-1);
-            }
-            _ => gone.push(format!("persons/{}", e.person_id)),
-        }
-    }
-    if !gone.is_empty() {
-        return Err(Error::FailedPrecondition {
-            reason: "NOT_AT_SOURCE",
-            message: format!(
-                "no longer held IN_CUSTODY at {} as the registry records it: {}; abort this movement and plan another",
-                source.name(),
-                gone.join(", ")
-            ),
-        });
-    }
+    // The caller holds both facilities' rows (`lock`), so approvals towards one destination
+    // take turns and each sees the places the others reserved.
+    still_at_source(tx, m, source).await?;
     let people: Vec<_> = m
         .manifest
         .iter()
@@ -789,6 +820,55 @@ async fn approve(
         .db()?;
     }
     Ok(())
+}
+
+/// FAILED_PRECONDITION unless `f` receives people: not locked down, compromised or final.
+fn check_receiving(f: &Facility) -> Result<()> {
+    if matches!(f.security_status, SecurityStatus::Lockdown | SecurityStatus::Compromised)
+        || f.security_status.is_final()
+    {
+        return Err(Error::FailedPrecondition {
+            reason: "DESTINATION_NOT_RECEIVING",
+            message: format!(
+                "{} is {}; it receives no one until that changes",
+                f.name(),
+                f.security_status
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// FAILED_PRECONDITION unless everyone on `m` is still held IN_CUSTODY at the source as the
+/// registry records it (someone may have been hospitalised, marked missing or moved since);
+/// refreshes their sex, age and band.
+async fn still_at_source(tx: &mut Tx, m: &mut Movement, source: &Facility) -> Result<()> {
+    let ids: Vec<String> = m.manifest.iter().map(|e| e.person_id.clone()).collect();
+    let held: BTreeMap<String, Placement> =
+        placements(tx, None, &ids).await?.into_iter().map(|p| (p.person_id.clone(), p)).collect();
+    let year = current_year();
+    let mut gone = Vec::new();
+    for e in &mut m.manifest {
+        match held.get(&e.person_id) {
+            Some(p) if p.facility_id == source.id && p.custody_status == IN_CUSTODY => {
+                e.sex = p.sex;
+                e.age_band = p.band(year);
+                e.age = p.age(year).unwrap_or(-1);
+            }
+            _ => gone.push(format!("persons/{}", e.person_id)),
+        }
+    }
+    if gone.is_empty() {
+        return Ok(());
+    }
+    Err(Error::FailedPrecondition {
+        reason: "NOT_AT_SOURCE",
+        message: format!(
+            "no longer held IN_CUSTODY at {} as the registry records it: {}; abort this movement and plan another",
+            source.name(),
+            gone.join(", ")
+        ),
+    })
 }
 
 /// People ids of `entries` that appear more than once.

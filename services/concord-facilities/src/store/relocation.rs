@@ -14,8 +14,10 @@ use concord_platform::storage::SqlxResultExt;
 use concord_platform::time::{current_year, now_micros};
 use sqlx::Row;
 
-use super::movements::{insert_movement, may_see, movement_event, placements, room, NewMovement};
-use super::{check_custodian, fetch, from_row, Store, COLUMNS};
+use super::movements::{
+    check_runs, insert_movement, movement_event, placements, room, runs, NewMovement,
+};
+use super::{fetch, from_row, Store, COLUMNS};
 use crate::domain::*;
 use crate::relocation;
 
@@ -61,7 +63,7 @@ impl Store {
             }
         }
         let f = fetch(&mut tx, facility).await?;
-        check_custodian(access, &f)?;
+        check_runs(access, &f)?;
         if f.security_status != SecurityStatus::Compromised {
             return Err(Error::FailedPrecondition {
                 reason: "NOT_COMPROMISED",
@@ -216,8 +218,9 @@ impl Store {
         id: &str,
     ) -> Result<StoredPlan> {
         let name = format!("facilities/{facility}/relocationPlans/{id}");
-        if !may_see(access, &[facility]) {
-            return Err(Error::NotFound(name));
+        match self.get(facility).await {
+            Ok(f) if runs(access, &f) => {}
+            _ => return Err(Error::NotFound(name)),
         }
         let r = sqlx::query(
             "SELECT unplaced, split_households, placed_count, total_distance_km FROM relocation_plans \
