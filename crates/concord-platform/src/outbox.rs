@@ -255,3 +255,26 @@ pub async fn watch(
         }
     })
 }
+
+/// Longest a watch stream runs on one authorization: at the latest then it ends with
+/// [`renewal`], so that revocations, policy and custodian changes reach open streams.
+pub const WATCH_REAUTHORIZE: Duration = Duration::from_secs(300);
+
+/// `stream` until `after` has passed, then one UNAVAILABLE telling the client to resume from
+/// its last cursor (with a fresh authorization). Every service's watch ends this way.
+pub fn renewal<S, T>(
+    stream: S,
+    after: Duration,
+) -> impl Stream<Item = std::result::Result<T, tonic::Status>>
+where
+    S: Stream<Item = std::result::Result<T, tonic::Status>>,
+{
+    use futures::StreamExt;
+    stream.take_until(tokio::time::sleep(after.min(WATCH_REAUTHORIZE))).chain(
+        futures::stream::once(async {
+            Err(tonic::Status::unavailable(
+                "the stream's authorization is renewed: resume from your last cursor",
+            ))
+        }),
+    )
+}

@@ -11,12 +11,15 @@ CREATE TABLE movements (
     approved_by TEXT NOT NULL,
     depart_time BIGINT NOT NULL,
     arrive_time BIGINT NOT NULL,
+    -- 1 once the movement holds no places any more: ended, and whatever it sent the registry
+    -- applied and seen by the projection (or refused). Keeps capacity checks to open ones.
+    released BIGINT NOT NULL DEFAULT 0,
     version BIGINT NOT NULL,
     create_time BIGINT NOT NULL,
     update_time BIGINT NOT NULL
 );
-CREATE INDEX movements_destination ON movements (destination_facility, state);
-CREATE INDEX movements_source ON movements (source_facility, state);
+CREATE INDEX movements_destination ON movements (destination_facility, released, state);
+CREATE INDEX movements_source ON movements (source_facility, released, state);
 
 -- One row per person on a manifest; sex and age band as the projection had them at planning,
 -- section as assigned at approval.

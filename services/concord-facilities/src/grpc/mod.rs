@@ -979,8 +979,9 @@ impl FacilitiesService for Facilities {
         .await
         .map_err(st)?;
         let recorder = self.recorder.clone();
-        Ok(Response::new(Box::pin(stream.then(move |r| {
-            let _held = &permit;
+        // Like every watch, it ends after a while for the client to resume with a fresh
+        // authorization (a facility may have changed custodian meanwhile).
+        let stream = stream.then(move |r| {
             let (recorder, a) = (recorder.clone(), a.clone());
             async move {
                 let e = r.map_err(st)?;
@@ -991,6 +992,11 @@ impl FacilitiesService for Facilities {
                 }
                 Ok(pb::WatchChangesResponse { event: Some(e) })
             }
+        });
+        let stream = outbox::renewal(stream, outbox::WATCH_REAUTHORIZE);
+        Ok(Response::new(Box::pin(stream.map(move |r| {
+            let _held = &permit;
+            r
         }))))
     }
 }

@@ -103,6 +103,19 @@ fn placement_from_row(r: &AnyRow) -> Result<Placement> {
 /// except `except`'s own, and by people returning after an abort on the road. The second
 /// value counts only the people held.
 pub(crate) async fn room(tx: &mut Tx, f: &Facility, except: &str) -> Result<(Room, Room)> {
+    // Ended movements whose people the projection now counts where they are hold nothing:
+    // marked once, so the queries below look only at movements still holding places.
+    sqlx::query(
+        "UPDATE movements SET released = 1 WHERE released = 0 AND state IN ('ARRIVED', 'ABORTED') \
+         AND (destination_facility = $1 OR source_facility = $1) AND NOT EXISTS (SELECT 1 FROM registry_updates u \
+             WHERE u.subject = 'movements/' || movements.id AND u.step IN ('arrive', 'return') \
+             AND (u.status = 'PENDING' OR (u.status = 'APPLIED' AND NOT EXISTS (SELECT 1 FROM person_versions v \
+                 WHERE v.person_id = u.person_id AND v.version >= u.person_version))))",
+    )
+    .bind(&f.id)
+    .execute(tx.conn())
+    .await
+    .db()?;
     let mut held = Room::new(&f.data);
     let year = current_year();
     for p in placements(tx, Some(&f.id), &[]).await? {
@@ -112,7 +125,7 @@ pub(crate) async fn room(tx: &mut Tx, f: &Facility, except: &str) -> Result<(Roo
     let rows = sqlx::query(
         "SELECT e.section_id, e.sex, e.age_band FROM manifest_entries e \
          JOIN movements m ON m.id = e.movement_id \
-         WHERE m.destination_facility = $1 AND m.id <> $2 AND (m.state IN ('APPROVED', 'IN_TRANSIT') \
+         WHERE m.destination_facility = $1 AND m.id <> $2 AND m.released = 0 AND (m.state IN ('APPROVED', 'IN_TRANSIT') \
            OR (m.state = 'ARRIVED' AND EXISTS (SELECT 1 FROM registry_updates u \
                WHERE u.subject = 'movements/' || m.id AND u.step = 'arrive' AND u.person_id = e.person_id \
                AND (u.status = 'PENDING' OR (u.status = 'APPLIED' AND NOT EXISTS (SELECT 1 FROM person_versions v \
@@ -128,7 +141,7 @@ pub(crate) async fn room(tx: &mut Tx, f: &Facility, except: &str) -> Result<(Roo
     let returning = sqlx::query(
         "SELECT e.source_section AS section_id, e.sex, e.age_band FROM manifest_entries e \
          JOIN movements m ON m.id = e.movement_id \
-         WHERE m.source_facility = $1 AND m.state = 'ABORTED' AND EXISTS (SELECT 1 FROM registry_updates u \
+         WHERE m.source_facility = $1 AND m.state = 'ABORTED' AND m.released = 0 AND EXISTS (SELECT 1 FROM registry_updates u \
                WHERE u.subject = 'movements/' || m.id AND u.step = 'return' AND u.person_id = e.person_id \
                AND (u.status = 'PENDING' OR (u.status = 'APPLIED' AND NOT EXISTS (SELECT 1 FROM person_versions v \
                    WHERE v.person_id = u.person_id AND v.version >= u.person_version))))",

@@ -1230,9 +1230,8 @@ impl RegistryService for Registry {
         // streams; clients resume from their last cursor with a fresh authorization.
         let ends_in = std::time::Duration::from_micros(
             (a.shared.until.saturating_sub(now_micros()))
-                .clamp(0, WATCH_REAUTHORIZE.as_micros() as i64) as u64,
+                .clamp(0, outbox::WATCH_REAUTHORIZE.as_micros() as i64) as u64,
         );
-        let deadline = tokio::time::sleep(ends_in);
         // Events that are ready are sent together, after one audit record for them all.
         let stream = stream.ready_chunks(256).then(move |chunk| {
             let a = a.clone();
@@ -1287,18 +1286,15 @@ impl RegistryService for Registry {
                 Ok::<_, Status>(futures::stream::iter(out))
             }
         });
-        let stream = stream
-            .map(|r| match r {
-                Ok(s) => s.left_stream(),
-                Err(e) => futures::stream::iter(vec![Err(e)]).right_stream(),
-            })
-            .flatten()
-            .take_until(deadline)
-            .chain(futures::stream::once(async {
-                Err(Status::unavailable(
-                    "the stream's authorization is renewed: resume from your last cursor",
-                ))
-            }));
+        let stream = outbox::renewal(
+            stream
+                .map(|r| match r {
+                    Ok(s) => s.left_stream(),
+                    Err(e) => futures::stream::iter(vec![Err(e)]).right_stream(),
+                })
+                .flatten(),
+            ends_in,
+        );
         Ok(Response::new(Box::pin(stream.map(move |r| {
             let _held = &permit;
             r
@@ -1363,9 +1359,6 @@ fn agreement_out(g: &AccessGrant) -> pb::SharingAgreement {
         creator_agency: g.created_by.clone(),
     }
 }
-
-/// How long a watch stream runs on one authorization.
-const WATCH_REAUTHORIZE: std::time::Duration = std::time::Duration::from_secs(300);
 
 /// A change event as the watcher may see it, with the person in its payload redacted like a
 /// read (and returned, for the checks that need the store).
