@@ -38,6 +38,7 @@ async fn suite_with(drain_grace: Duration, tweak: impl FnOnce(&mut concord::Conf
     let mut cfg = concord::Config::with_data_dir(dir.path().to_path_buf());
     cfg.registry_addr = "127.0.0.1:0".parse().unwrap();
     cfg.facilities_addr = "127.0.0.1:0".parse().unwrap();
+    cfg.requests_addr = "127.0.0.1:0".parse().unwrap();
     cfg.registry_database_url = Some(db.url.clone());
     cfg.server.drain_grace = drain_grace;
     tweak(&mut cfg);

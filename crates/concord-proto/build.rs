@@ -13,6 +13,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "concord/registry/v1/registry.proto",
         "concord/facilities/v1/resources.proto",
         "concord/facilities/v1/facilities.proto",
+        "concord/requests/v1/resources.proto",
+        "concord/requests/v1/requests.proto",
     ];
     let fds = protox::compile(files, [&root])?;
     let out = PathBuf::from(std::env::var("OUT_DIR")?);

@@ -29,6 +29,7 @@ pub mod auth;
 pub mod client;
 pub mod config;
 pub mod error;
+pub mod fields;
 pub mod filter;
 pub mod idempotency;
 pub mod layers;

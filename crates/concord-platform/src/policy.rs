@@ -76,6 +76,10 @@ catalogue!(
         /// Read and make movements, headcounts and relocation plans, which name people (at the
         /// facilities the caller runs, or any with facilities.custodian).
         FacilitiesPeople = "facilities.people",
+        /// Read diplomatic requests the caller is a party to.
+        RequestsRead = "requests.read",
+        /// Make and move diplomatic requests, in the caller's role in each.
+        RequestsWrite = "requests.write",
     }
 );
 

@@ -31,6 +31,14 @@ pub mod facilities {
     }
 }
 
+/// The diplomatic requests contract: `concord.requests.v1`.
+pub mod requests {
+    /// `concord.requests.v1`
+    pub mod v1 {
+        tonic::include_proto!("concord.requests.v1");
+    }
+}
+
 /// The registry contract: `concord.registry.v1`.
 pub mod registry {
     /// `concord.registry.v1`

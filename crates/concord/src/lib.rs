@@ -29,6 +29,8 @@ pub enum Target {
     Registry,
     /// The facilities service.
     Facilities,
+    /// The diplomatic requests service.
+    Requests,
 }
 
 /// `concord serve` settings.
@@ -50,6 +52,9 @@ pub struct Config {
     /// Address of the facilities service's gRPC server.
     #[arg(long, env = "CONCORD_FACILITIES_ADDR", default_value = "127.0.0.1:50052")]
     pub facilities_addr: SocketAddr,
+    /// Address of the diplomatic requests service's gRPC server.
+    #[arg(long, env = "CONCORD_REQUESTS_ADDR", default_value = "127.0.0.1:50053")]
+    pub requests_addr: SocketAddr,
     /// The registry as other services reach it; default: the registry this process runs, or
     /// https://localhost:50051.
     #[arg(long, env = "CONCORD_REGISTRY_URL")]
@@ -64,6 +69,9 @@ pub struct Config {
     /// Facilities database (sqlite:// or postgres://); default: a SQLite file in the data folder.
     #[arg(long, env = "CONCORD_FACILITIES_DATABASE_URL")]
     pub facilities_database_url: Option<String>,
+    /// Requests database (sqlite:// or postgres://); default: a SQLite file in the data folder.
+    #[arg(long, env = "CONCORD_REQUESTS_DATABASE_URL")]
+    pub requests_database_url: Option<String>,
     /// Registry database (sqlite:// or postgres://); default: a SQLite file in the data folder.
     #[arg(long, env = "CONCORD_REGISTRY_DATABASE_URL")]
     pub registry_database_url: Option<String>,
@@ -157,6 +165,13 @@ impl Config {
         })
     }
 
+    /// The requests service's database URL.
+    pub fn requests_database_url(&self) -> String {
+        self.requests_database_url
+            .clone()
+            .unwrap_or_else(|| format!("sqlite://{}", self.data_dir.join("requests.db").display()))
+    }
+
     /// Where the demo certificates are (or will be).
     pub fn demo_pki_dir(&self) -> PathBuf {
         self.data_dir.join("pki")
@@ -241,6 +256,8 @@ pub struct Running {
     pub registry: Option<SocketAddr>,
     /// The facilities service's address, if it runs.
     pub facilities: Option<SocketAddr>,
+    /// The requests service's address, if it runs.
+    pub requests: Option<SocketAddr>,
     /// The plaintext health address, if any.
     pub health: Option<SocketAddr>,
 }
@@ -261,7 +278,7 @@ pub async fn start(
         health: None,
         tasks: Vec::new(),
     };
-    let mut running = Running { registry: None, facilities: None, health: None };
+    let mut running = Running { registry: None, facilities: None, requests: None, health: None };
     if matches!(cfg.target, Target::All | Target::Registry) {
         let (svc, db) = concord_registry::build(
             &cfg.registry_database_url(),
@@ -286,6 +303,17 @@ pub async fn start(
         .await?;
         running.facilities =
             Some(launcher.launch(cfg.facilities_addr, Services::new().with(svc), db).await?);
+    }
+    if matches!(cfg.target, Target::All | Target::Requests) {
+        let (svc, db) = concord_requests::build(
+            &cfg.requests_database_url(),
+            policy.clone(),
+            &cfg.server,
+            shutdown.clone(),
+        )
+        .await?;
+        running.requests =
+            Some(launcher.launch(cfg.requests_addr, Services::new().with(svc), db).await?);
     }
     running.health = launcher.health;
     let mut tasks = launcher.tasks;

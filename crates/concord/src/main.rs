@@ -107,6 +107,10 @@ async fn main() -> anyhow::Result<()> {
         let database = redact(&cfg.facilities_database_url());
         tracing::info!(%addr, %database, "facilities ready");
     }
+    if let Some(addr) = running.requests {
+        let database = redact(&cfg.requests_database_url());
+        tracing::info!(%addr, %database, "requests ready");
+    }
     let result = served.await;
     telemetry.shutdown();
     result

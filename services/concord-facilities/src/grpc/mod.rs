@@ -9,11 +9,14 @@ use concord_platform::access::{self, Access, PurposeRule, Shared};
 use concord_platform::audit::Recorder;
 use concord_platform::auth::Scope;
 use concord_platform::error::{Error, Result, Violations};
+pub(crate) use concord_platform::fields::text;
+use concord_platform::fields::{etag, past_time};
 use concord_platform::filter::{self, Field, FieldType};
 use concord_platform::outbox::{self, WatchParams, WatchTuning};
 use concord_platform::policy::{Action, Policy};
 use concord_platform::server::Shutdown;
-use concord_platform::time::{from_timestamp, now_micros, to_timestamp};
+use concord_platform::time::to_timestamp;
+use concord_platform::{enum_out, required_enum};
 use concord_platform::{idempotency, paging};
 use concord_proto::facilities::v1 as pb;
 use concord_proto::facilities::v1::facilities_service_server::FacilitiesService;
@@ -194,70 +197,10 @@ pub(crate) fn facility_id(name: &str, field: &str) -> Result<String> {
     }
 }
 
-fn etag(s: &str, field: &str) -> Result<Option<i64>> {
-    if s.is_empty() {
-        return Ok(None);
-    }
-    s.trim_matches('"')
-        .parse::<i64>()
-        .map(Some)
-        .map_err(|_| Error::invalid(field, "is not an etag this service issued"))
-}
-
-pub(crate) fn text(v: &mut Violations, field: &str, s: &str, max: usize) {
-    if s.trim().is_empty() {
-        v.add(field, "is required");
-    } else if s.chars().count() > max {
-        v.add(field, format!("must be at most {max} characters"));
-    }
-}
-
-fn occur_time(v: &mut Violations, field: &str, t: Option<&prost_types::Timestamp>) -> i64 {
-    let now = now_micros();
-    match t {
-        None => now,
-        Some(ts) => match from_timestamp(ts) {
-            Some(m) if m > now + 60_000_000 => {
-                v.add(field, "must not be in the future");
-                0
-            }
-            Some(m) => m,
-            None => {
-                v.add(field, "is not a valid timestamp");
-                0
-            }
-        },
-    }
-}
-
-macro_rules! enum_in {
-    ($v:expr, $field:expr, $value:expr, $proto:ty, $domain:ty) => {{
-        let value: i32 = $value;
-        let parsed = <$proto>::try_from(value)
-            .ok()
-            .and_then(|e| <$domain>::from_proto_name(e.as_str_name()));
-        if parsed.is_none() {
-            let what = if value == 0 {
-                "is required".to_string()
-            } else {
-                format!("has unknown value {value}")
-            };
-            $v.add($field, format!("{what}; use one of {}", <$domain>::NAMES.join(", ")));
-        }
-        parsed
-    }};
-}
-
-macro_rules! enum_out {
-    ($proto:ty, $value:expr) => {
-        <$proto>::from_str_name(&$value.proto_name()).map_or(0, |e| e as i32)
-    };
-}
-
 /// The written fields of `f`, validated; `prefix` names the message (`facility`).
 fn facility_data(f: &pb::Facility, prefix: &str) -> Result<FacilityData> {
     let mut v = Violations::new();
-    let kind = enum_in!(v, format!("{prefix}.kind"), f.kind, pb::FacilityKind, FacilityKind);
+    let kind = required_enum!(v, format!("{prefix}.kind"), f.kind, pb::FacilityKind, FacilityKind);
     let loc = f.location.clone().unwrap_or_default();
     if f.location.is_none() {
         v.add(format!("{prefix}.location"), "is required");
@@ -275,9 +218,14 @@ fn facility_data(f: &pb::Facility, prefix: &str) -> Result<FacilityData> {
                 .enumerate()
                 .filter_map(|(j, c)| {
                     let at = format!("{prefix}.sections[{i}].capacities[{j}]");
-                    let sex = enum_in!(v, format!("{at}.sex"), c.sex, pb::PlaceSex, PlaceSex);
-                    let band =
-                        enum_in!(v, format!("{at}.age_band"), c.age_band, pb::AgeBand, AgeBand);
+                    let sex = required_enum!(v, format!("{at}.sex"), c.sex, pb::PlaceSex, PlaceSex);
+                    let band = required_enum!(
+                        v,
+                        format!("{at}.age_band"),
+                        c.age_band,
+                        pb::AgeBand,
+                        AgeBand
+                    );
                     Some(Capacity { sex: sex?, age_band: band?, places: c.places })
                 })
                 .collect(),
@@ -590,10 +538,10 @@ impl FacilitiesService for Facilities {
         let m = req.into_inner();
         let mut v = Violations::new();
         let id = v.absorb(facility_id(&m.name, "name"));
-        let to = enum_in!(v, "status", m.status, pb::SecurityStatus, SecurityStatus);
+        let to = required_enum!(v, "status", m.status, pb::SecurityStatus, SecurityStatus);
         text(&mut v, "reason", &m.reason, 1000);
         text(&mut v, "reporter", &m.reporter, 200);
-        let at = occur_time(&mut v, "occur_time", m.occur_time.as_ref());
+        let at = past_time(&mut v, "occur_time", m.occur_time.as_ref());
         let expected = v.absorb(etag(&m.etag, "etag")).flatten();
         let rid = v.absorb(idempotency::key(&m.request_id, "request_id", &m)).flatten();
         let change = v
@@ -629,7 +577,7 @@ impl FacilitiesService for Facilities {
             );
         }
         text(&mut v, "reason", &m.reason, 1000);
-        let at = occur_time(&mut v, "occur_time", m.occur_time.as_ref());
+        let at = past_time(&mut v, "occur_time", m.occur_time.as_ref());
         let expected = v.absorb(etag(&m.etag, "etag")).flatten();
         let rid = v.absorb(idempotency::key(&m.request_id, "request_id", &m)).flatten();
         let change = v
@@ -681,11 +629,11 @@ impl FacilitiesService for Facilities {
         if m.incident.is_none() {
             v.add("incident", "is required");
         }
-        let kind = enum_in!(v, "incident.kind", i.kind, pb::IncidentKind, IncidentKind);
+        let kind = required_enum!(v, "incident.kind", i.kind, pb::IncidentKind, IncidentKind);
         text(&mut v, "incident.description", &i.description, 4000);
         text(&mut v, "incident.reporter", &i.reporter, 200);
         counts(&mut v, "incident", i.killed, i.injured, i.missing);
-        let at = occur_time(&mut v, "incident.occur_time", i.occur_time.as_ref());
+        let at = past_time(&mut v, "incident.occur_time", i.occur_time.as_ref());
         let incident = v
             .finish(Incident {
                 id: String::new(),
@@ -744,7 +692,7 @@ impl FacilitiesService for Facilities {
         let m = req.into_inner();
         let mut v = Violations::new();
         let name = v.absorb(incident_name(&m.name, "name"));
-        let to = enum_in!(v, "state", m.state, pb::IncidentState, IncidentState);
+        let to = required_enum!(v, "state", m.state, pb::IncidentState, IncidentState);
         text(&mut v, "reason", &m.reason, 2000);
         counts(&mut v, "", m.killed, m.injured, m.missing);
         let expected = v.absorb(etag(&m.etag, "etag")).flatten();
@@ -872,7 +820,7 @@ impl FacilitiesService for Facilities {
         let m = req.into_inner();
         let rid = idempotency::key(&m.request_id, "request_id", &m).map_err(st)?;
         let new = people::new_headcount(&m.parent, m.headcount.as_ref(), |v, t| {
-            occur_time(v, "headcount.count_time", t)
+            past_time(v, "headcount.count_time", t)
         })
         .map_err(st)?;
         let resource = format!("facilities/{}", new.facility_id);

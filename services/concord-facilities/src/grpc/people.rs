@@ -1,7 +1,9 @@
 //! The contract's view of movements, headcounts and relocation plans, and the parsing of
 //! their requests (naming every field at fault).
 
+use concord_platform::enum_out;
 use concord_platform::error::{Error, Result, Violations};
+use concord_platform::fields::person_id;
 use concord_platform::filter::{Field, FieldType};
 use concord_platform::time::to_timestamp;
 use concord_proto::facilities::v1 as pb;
@@ -35,35 +37,6 @@ pub(super) const MOVEMENT_FILTER: &[Field] = &[
 
 /// Most people one headcount may list.
 pub const MAX_COUNTED: usize = 100_000;
-
-macro_rules! out {
-    ($proto:ty, $value:expr) => {
-        <$proto>::from_str_name(&$value.proto_name()).map_or(0, |e| e as i32)
-    };
-}
-
-/// A person id from "persons/{person}".
-pub(super) fn person_id(v: &mut Violations, field: String, name: &str) -> Option<String> {
-    match name.strip_prefix("persons/") {
-        Some(id)
-            if !id.is_empty()
-                && id.len() <= 64
-                && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') =>
-        {
-            Some(id.to_string())
-        }
-        _ => {
-            v.add(
-                field,
-                format!(
-                    "'{}' is not a name like \"persons/0192...\"",
-                    name.chars().take(80).collect::<String>()
-                ),
-            );
-            None
-        }
-    }
-}
 
 /// The movement id from "movements/{movement}".
 pub(super) fn movement_id(name: &str, field: &str) -> Result<String> {
@@ -181,7 +154,7 @@ pub(super) fn new_headcount(
 
 fn update_out(u: &Option<(UpdateStatus, String)>) -> (i32, String) {
     match u {
-        Some((s, e)) => (out!(pb::RegistryUpdate, s), e.clone()),
+        Some((s, e)) => (enum_out!(pb::RegistryUpdate, s), e.clone()),
         None => (0, String::new()),
     }
 }
@@ -201,14 +174,14 @@ pub fn movement_out(m: &Movement) -> pb::Movement {
                 pb::ManifestEntry {
                     person: format!("persons/{}", e.person_id),
                     section_id: e.section_id.clone(),
-                    sex: e.sex.map_or(0, |s| out!(pb::PlaceSex, s)),
-                    age_band: out!(pb::AgeBand, e.age_band),
+                    sex: e.sex.map_or(0, |s| enum_out!(pb::PlaceSex, s)),
+                    age_band: enum_out!(pb::AgeBand, e.age_band),
                     registry_update,
                     registry_error,
                 }
             })
             .collect(),
-        state: out!(pb::MovementState, m.state),
+        state: enum_out!(pb::MovementState, m.state),
         reason: m.reason.clone(),
         abort_reason: m.abort_reason.clone(),
         relocation_plan: if m.relocation_plan.is_empty() {
@@ -245,7 +218,7 @@ pub fn headcount_out(h: &Headcount) -> pb::Headcount {
             .iter()
             .map(|(p, s, e)| pb::RegistryUpdateStatus {
                 person: format!("persons/{p}"),
-                registry_update: out!(pb::RegistryUpdate, s),
+                registry_update: enum_out!(pb::RegistryUpdate, s),
                 registry_error: e.clone(),
             })
             .collect(),

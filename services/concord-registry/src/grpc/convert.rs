@@ -32,13 +32,7 @@ macro_rules! enum_in {
 }
 pub(crate) use enum_in;
 
-/// Converts a domain enum to its proto value.
-macro_rules! enum_out {
-    ($proto:ty, $value:expr) => {
-        <$proto>::from_str_name(&$value.proto_name()).map_or(0, |e| e as i32)
-    };
-}
-pub(crate) use enum_out;
+pub(crate) use concord_platform::enum_out;
 
 /// Parses the caller-written fields of a person; `prefix` is the field path (`person`).
 pub fn person_data(p: &pb::Person, prefix: &str) -> Result<PersonData> {
