@@ -173,14 +173,16 @@ pub fn step(
     Some(match (from, to) {
         (Suspended, t) if back == Some(t) => SECURITY,
         (Suspended, _) => return None,
-        (Draft, Suspended) => return None,
+        // A draft is not yet anyone's concern; a hand-over done is not undone.
+        (Draft | HandedOver, Suspended) => return None,
         (_, Suspended) => SECURITY,
         (Draft, Submitted) => REQUESTER,
         (f, Withdrawn) if before_handover(f) => REQUESTER,
         (Submitted, Acknowledged) | (Acknowledged, UnderReview) => REQUESTED,
         (UnderReview, InfoRequested | ApprovedInPrinciple) => REQUESTED,
         (InfoRequested, UnderReview) => REQUESTER,
-        (f, Rejected) if f != Draft && before_handover(f) => REQUESTED,
+        // Rejected until the logistics are planned.
+        (f, Rejected) if f != Draft && f != LogisticsPlanned && before_handover(f) => REQUESTED,
         (ApprovedInPrinciple, Closed) if !kind.moves_people() => {
             &[Role::Requested, Role::Requester, Role::Coordinator]
         }
@@ -267,6 +269,13 @@ fn guard(facts: &Facts<'_>, to: State) -> Result<(), String> {
         State::HandedOver if !facts.protocol => {
             return Err("a hand-over needs its signed protocol (handover_protocol)".into());
         }
+        State::Closed if facts.state == State::ApprovedInPrinciple => {
+            let undecided: Vec<&Subject> =
+                subjects.iter().filter(|s| s.outcome.is_none()).collect();
+            if !undecided.is_empty() {
+                return Err(format!("no outcome is decided for {}", list(undecided)));
+            }
+        }
         _ => {}
     }
     if to != State::HandedOver && facts.protocol {
@@ -288,6 +297,40 @@ pub fn successors(facts: &Facts<'_>) -> Vec<State> {
 /// state): from APPROVED_IN_PRINCIPLE until the consents are collected.
 pub fn may_decide(state: State) -> bool {
     matches!(state, State::ApprovedInPrinciple | State::IdentityVerification)
+}
+
+/// Whether the receiving state may verify `subject`'s identity now: in
+/// IDENTITY_VERIFICATION, once (a verification is not replaced).
+pub fn may_verify(state: State, subject: &Subject) -> Result<(), String> {
+    if state != State::IdentityVerification {
+        return Err(format!(
+            "the request is {state}; identities are verified in IDENTITY_VERIFICATION"
+        ));
+    }
+    if !subject.verified_by.is_empty() {
+        return Err(format!(
+            "persons/{} was verified already by {}",
+            subject.person_id, subject.verified_by
+        ));
+    }
+    Ok(())
+}
+
+/// Whether a separation consent may be recorded for `child` now: in CONSENTS_COLLECTED,
+/// for a child the outcomes separate from its named mother, once.
+pub fn may_record_consent(state: State, subjects: &[Subject], child: &str) -> Result<(), String> {
+    if state != State::ConsentsCollected {
+        return Err(format!("the request is {state}; consents are recorded in CONSENTS_COLLECTED"));
+    }
+    match separations(subjects).iter().find(|s| s.person_id == child) {
+        None => Err(format!(
+            "persons/{child} is not separated from a named mother by this request; no consent is needed"
+        )),
+        Some(s) if !s.separation_consent.is_empty() => {
+            Err(format!("a consent for persons/{child} was recorded already"))
+        }
+        Some(_) => Ok(()),
+    }
 }
 
 #[cfg(test)]
@@ -365,7 +408,12 @@ mod tests {
 
     #[test]
     fn requests_that_move_no_one_close_after_approval() {
-        let s = [subject("a", "")];
+        let mut s = [subject("a", "")];
+        let f =
+            Facts { kind: RequestType::ConsularAccess, ..facts(State::ApprovedInPrinciple, &s) };
+        let err = check(&f, Role::Requested, State::Closed).unwrap_err();
+        assert!(err.contains("no outcome is decided"), "each subject has its outcome: {err}");
+        s[0].outcome = Some(Outcome::Accepted);
         let f =
             Facts { kind: RequestType::ConsularAccess, ..facts(State::ApprovedInPrinciple, &s) };
         check(&f, Role::Requested, State::Closed).unwrap();
@@ -445,6 +493,7 @@ mod tests {
             let mut subjects = vec![subject("m", ""), subject("c1", "m"), subject("c2", "m")];
             let mut state = State::Draft;
             let mut back: Option<State> = None;
+            let mut handed_over = false;
             for call in calls {
                 let call = match call {
                     Call::Step(a, b, protocol) => {
@@ -514,16 +563,20 @@ mod tests {
                             }
                             if state == State::HandedOver {
                                 prop_assert!(protocol);
+                                prop_assert!(!handed_over, "handed over twice (a protocol replaced)");
+                                handed_over = true;
                                 REACHED_HANDOVER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                             }
                         }
                     }
                     // The store lets these change only while the guards they feed are ahead.
                     Call::Decide(i, o) if may_decide(state) => subjects[i].outcome = o,
-                    Call::Verify(i) if state == State::IdentityVerification => {
+                    Call::Verify(i) if may_verify(state, &subjects[i]).is_ok() => {
                         subjects[i].verified_by = "receiver".into()
                     }
-                    Call::Consent(i) if state == State::ConsentsCollected => {
+                    Call::Consent(i)
+                        if may_record_consent(state, &subjects, &subjects[i].person_id.clone()).is_ok() =>
+                    {
                         subjects[i].separation_consent = "signed".into()
                     }
                     _ => {}

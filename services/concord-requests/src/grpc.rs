@@ -123,12 +123,16 @@ impl Requests {
         resource: &str,
         r: Result<Request>,
     ) -> Result<Response<pb::Request>, Status> {
-        if let Err(Error::PermissionDenied(_) | Error::NotFound(_)) = &r {
-            let code = if matches!(r, Err(Error::NotFound(_))) {
-                "NOT_FOUND"
-            } else {
-                "PERMISSION_DENIED"
-            };
+        // Every refusal of a write is audited with its code, like the policy's refusals.
+        let refusal = match &r {
+            Err(Error::InvalidArgument(_)) => Some("INVALID_ARGUMENT"),
+            Err(Error::NotFound(_)) => Some("NOT_FOUND"),
+            Err(Error::FailedPrecondition { .. }) => Some("FAILED_PRECONDITION"),
+            Err(Error::Aborted(_)) => Some("ABORTED"),
+            Err(Error::PermissionDenied(_)) => Some("PERMISSION_DENIED"),
+            _ => None,
+        };
+        if let Some(code) = refusal {
             self.recorder.record(vec![a.entry(resource, "", code)]).await.map_err(st)?;
         }
         r.map(|r| Response::new(request_out(&r))).map_err(st)
@@ -164,7 +168,12 @@ fn new_request(m: Option<&pb::Request>, requesting_state: &str) -> Result<Reques
     if !concord_platform::auth::is_tag_safe(&m.custodial_authority) {
         v.add("request.custodial_authority", "must be the id of the agency holding the subjects");
     }
-    if kind.is_some_and(RequestType::moves_people) {
+    if kind == Some(RequestType::Repatriation) && m.receiving_state != requesting_state {
+        v.add(
+            "request.receiving_state",
+            "a repatriation's receiving state is the requesting state (its nationals go home)",
+        );
+    } else if kind.is_some_and(RequestType::moves_people) {
         state_code(&mut v, "request.receiving_state", &m.receiving_state);
     } else if !m.receiving_state.is_empty() {
         v.add("request.receiving_state", "is only for requests that move people");
@@ -441,7 +450,10 @@ impl RequestsService for Requests {
                     r.suspended_from = (to == State::Suspended).then_some(r.state);
                     match to {
                         State::Submitted => r.submit_time = now,
-                        State::ApprovedInPrinciple | State::Rejected => r.decide_time = now,
+                        // The first decision is the one statistics count.
+                        State::ApprovedInPrinciple | State::Rejected if r.decide_time == 0 => {
+                            r.decide_time = now
+                        }
                         State::HandedOver => r.protocol = protocol,
                         _ => {}
                     }
@@ -480,17 +492,11 @@ impl RequestsService for Requests {
                 rid,
                 Box::new(move |r, roles| {
                     need(roles, &[Role::Receiver], "verifying a subject's identity")?;
-                    if r.state != State::IdentityVerification {
-                        return Err(refused(
-                            "NOT_IN_IDENTITY_VERIFICATION",
-                            format!(
-                                "{} is {}; identities are verified in IDENTITY_VERIFICATION",
-                                r.name(),
-                                r.state
-                            ),
-                        ));
-                    }
+                    let name = r.name();
+                    let state = r.state;
                     let s = subject_mut(r, &person)?;
+                    may_verify(state, s)
+                        .map_err(|why| refused("CANNOT_VERIFY", format!("{name}: {why}")))?;
                     s.verified_by = agency;
                     s.verify_time = now_micros();
                     Ok("request.subject_changed")
@@ -534,6 +540,12 @@ impl RequestsService for Requests {
                         ),
                     ));
                 }
+                if disposition.is_some() && !r.kind.moves_people() {
+                    return Err(Error::invalid(
+                        "disposition",
+                        "is only for requests that move people",
+                    ));
+                }
                 if outcome == Some(Outcome::Accepted) && r.kind.moves_people() && disposition.is_none() {
                     return Err(Error::invalid(
                         "disposition",
@@ -564,23 +576,26 @@ impl RequestsService for Requests {
         let consent = m.consent.trim().to_string();
         let r = self
             .store
-            .change(&a, &id, "RecordSeparationConsent", None, rid, Box::new(move |r, roles| {
-                need(roles, &[Role::Custodian, Role::Receiver, Role::Coordinator], "recording a consent")?;
-                if r.state != State::ConsentsCollected {
-                    return Err(refused(
-                        "NOT_COLLECTING_CONSENTS",
-                        format!("{} is {}; consents are recorded in CONSENTS_COLLECTED", r.name(), r.state),
-                    ));
-                }
-                if !separations(&r.subjects).iter().any(|s| s.person_id == person) {
-                    return Err(refused(
-                        "NOT_SEPARATED",
-                        format!("persons/{person} is not separated from a named mother by this request; no consent is needed"),
-                    ));
-                }
-                subject_mut(r, &person)?.separation_consent = consent;
-                Ok("request.subject_changed")
-            }))
+            .change(
+                &a,
+                &id,
+                "RecordSeparationConsent",
+                None,
+                rid,
+                Box::new(move |r, roles| {
+                    need(
+                        roles,
+                        &[Role::Custodian, Role::Receiver, Role::Coordinator],
+                        "recording a consent",
+                    )?;
+                    subject_mut(r, &person)?;
+                    may_record_consent(r.state, &r.subjects, &person).map_err(|why| {
+                        refused("CANNOT_RECORD_CONSENT", format!("{}: {why}", r.name()))
+                    })?;
+                    subject_mut(r, &person)?.separation_consent = consent;
+                    Ok("request.subject_changed")
+                }),
+            )
             .await;
         self.outcome(&a, &format!("requests/{id}"), r).await
     }

@@ -98,7 +98,10 @@ impl Request {
     pub fn roles(&self, access: &Access) -> Vec<Role> {
         let p = &access.principal;
         let mut roles = Vec::new();
-        if p.kind == AgencyKind::Coordinator && self.state != State::Draft {
+        // Until it is first submitted a request is its requesting state's alone (a draft
+        // withdrawn unsent stays so).
+        let sent = self.submit_time != 0;
+        if p.kind == AgencyKind::Coordinator && sent {
             roles.push(Role::Coordinator);
         }
         let state = p.state.as_deref().unwrap_or("");
@@ -106,7 +109,7 @@ impl Request {
         if of_state && state == self.requesting_state {
             roles.push(Role::Requester);
         }
-        if self.state != State::Draft {
+        if sent {
             if of_state && state == self.requested_state {
                 roles.push(Role::Requested);
             }
@@ -327,13 +330,13 @@ impl Store {
         let of_state = matches!(p.kind, AgencyKind::StateMinistry | AgencyKind::Justice);
         sql.push("(");
         if p.kind == AgencyKind::Coordinator {
-            sql.push("r.state <> 'DRAFT'");
+            sql.push("r.submit_time <> 0");
         } else if of_state && !state.is_empty() {
             sql.push("r.requesting_state = ").bind_text(state.clone());
-            sql.push(" OR (r.state <> 'DRAFT' AND (r.requested_state = ").bind_text(state.clone());
+            sql.push(" OR (r.submit_time <> 0 AND (r.requested_state = ").bind_text(state.clone());
             sql.push(" OR r.receiving_state = ").bind_text(state).push("))");
         } else if p.kind == AgencyKind::CustodialAuthority {
-            sql.push("r.state <> 'DRAFT' AND r.custodial_authority = ").bind_text(p.agency.clone());
+            sql.push("r.submit_time <> 0 AND r.custodial_authority = ").bind_text(p.agency.clone());
         } else {
             sql.push("1 = 0");
         }
@@ -348,12 +351,15 @@ impl Store {
         let rows = sql.query(self.db.dialect()).fetch_all(self.db.reader()).await.db()?;
         let mut out: Vec<Request> = rows.iter().map(from_row).collect::<Result<_>>()?;
         let ids: Vec<String> = out.iter().map(|r| r.id.clone()).collect();
-        let mut subjects = self.subjects(self.db.reader(), &ids).await?;
-        for r in &mut out {
-            r.subjects =
-                subjects.iter().filter(|(id, _)| *id == r.id).map(|(_, s)| s.clone()).collect();
+        let mut by_request: std::collections::BTreeMap<String, Vec<Subject>> = Default::default();
+        for chunk in ids.chunks(concord_platform::sql::MAX_IN_LIST) {
+            for (id, s) in self.subjects(self.db.reader(), chunk).await? {
+                by_request.entry(id).or_default().push(s);
+            }
         }
-        subjects.clear();
+        for r in &mut out {
+            r.subjects = by_request.remove(&r.id).unwrap_or_default();
+        }
         Ok(out)
     }
 
@@ -411,7 +417,7 @@ impl Store {
         if let Some((rid, _)) = &request_id {
             idempotency::complete(&mut tx, &access.principal.agency, rid, &r.name()).await?;
         }
-        audit::append(&mut tx, &access.entry(r.name(), method, "OK")).await?;
+        audit::append(&mut tx, &access.entry(r.name(), "*", "OK")).await?;
         if from != State::Draft {
             outbox::append(&mut tx, event(event_type, &r)).await?;
         } else if r.state == State::Submitted {

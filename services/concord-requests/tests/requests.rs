@@ -186,6 +186,8 @@ async fn a_mother_and_two_children_are_repatriated_through_every_guard() {
     let err = verify(&mut iq, &r.name, SON).await.unwrap_err();
     assert_eq!(err.code(), Code::PermissionDenied, "the receiving state verifies: {err:?}");
     verify(&mut fr, &r.name, SON).await.unwrap();
+    let err = verify(&mut fr, &r.name, SON).await.unwrap_err();
+    assert!(err.message().contains("verified already by fr-mfa"), "not replaced: {err:?}");
     verify(&mut fr, &r.name, DAUGHTER).await.unwrap();
     to(&mut fr, &r.name, S::ConsentsCollected).await.unwrap();
     // The children leave without their mother: only with her recorded consent.
@@ -225,6 +227,9 @@ async fn a_mother_and_two_children_are_repatriated_through_every_guard() {
     assert!(err.message().contains("signed protocol"), "{}", err.message());
     let done = to(&mut camp, &r.name, S::HandedOver).await.unwrap();
     assert_eq!(done.handover_protocol.unwrap().document, "DMS-2026-4411");
+    // A hand-over done is not suspended (nor its protocol replaced on a resume).
+    let err = to(&mut cell, &r.name, S::Suspended).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
     to(&mut fr, &r.name, S::Closed).await.unwrap();
     let err = to(&mut cell, &r.name, S::Suspended).await.unwrap_err();
     assert!(err.message().contains("final"), "{}", err.message());
@@ -311,7 +316,29 @@ async fn bad_requests_are_refused_naming_each_field_and_nothing_is_stored() {
     to(&mut iq, &c.name, S::ApprovedInPrinciple).await.unwrap();
     let err = to(&mut iq, &c.name, S::IdentityVerification).await.unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition);
+    let err = to(&mut iq, &c.name, S::Closed).await.unwrap_err();
+    assert!(err.message().contains("no outcome is decided"), "{}", err.message());
+    for p in [MOTHER, SON, DAUGHTER] {
+        // No disposition: nobody moves.
+        let err = decide(&mut iq, &c.name, p, pb::SubjectOutcome::Accepted).await.unwrap_err();
+        assert!(err.message().contains("only for requests that move people"), "{err:?}");
+        iq.decide_subject(pb::DecideSubjectRequest {
+            name: c.name.clone(),
+            person: p.into(),
+            outcome: pb::SubjectOutcome::Accepted as i32,
+            disposition: 0,
+            request_id: String::new(),
+        })
+        .await
+        .unwrap();
+    }
     to(&mut iq, &c.name, S::Closed).await.unwrap();
+    // A draft withdrawn unsent stays France's alone.
+    let withdrawn = create(&mut fr, repatriation()).await.unwrap();
+    to(&mut fr, &withdrawn.name, S::Withdrawn).await.unwrap();
+    let err =
+        iq.get_request(pb::GetRequestRequest { name: withdrawn.name.clone() }).await.unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
 }
 
 /// Every RPC with the action the policy checks for it.
@@ -327,12 +354,12 @@ const RPCS: &[(&str, Action)] = &[
 ];
 
 /// A request France made and brought to `state` (IQ requested, FR receiving, al-hol's
-/// authority holding), for the matrix.
+/// authority holding), for the matrix. The mother and son are accepted, the daughter
+/// declined: she is separated from her mother, so her consent is needed.
 async fn at(h: &Harness, state: pb::RequestState) -> String {
     use pb::RequestState as S;
     let mut fr = h.client(ministry("FR")).await;
     let mut iq = h.client(ministry("IQ")).await;
-    let mut camp = h.client(custodial(&["al-hol"])).await;
     let r = create(&mut fr, repatriation()).await.unwrap();
     let path = [
         (S::Submitted, 0),
@@ -344,10 +371,11 @@ async fn at(h: &Harness, state: pb::RequestState) -> String {
     ];
     for (next, who) in path {
         if next == S::ConsentsCollected {
-            for p in [MOTHER, SON, DAUGHTER] {
-                decide(&mut iq, &r.name, p, pb::SubjectOutcome::Accepted).await.unwrap();
-                verify(&mut fr, &r.name, p).await.unwrap();
-            }
+            decide(&mut iq, &r.name, MOTHER, pb::SubjectOutcome::Accepted).await.unwrap();
+            decide(&mut iq, &r.name, SON, pb::SubjectOutcome::Accepted).await.unwrap();
+            decide(&mut iq, &r.name, DAUGHTER, pb::SubjectOutcome::Declined).await.unwrap();
+            verify(&mut fr, &r.name, MOTHER).await.unwrap();
+            verify(&mut fr, &r.name, SON).await.unwrap();
         }
         let c = if who == 0 { &mut fr } else { &mut iq };
         to(c, &r.name, next).await.unwrap();
@@ -355,8 +383,44 @@ async fn at(h: &Harness, state: pb::RequestState) -> String {
             break;
         }
     }
-    let _ = &mut camp;
     r.name
+}
+
+/// What `who` gets from `rpc` on the matrix's requests: `None` for success, else the code.
+/// Strangers get NOT_FOUND for a request (never PERMISSION_DENIED, which would say it
+/// exists); parties get PERMISSION_DENIED for steps of another role.
+fn expected(who: &str, rpc: &str, allowed_by_policy: bool) -> Option<Code> {
+    if !allowed_by_policy {
+        return Some(Code::PermissionDenied);
+    }
+    let party = matches!(
+        who,
+        "coordinator" | "FR ministry" | "FR justice" | "IQ ministry" | "custodial authority"
+    );
+    let object = matches!(
+        rpc,
+        "GetRequest"
+            | "TransitionRequest"
+            | "VerifySubjectIdentity"
+            | "DecideSubject"
+            | "RecordSeparationConsent"
+    );
+    if object && !party {
+        return Some(Code::NotFound);
+    }
+    let ok = match rpc {
+        "CreateRequest" => who.ends_with("ministry"),
+        "GetRequest" | "ListRequests" | "WatchChanges" => true,
+        // UNDER_REVIEW -> SUSPENDED: a security step.
+        "TransitionRequest" => matches!(who, "coordinator" | "custodial authority"),
+        "VerifySubjectIdentity" => who == "FR ministry",
+        "DecideSubject" => who == "IQ ministry",
+        "RecordSeparationConsent" => {
+            matches!(who, "coordinator" | "custodial authority" | "FR ministry")
+        }
+        _ => false,
+    };
+    (!ok).then_some(Code::PermissionDenied)
 }
 
 #[tokio::test]
@@ -374,19 +438,23 @@ async fn every_rpc_for_every_kind_of_principal_follows_the_policy_and_the_roles(
 
     let h = Harness::start().await;
     let policy = Policy::embedded();
-    // Parties of the matrix's requests: FR requests and receives, IQ is requested, the
-    // custodial authority holds; NL, a monitor and a service are not parties.
+    // A draft of France's, which no one else may see.
+    let draft = create(&mut h.client(ministry("FR")).await, repatriation()).await.unwrap();
+    let other_custodian = Principal { agency: "sdf-prisons".into(), ..custodial(&["ghwayran"]) };
     let callers = [
-        ("coordinator", coordinator(), true),
-        ("FR ministry", ministry("FR"), true),
-        ("FR justice", justice("FR"), true),
-        ("IQ ministry", ministry("IQ"), true),
-        ("custodial authority", custodial(&["al-hol"]), true),
-        ("NL ministry", ministry("NL"), false),
-        ("humanitarian monitor", monitor(), false),
-        ("service", Principal::service("svc"), false),
+        ("coordinator", coordinator()),
+        ("FR ministry", ministry("FR")),
+        ("FR justice", justice("FR")),
+        ("IQ ministry", ministry("IQ")),
+        ("custodial authority", custodial(&["al-hol"])),
+        ("NL ministry", ministry("NL")),
+        ("DE justice", justice("DE")),
+        ("another custodial authority", other_custodian),
+        ("humanitarian monitor", monitor()),
+        ("service", Principal::service("svc")),
     ];
-    for (label, p, party) in callers {
+    let mut listed = 0;
+    for (label, p) in callers {
         let grant = policy.grant(&p);
         let mut c = h.client(p.clone()).await;
         for (rpc, action) in RPCS {
@@ -394,9 +462,9 @@ async fn every_rpc_for_every_kind_of_principal_follows_the_policy_and_the_roles(
             let result: Result<Vec<pb::Request>, tonic::Status> = match *rpc {
                 "CreateRequest" => {
                     let mut r = repatriation();
-                    if p.state.as_deref() == Some("IQ") {
-                        r.requested_state = "FR".into();
-                    }
+                    let own = p.state.clone().unwrap_or_default();
+                    r.requested_state = if own == "IQ" { "FR".into() } else { "IQ".into() };
+                    r.receiving_state = own;
                     create(&mut c, r).await.map(|_| vec![])
                 }
                 "GetRequest" => {
@@ -424,13 +492,11 @@ async fn every_rpc_for_every_kind_of_principal_follows_the_policy_and_the_roles(
                         .map(|_| vec![])
                 }
                 "RecordSeparationConsent" => {
-                    // Nobody is separated on the matrix's requests: a party gets
-                    // FAILED_PRECONDITION, a stranger NOT_FOUND.
                     let name = at(&h, pb::RequestState::ConsentsCollected).await;
                     c.record_separation_consent(pb::RecordSeparationConsentRequest {
                         name,
-                        person: SON.into(),
-                        consent: "form".into(),
+                        person: DAUGHTER.into(),
+                        consent: "signed form".into(),
                         request_id: String::new(),
                     })
                     .await
@@ -454,40 +520,31 @@ async fn every_rpc_for_every_kind_of_principal_follows_the_policy_and_the_roles(
                 },
                 other => panic!("no call for {other}"),
             };
-            if !grant.allows(*action) {
-                assert_eq!(result.unwrap_err().code(), Code::PermissionDenied, "{at_}");
-                continue;
-            }
-            // Any state's ministry may make a request of its own.
-            let party = if *rpc == "CreateRequest" {
-                p.kind == concord_platform::auth::AgencyKind::StateMinistry || party
-            } else {
-                party
-            };
-            match result {
-                // What a caller gets is always about requests it is a party to.
-                Ok(requests) => {
-                    let listing = matches!(*rpc, "ListRequests" | "WatchChanges");
-                    assert!(party || listing, "{at_}: a stranger got an answer");
+            match (result, expected(label, rpc, grant.allows(*action))) {
+                (Ok(requests), None) => {
+                    // What a caller gets is always about requests it is a party to, and a
+                    // draft only about its own state's.
+                    let state = p.state.clone().unwrap_or_default();
                     for r in requests {
-                        let state = p.state.clone().unwrap_or_default();
-                        let mine = p.kind == concord_platform::auth::AgencyKind::Coordinator
-                            || [&r.requesting_state, &r.requested_state, &r.receiving_state]
-                                .contains(&&state)
-                            || r.custodial_authority == p.agency;
+                        let of_state = !state.is_empty()
+                            && ([&r.requested_state, &r.receiving_state].contains(&&state)
+                                && r.state != pb::RequestState::Draft as i32
+                                || r.requesting_state == state);
+                        let mine = (p.kind == concord_platform::auth::AgencyKind::Coordinator
+                            && r.state != pb::RequestState::Draft as i32)
+                            || of_state
+                            || (r.custodial_authority == p.agency
+                                && r.state != pb::RequestState::Draft as i32);
                         assert!(mine, "{at_}: saw {}", r.name);
+                        assert!(r.name != draft.name || state == "FR", "{at_}: saw France's draft");
+                        listed += 1;
                     }
                 }
-                Err(s) if !party => assert!(
-                    matches!(s.code(), Code::NotFound | Code::PermissionDenied),
-                    "{at_}: {s:?}"
-                ),
-                // A party is refused only for its role or the lifecycle, never NOT_FOUND.
-                Err(s) => assert!(
-                    matches!(s.code(), Code::PermissionDenied | Code::FailedPrecondition),
-                    "{at_}: {s:?}"
-                ),
+                (Err(s), Some(code)) => assert_eq!(s.code(), code, "{at_}: {s:?}"),
+                (Ok(_), Some(code)) => panic!("{at_}: succeeded, expected {code:?}"),
+                (Err(s), None) => panic!("{at_}: refused, expected success: {s:?}"),
             }
         }
     }
+    assert!(listed > 0, "the listings returned something to check");
 }
