@@ -76,6 +76,23 @@ fn describe(v: &[FieldViolation]) -> String {
 }
 
 impl Error {
+    /// The gRPC code's name, as audit entries record a refusal (`NOT_FOUND`...); `None` for
+    /// internal errors and unavailability, which are not the caller's doing.
+    pub fn refusal(&self) -> Option<&'static str> {
+        Some(match self {
+            Self::InvalidArgument(_) => "INVALID_ARGUMENT",
+            Self::NotFound(_) => "NOT_FOUND",
+            Self::AlreadyExists(_) => "ALREADY_EXISTS",
+            Self::FailedPrecondition { .. } => "FAILED_PRECONDITION",
+            Self::Aborted(_) => "ABORTED",
+            Self::Unauthenticated(_) => "UNAUTHENTICATED",
+            Self::PermissionDenied(_) => "PERMISSION_DENIED",
+            Self::ResourceExhausted(_) => "RESOURCE_EXHAUSTED",
+            Self::OutOfRange(_) => "OUT_OF_RANGE",
+            Self::Unavailable(_) | Self::Internal(_) => return None,
+        })
+    }
+
     /// One bad field.
     pub fn invalid(field: impl Into<String>, description: impl Into<String>) -> Self {
         Self::InvalidArgument(vec![FieldViolation::new(field, description)])

@@ -98,3 +98,30 @@ pub fn person_id(v: &mut Violations, field: impl Into<String>, name: &str) -> Op
         }
     }
 }
+
+/// ABORTED when the caller's etag (`expected`, from [`etag`]) is not the resource's current
+/// `version` (AIP-154): the caller read an older state.
+pub fn check_etag(resource: &str, version: i64, expected: Option<i64>) -> Result<()> {
+    match expected {
+        Some(v) if v != version => Err(Error::Aborted(format!(
+            "etag mismatch: {resource} is at etag \"{version}\", the request carried \"{v}\"; read it again and retry"
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// FAILED_PRECONDITION for a step a state machine does not allow: names the resource, its
+/// state and where it may go from there (`none` when nowhere, for example "nothing (final)").
+pub fn invalid_transition(
+    reason: &'static str,
+    resource: &str,
+    state: impl std::fmt::Display,
+    successors: &[&str],
+    none: &str,
+) -> Error {
+    let next = if successors.is_empty() { none.to_string() } else { successors.join(", ") };
+    Error::FailedPrecondition {
+        reason,
+        message: format!("{resource} is {state}; from there it may become {next}"),
+    }
+}

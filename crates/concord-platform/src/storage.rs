@@ -271,3 +271,14 @@ pub async fn ping(db: &Db) -> Result<()> {
     let mut c = db.reader.acquire().await.map_err(map_sqlx)?;
     c.ping().await.map_err(map_sqlx)
 }
+
+/// Checks a compare-and-set write (`... WHERE version = <read version>`): on PostgreSQL two
+/// transactions may read the same version, and the later writer finds it moved. It loses with
+/// ABORTED before it records anything, and its whole transaction rolls back.
+pub fn expect_one_row(rows_affected: u64, resource: &str) -> Result<()> {
+    if rows_affected == 1 {
+        Ok(())
+    } else {
+        Err(Error::Aborted(format!("{resource} changed concurrently; read it again and retry")))
+    }
+}

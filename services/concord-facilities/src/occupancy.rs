@@ -18,6 +18,7 @@ use concord_proto::registry::v1 as reg;
 use concord_proto::registry::v1::registry_service_client::RegistryServiceClient;
 use futures::StreamExt;
 use prost::Message;
+use sqlx::any::AnyRow;
 use sqlx::Row;
 
 use crate::domain::{AgeBand, PlaceSex};
@@ -213,6 +214,29 @@ pub async fn cursor(db: &Db) -> Result<String> {
     Ok(c.unwrap_or_default())
 }
 
+/// The columns of a placement row, for [`placement_from_row`].
+pub(crate) const PLACEMENT_COLUMNS: &str =
+    "person_id, facility_id, section_id, sex, birth_year, child, states, custody_status, household";
+
+/// A placement as stored.
+pub(crate) fn placement_from_row(r: &AnyRow) -> Result<Placement> {
+    let sex: String = r.try_get("sex").db()?;
+    let birth_year: i64 = r.try_get("birth_year").db()?;
+    let child: i64 = r.try_get("child").db()?;
+    let states: String = r.try_get("states").db()?;
+    Ok(Placement {
+        person_id: r.try_get("person_id").db()?,
+        facility_id: r.try_get("facility_id").db()?,
+        section_id: r.try_get("section_id").db()?,
+        sex: PlaceSex::parse(&sex),
+        birth_year: birth_year as i32,
+        child: child != 0,
+        states: states.split('|').filter(|s| !s.is_empty()).map(str::to_string).collect(),
+        household: r.try_get("household").db()?,
+        custody_status: r.try_get("custody_status").db()?,
+    })
+}
+
 /// Occupancy of one facility.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Occupancy {
@@ -226,24 +250,18 @@ pub struct Occupancy {
 
 /// The occupancy of `facility`, as projected so far.
 pub async fn occupancy(db: &Db, facility: &str) -> Result<Occupancy> {
-    let mut sql = Sql::new(
-        "SELECT section_id, sex, birth_year, child, states FROM placements WHERE facility_id = ",
-    );
+    let mut sql =
+        Sql::new(format!("SELECT {PLACEMENT_COLUMNS} FROM placements WHERE facility_id = "));
     sql.bind(SqlValue::Text(facility.to_string()));
     let rows = sql.query(db.dialect()).fetch_all(db.reader()).await.db()?;
     let mut o = Occupancy::default();
     let year = concord_platform::time::current_year();
-    for r in rows {
-        let section: String = r.try_get("section_id").db()?;
-        let sex: String = r.try_get("sex").db()?;
-        let birth_year: i64 = r.try_get("birth_year").db()?;
-        let child: i64 = r.try_get("child").db()?;
-        let states: String = r.try_get("states").db()?;
-        let band = age_band(birth_year as i32, child != 0, year);
+    for r in &rows {
+        let p = placement_from_row(r)?;
         o.total += 1;
-        *o.lines.entry((section, PlaceSex::parse(&sex), band)).or_default() += 1;
-        for s in states.split('|').filter(|s| !s.is_empty()) {
-            *o.nationalities.entry(s.to_string()).or_default() += 1;
+        *o.lines.entry((p.section_id.clone(), p.sex, p.band(year))).or_default() += 1;
+        for s in p.states {
+            *o.nationalities.entry(s).or_default() += 1;
         }
     }
     Ok(o)

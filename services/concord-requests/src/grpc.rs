@@ -109,7 +109,7 @@ impl Requests {
     async fn read<T>(&self, a: &Access, resource: &str, r: Result<T>) -> Result<T, Status> {
         let outcome = match &r {
             Ok(_) => "OK",
-            Err(Error::NotFound(_)) => "NOT_FOUND",
+            Err(e @ (Error::NotFound(_) | Error::PermissionDenied(_))) => e.refusal().unwrap_or(""),
             Err(_) => return r.map_err(st),
         };
         self.recorder.record(vec![a.entry(resource, "*", outcome)]).await.map_err(st)?;
@@ -124,14 +124,7 @@ impl Requests {
         r: Result<Request>,
     ) -> Result<Response<pb::Request>, Status> {
         // Every refusal of a write is audited with its code, like the policy's refusals.
-        let refusal = match &r {
-            Err(Error::InvalidArgument(_)) => Some("INVALID_ARGUMENT"),
-            Err(Error::NotFound(_)) => Some("NOT_FOUND"),
-            Err(Error::FailedPrecondition { .. }) => Some("FAILED_PRECONDITION"),
-            Err(Error::Aborted(_)) => Some("ABORTED"),
-            Err(Error::PermissionDenied(_)) => Some("PERMISSION_DENIED"),
-            _ => None,
-        };
+        let refusal = r.as_ref().err().and_then(Error::refusal);
         if let Some(code) = refusal {
             self.recorder.record(vec![a.entry(resource, "", code)]).await.map_err(st)?;
         }

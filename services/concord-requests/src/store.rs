@@ -7,10 +7,11 @@ use concord_platform::access::Access;
 use concord_platform::audit;
 use concord_platform::auth::AgencyKind;
 use concord_platform::error::{Error, Result};
+use concord_platform::fields::check_etag;
 use concord_platform::idempotency;
 use concord_platform::outbox::{self, NewEvent};
 use concord_platform::sql::{Sql, SqlValue};
-use concord_platform::storage::{Db, Migrations, SqlxResultExt, Tx};
+use concord_platform::storage::{expect_one_row, Db, Migrations, SqlxResultExt, Tx};
 use concord_platform::time::now_micros;
 use prost::Message;
 use serde::{Deserialize, Serialize};
@@ -392,13 +393,7 @@ impl Store {
         if roles.is_empty() {
             return Err(Error::NotFound(r.name()));
         }
-        if let Some(v) = expected_version.filter(|v| *v != r.version) {
-            return Err(Error::Aborted(format!(
-                "etag mismatch: {} is at etag \"{}\", the request carried \"{v}\"; read it again and retry",
-                r.name(),
-                r.version
-            )));
-        }
+        check_etag(&r.name(), r.version, expected_version)?;
         r.subjects = self
             .subjects(tx.conn(), std::slice::from_ref(&r.id))
             .await?
@@ -481,12 +476,7 @@ async fn save(tx: &mut Tx, r: &Request, new: bool) -> Result<()> {
         .await
         .db()?
         .rows_affected();
-        if updated != 1 {
-            return Err(Error::Aborted(format!(
-                "{} changed concurrently; read it again and retry",
-                r.name()
-            )));
-        }
+        expect_one_row(updated, &r.name())?;
     }
     for s in &r.subjects {
         sqlx::query(

@@ -171,8 +171,7 @@ impl Facilities {
     async fn read<T>(&self, a: &Access, resource: &str, r: Result<T>) -> Result<T, Status> {
         let outcome = match &r {
             Ok(_) => "OK",
-            Err(Error::NotFound(_)) => "NOT_FOUND",
-            Err(Error::PermissionDenied(_)) => "PERMISSION_DENIED",
+            Err(e @ (Error::NotFound(_) | Error::PermissionDenied(_))) => e.refusal().unwrap_or(""),
             Err(_) => return r.map_err(st),
         };
         self.recorder.record(vec![a.entry(resource, "manifest", outcome)]).await.map_err(st)?;

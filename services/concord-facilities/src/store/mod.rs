@@ -5,11 +5,12 @@
 use concord_platform::access::Access;
 use concord_platform::audit;
 use concord_platform::error::{Error, Result};
+use concord_platform::fields::{check_etag, invalid_transition};
 use concord_platform::idempotency;
 use concord_platform::outbox::{self, NewEvent};
 use concord_platform::policy::Action;
 use concord_platform::sql::Sql;
-use concord_platform::storage::{Db, Migrations, SqlxResultExt, Tx};
+use concord_platform::storage::{expect_one_row, Db, Migrations, SqlxResultExt, Tx};
 use concord_platform::time::now_micros;
 use prost::Message;
 use sqlx::any::AnyRow;
@@ -190,14 +191,7 @@ pub(crate) fn check_open(f: &Facility) -> Result<()> {
 }
 
 fn check_version(f: &Facility, expected: Option<i64>) -> Result<()> {
-    match expected {
-        Some(v) if v != f.version => Err(Error::Aborted(format!(
-            "etag mismatch: {} is at etag {}, the request carried \"{v}\"; read it again and retry",
-            f.name(),
-            f.etag()
-        ))),
-        _ => Ok(()),
-    }
+    check_etag(&f.name(), f.version, expected)
 }
 
 /// Writes the changed row if its version is still the one read (compare-and-set).
@@ -222,12 +216,7 @@ async fn save(tx: &mut Tx, f: &Facility) -> Result<()> {
     .await
     .db()?
     .rows_affected();
-    if updated != 1 {
-        return Err(Error::Aborted(format!(
-            "{} changed concurrently; read it again and retry",
-            f.name()
-        )));
-    }
+    expect_one_row(updated, &f.name())?;
     Ok(())
 }
 
@@ -423,17 +412,13 @@ impl Store {
         let (kind, event_type) = match (&c.to_status, &c.to_custodian) {
             (Some(to), _) => {
                 if !from_status.can_become(*to) {
-                    return Err(Error::FailedPrecondition {
-                        reason: "INVALID_SECURITY_TRANSITION",
-                        message: format!(
-                            "{} is {from_status}; from there it may become {}",
-                            f.name(),
-                            match from_status.successors() {
-                                s if s.is_empty() => "nothing (final)".to_string(),
-                                s => s.join(", "),
-                            }
-                        ),
-                    });
+                    return Err(invalid_transition(
+                        "INVALID_SECURITY_TRANSITION",
+                        &f.name(),
+                        from_status,
+                        &from_status.successors(),
+                        "nothing (final)",
+                    ));
                 }
                 if c.occur_time < f.security_status_time {
                     return Err(Error::invalid(
@@ -642,26 +627,15 @@ impl Store {
                 return Err(Error::NotFound(format!("facilities/{facility_id}/incidents/{id}")))
             }
         };
-        if let Some(v) = c.expected_version.filter(|v| *v != i.version) {
-            return Err(Error::Aborted(format!(
-                "etag mismatch: {} is at etag \"{}\", the request carried \"{v}\"; read it again and retry",
-                i.name(),
-                i.version
-            )));
-        }
+        check_etag(&i.name(), i.version, c.expected_version)?;
         if !i.state.can_become(c.to) {
-            return Err(Error::FailedPrecondition {
-                reason: "INVALID_INCIDENT_TRANSITION",
-                message: format!(
-                    "{} is {}; from there it may become {}",
-                    i.name(),
-                    i.state,
-                    match i.state.successors() {
-                        s if s.is_empty() => "nothing (closed)".to_string(),
-                        s => s.join(", "),
-                    }
-                ),
-            });
+            return Err(invalid_transition(
+                "INVALID_INCIDENT_TRANSITION",
+                &i.name(),
+                i.state,
+                &i.state.successors(),
+                "nothing (closed)",
+            ));
         }
         i.state = c.to;
         i.killed = c.killed;
@@ -691,12 +665,7 @@ impl Store {
         .await
         .db()?
         .rows_affected();
-        if updated != 1 {
-            return Err(Error::Aborted(format!(
-                "{} changed concurrently; read it again and retry",
-                i.name()
-            )));
-        }
+        expect_one_row(updated, &i.name())?;
         audit::append(&mut tx, &access.entry(i.name(), "state,killed,injured,missing", "OK"))
             .await?;
         outbox::append(&mut tx, incident_event("incident.changed", &i)).await?;

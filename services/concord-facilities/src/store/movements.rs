@@ -8,17 +8,18 @@ use std::collections::{BTreeMap, BTreeSet};
 use concord_platform::access::Access;
 use concord_platform::audit;
 use concord_platform::error::{Error, Result};
+use concord_platform::fields::{check_etag, invalid_transition};
 use concord_platform::idempotency;
 use concord_platform::outbox;
 use concord_platform::sql::{Sql, SqlValue};
-use concord_platform::storage::{Db, SqlxResultExt, Tx};
+use concord_platform::storage::{expect_one_row, Db, SqlxResultExt, Tx};
 use concord_platform::time::{current_year, now_micros};
 use sqlx::any::AnyRow;
 use sqlx::Row;
 
 use super::{check_open, fetch, Store};
 use crate::domain::*;
-use crate::occupancy::Placement;
+use crate::occupancy::{placement_from_row, Placement, PLACEMENT_COLUMNS};
 
 /// Most people on one manifest.
 pub const MAX_MANIFEST: usize = 10_000;
@@ -63,39 +64,20 @@ pub(crate) async fn placements(
     facility: Option<&str>,
     persons: &[String],
 ) -> Result<Vec<Placement>> {
-    let base = "SELECT person_id, facility_id, section_id, sex, birth_year, child, states, custody_status, household \
-                FROM placements WHERE ";
+    let base = format!("SELECT {PLACEMENT_COLUMNS} FROM placements WHERE ");
     let mut rows = Vec::new();
     if let Some(f) = facility {
-        let mut sql = Sql::new(base);
+        let mut sql = Sql::new(base.clone());
         sql.push("facility_id = ").bind_text(f).push(" ORDER BY person_id");
         rows.extend(sql.query(tx.dialect()).fetch_all(tx.conn()).await.db()?);
     } else {
         for chunk in persons.chunks(concord_platform::sql::MAX_IN_LIST) {
-            let mut sql = Sql::new(base);
+            let mut sql = Sql::new(base.clone());
             sql.push("person_id IN ").bind_list(chunk.iter().map(|p| SqlValue::Text(p.clone())));
             rows.extend(sql.query(tx.dialect()).fetch_all(tx.conn()).await.db()?);
         }
     }
     rows.iter().map(placement_from_row).collect()
-}
-
-fn placement_from_row(r: &AnyRow) -> Result<Placement> {
-    let sex: String = r.try_get("sex").db()?;
-    let birth_year: i64 = r.try_get("birth_year").db()?;
-    let child: i64 = r.try_get("child").db()?;
-    let states: String = r.try_get("states").db()?;
-    Ok(Placement {
-        person_id: r.try_get("person_id").db()?,
-        facility_id: r.try_get("facility_id").db()?,
-        section_id: r.try_get("section_id").db()?,
-        sex: PlaceSex::parse(&sex),
-        birth_year: birth_year as i32,
-        child: child != 0,
-        states: states.split('|').filter(|s| !s.is_empty()).map(str::to_string).collect(),
-        household: r.try_get("household").db()?,
-        custody_status: r.try_get("custody_status").db()?,
-    })
 }
 
 /// The places of `f` with the people held there and the places reserved by movements
@@ -463,26 +445,15 @@ impl Store {
                 }
             }
         }
-        if let Some(v) = step.expected_version.filter(|v| *v != m.version) {
-            return Err(Error::Aborted(format!(
-                "etag mismatch: {} is at etag \"{}\", the request carried \"{v}\"; read it again and retry",
-                m.name(),
-                m.version
-            )));
-        }
+        check_etag(&m.name(), m.version, step.expected_version)?;
         if !m.state.can_become(step.to) {
-            return Err(Error::FailedPrecondition {
-                reason: "INVALID_MOVEMENT_TRANSITION",
-                message: format!(
-                    "{} is {}; from there it may become {}",
-                    m.name(),
-                    m.state,
-                    match m.state.successors() {
-                        s if s.is_empty() => "nothing (final)".to_string(),
-                        s => s.join(", "),
-                    }
-                ),
-            });
+            return Err(invalid_transition(
+                "INVALID_MOVEMENT_TRANSITION",
+                &m.name(),
+                m.state,
+                &m.state.successors(),
+                "nothing (final)",
+            ));
         }
         // Entries change only in approval, which this movement's version check serialises.
         load_manifests(&self.db, std::slice::from_mut(&mut m)).await?;
@@ -548,12 +519,7 @@ impl Store {
         .await
         .db()?
         .rows_affected();
-        if updated != 1 {
-            return Err(Error::Aborted(format!(
-                "{} changed concurrently; read it again and retry",
-                m.name()
-            )));
-        }
+        expect_one_row(updated, &m.name())?;
         if let Some(rs) = registry_step {
             let subject = m.name();
             // The registry's timeline names the movement in `source`; the reason is as given.

@@ -71,16 +71,7 @@ impl Store {
     }
 }
 
-/// Checks a compare-and-set write (`... WHERE version = <read version>`): on PostgreSQL two
-/// transactions may read the same version, and the later writer finds it moved. It loses with
-/// ABORTED before it records anything, and its whole transaction rolls back.
-pub(crate) fn expect_one_row(rows_affected: u64, resource: &str) -> Result<()> {
-    if rows_affected == 1 {
-        Ok(())
-    } else {
-        Err(Error::Aborted(format!("{resource} changed concurrently; read it again and retry")))
-    }
-}
+pub(crate) use concord_platform::storage::expect_one_row;
 
 /// `1 = 1` for everyone, else the union of the visible sets as a test on the persons row
 /// aliased `alias`: the same rule as [`Scope::admits`].

@@ -237,14 +237,7 @@ impl Store {
 
 /// ABORTED when the caller's etag is stale (AIP-154).
 pub(crate) fn check_version(person: &Person, expected: Option<i64>) -> Result<()> {
-    match expected {
-        Some(v) if v != person.version => Err(Error::Aborted(format!(
-            "etag mismatch: {} is at etag {}, the request carried \"{v}\"; read it again and retry",
-            person.name(),
-            person.etag()
-        ))),
-        _ => Ok(()),
-    }
+    concord_platform::fields::check_etag(&person.name(), person.version, expected)
 }
 
 fn push_person_columns(sql: &mut Sql, p: &Person) {
