@@ -8,14 +8,14 @@
 #   - every YAML file parses (duplicate keys are errors)
 #   - each kustomization.yaml's resources / patches / generator files exist
 #   - every manifest has apiVersion, kind, metadata.name; JSON 6902 patches are well formed
-#   - per kustomization, for every workload (one per service: registry, facilities, ...):
+#   - per kustomization, for every workload (one per service: registry, facilities, requests):
 #     container ports match the Services' targetPorts; each container has a `grpc` port
 #     (mutual TLS) and a separate `health` port, and its startup/readiness/liveness probes are
 #     native gRPC probes on the `health` port by number (the kubelet's gRPC probe cannot speak
 #     TLS: it calls the plaintext health-only CONCORD_HEALTH_ADDR); the `serve --target` of
 #     the container picks the service(s) it runs, whose listen variable (CONCORD_REGISTRY_ADDR,
-#     CONCORD_FACILITIES_ADDR) must listen on 0.0.0.0 on the `grpc` port, as
-#     CONCORD_HEALTH_ADDR on the `health` port; the component label names that target;
+#     CONCORD_FACILITIES_ADDR, CONCORD_REQUESTS_ADDR) must listen on 0.0.0.0 on the `grpc`
+#     port, as CONCORD_HEALTH_ADDR on the `health` port; the component label names that target;
 #     a service on SQLite (no *_DATABASE_URL) has its database on a volume claim of a single
 #     replica, and no two services share a database URL source;
 #     CONCORD_TLS_CERT/_KEY/_CLIENT_CA come together with CONCORD_AGENCIES and point into
@@ -161,6 +161,8 @@ SERVICES = {
                  "sqlite": "registry.db"},
     "facilities": {"addr": "CONCORD_FACILITIES_ADDR", "db": "CONCORD_FACILITIES_DATABASE_URL",
                    "sqlite": "facilities.db"},
+    "requests": {"addr": "CONCORD_REQUESTS_ADDR", "db": "CONCORD_REQUESTS_DATABASE_URL",
+                 "sqlite": "requests.db"},
 }
 TARGETS = {"all": list(SERVICES), **{name: [name] for name in SERVICES}}
 # The binary's default, used when CONCORD_DEMO_SERVER_NAMES is unset.

@@ -45,6 +45,26 @@ pub fn past_time(v: &mut Violations, field: &str, t: Option<&prost_types::Timest
     }
 }
 
+/// Micros of a required deadline: a violation when it is missing, not a valid time, or not in
+/// the future (a deadline in the past is a mistake, not a record).
+pub fn future_time(v: &mut Violations, field: &str, t: Option<&prost_types::Timestamp>) -> i64 {
+    match t.map(from_timestamp) {
+        None => {
+            v.add(field, "is required");
+            0
+        }
+        Some(None) => {
+            v.add(field, "is not a valid timestamp");
+            0
+        }
+        Some(Some(m)) if m <= now_micros() => {
+            v.add(field, "is in the past; a deadline must be in the future");
+            0
+        }
+        Some(Some(m)) => m,
+    }
+}
+
 /// Parses a required protobuf enum field into a domain enum, adding a violation naming the
 /// allowed values when it is unset or unknown: `required_enum!(v, "field", value, Proto,
 /// Domain)`.

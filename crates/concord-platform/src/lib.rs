@@ -33,6 +33,7 @@ pub mod fields;
 pub mod filter;
 pub mod idempotency;
 pub mod layers;
+pub mod link;
 pub mod named_enum;
 pub mod oidc;
 pub mod outbox;

@@ -187,6 +187,7 @@ pub fn demo_agencies() -> Vec<Agency> {
         a("humanitarian-monitor", "humanitarian_monitor", None, &[], &[]),
         a("concord-gateway", "service", None, &[], &[]),
         a("concord-facilities", "service", None, &["custody_relay"], &[]),
+        a("concord-requests", "service", None, &["custody_relay"], &[]),
     ]
 }
 

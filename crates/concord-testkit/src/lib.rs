@@ -5,6 +5,8 @@
 //! `postgres://postgres@127.0.0.1:5432/postgres`) and create a database per test, so tests
 //! never share state. Logs are printed only when `TEST_LOG` is set.
 
+pub mod people;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 

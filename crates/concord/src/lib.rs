@@ -60,7 +60,8 @@ pub struct Config {
     #[arg(long, env = "CONCORD_REGISTRY_URL")]
     pub registry_url: Option<String>,
     /// PEM certificate this process presents when it calls other services (a `service`
-    /// agency of the directory); default: the demo PKI's concord-facilities.
+    /// agency of the directory); default: the demo PKI's identity of each service
+    /// (concord-facilities, concord-requests).
     #[arg(long, env = "CONCORD_SERVICE_CERT", requires = "service_key")]
     pub service_cert: Option<PathBuf>,
     /// PEM key of --service-cert.
@@ -104,7 +105,7 @@ pub struct Config {
         long,
         env = "CONCORD_TRUSTED_FORWARDERS",
         value_delimiter = ',',
-        default_value = "concord-gateway"
+        default_value = "concord-gateway,concord-requests"
     )]
     pub trusted_forwarders: Vec<String>,
     /// OIDC issuer whose bearer tokens are accepted (besides client certificates).
@@ -291,7 +292,7 @@ pub async fn start(
             Some(launcher.launch(cfg.registry_addr, Services::new().with(svc), db).await?);
     }
     if matches!(cfg.target, Target::All | Target::Facilities) {
-        let link = registry_link(cfg, running.registry)?;
+        let link = registry_link(cfg, running.registry, "concord-facilities")?;
         let (svc, db) = concord_facilities::build(
             &cfg.facilities_database_url(),
             policy.clone(),
@@ -305,10 +306,12 @@ pub async fn start(
             Some(launcher.launch(cfg.facilities_addr, Services::new().with(svc), db).await?);
     }
     if matches!(cfg.target, Target::All | Target::Requests) {
+        let link = registry_link(cfg, running.registry, "concord-requests")?;
         let (svc, db) = concord_requests::build(
             &cfg.requests_database_url(),
             policy.clone(),
             &cfg.server,
+            link,
             shutdown.clone(),
         )
         .await?;
@@ -330,12 +333,13 @@ pub async fn start(
     Ok((running, all))
 }
 
-/// How the facilities service reaches the registry: the one this process runs (`local`), or
-/// --registry-url; as its own service identity over mutual TLS.
+/// How a service reaches the registry: the one this process runs (`local`), or
+/// --registry-url; over mutual TLS as --service-cert, or else as the demo PKI's `service`.
 fn registry_link(
     cfg: &Config,
     local: Option<SocketAddr>,
-) -> anyhow::Result<concord_facilities::occupancy::RegistryLink> {
+    service: &str,
+) -> anyhow::Result<concord_platform::link::RegistryLink> {
     let uri = match (&cfg.registry_url, local) {
         (Some(u), _) => u.clone(),
         (None, Some(a)) => format!("https://localhost:{}", a.port()),
@@ -345,7 +349,7 @@ fn registry_link(
     let ca = cfg.tls_client_ca.clone().unwrap_or_else(|| demo.server().ca);
     let files = match (&cfg.service_cert, &cfg.service_key) {
         (Some(cert), Some(key)) => TlsFiles { cert: cert.clone(), key: key.clone(), ca },
-        _ => TlsFiles { ca, ..demo.agency("concord-facilities") },
+        _ => TlsFiles { ca, ..demo.agency(service) },
     };
     let host = uri
         .split("://")
@@ -354,7 +358,7 @@ fn registry_link(
         .unwrap_or("localhost")
         .to_string();
     let tls = if uri.starts_with("https://") { Some(files.client_config(&host)?) } else { None };
-    Ok(concord_facilities::occupancy::RegistryLink { uri, tls, principal: None })
+    Ok(concord_platform::link::RegistryLink { uri, tls, principal: None })
 }
 
 /// Binds and serves each service of a process the same way.

@@ -7,16 +7,14 @@
 //! nothing (each event replaces the person's row with the snapshot it carries).
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
-use concord_platform::auth::{HeaderCredentials, Principal, Purpose};
 use concord_platform::error::{Error, Result};
+use concord_platform::link::RegistryLink;
+use concord_platform::link::{self, retry_forever};
 use concord_platform::server::Shutdown;
 use concord_platform::sql::{Sql, SqlValue};
 use concord_platform::storage::{Db, SqlxResultExt};
 use concord_proto::registry::v1 as reg;
-use concord_proto::registry::v1::registry_service_client::RegistryServiceClient;
-use futures::StreamExt;
 use prost::Message;
 use sqlx::any::AnyRow;
 use sqlx::Row;
@@ -35,18 +33,6 @@ const PLACED: &[&str] = &[
     "CUSTODY_STATUS_HOSPITALISED",
     "CUSTODY_STATUS_IN_REHABILITATION",
 ];
-
-/// How the service reaches the registry.
-#[derive(Debug, Clone)]
-pub struct RegistryLink {
-    /// `https://host:port` (or `http://` in tests).
-    pub uri: String,
-    /// Mutual TLS as this service's identity.
-    pub tls: Option<tonic::transport::ClientTlsConfig>,
-    /// Send this principal as metadata: only for a registry that trusts metadata (tests of
-    /// two services in plaintext). With mutual TLS the certificate names the service.
-    pub principal: Option<Principal>,
-}
 
 /// One person's placement. The age band is not stored: it is worked out when counted, from
 /// the birth year (or, without one, whether the person is recorded as a child), so people
@@ -147,14 +133,8 @@ pub async fn apply(db: &Db, events: &[concord_proto::r#type::v1::ChangeEvent]) -
         let id = e.resource_name.trim_start_matches("persons/");
         // A snapshot older than one applied already (another replica ahead of this one, or
         // the relay's own) changes nothing.
-        let version: i64 = p.etag.trim_matches('"').parse().unwrap_or(0);
-        let seen: Option<i64> =
-            sqlx::query_scalar("SELECT version FROM person_versions WHERE person_id = $1")
-                .bind(id)
-                .fetch_optional(tx.conn())
-                .await
-                .db()?;
-        if seen.is_some_and(|s| s > version) {
+        // (The version applied also keeps an arrival's places reserved until it is seen.)
+        if !link::claim_version(&mut tx, id, link::etag_version(&p.etag)).await? {
             continue;
         }
         sqlx::query("DELETE FROM placements WHERE person_id = $1")
@@ -180,38 +160,14 @@ pub async fn apply(db: &Db, events: &[concord_proto::r#type::v1::ChangeEvent]) -
             .await
             .db()?;
         }
-        // The version applied, so that an arrival's places stay reserved until it is seen.
-        sqlx::query(
-            "INSERT INTO person_versions (person_id, version) VALUES ($1, $2) \
-             ON CONFLICT (person_id) DO UPDATE SET version = excluded.version",
-        )
-        .bind(id)
-        .bind(version)
-        .execute(tx.conn())
-        .await
-        .db()?;
     }
-    sqlx::query(
-        "INSERT INTO consumer_cursors (consumer, cursor) VALUES ($1, $2) \
-         ON CONFLICT (consumer) DO UPDATE SET cursor = excluded.cursor",
-    )
-    .bind(CONSUMER)
-    .bind(&last.cursor)
-    .execute(tx.conn())
-    .await
-    .db()?;
+    link::save_cursor(&mut tx, CONSUMER, &last.cursor).await?;
     tx.commit().await
 }
 
 /// The cursor after the last applied event (empty: from the start).
 pub async fn cursor(db: &Db) -> Result<String> {
-    let c: Option<String> =
-        sqlx::query_scalar("SELECT cursor FROM consumer_cursors WHERE consumer = $1")
-            .bind(CONSUMER)
-            .fetch_optional(db.reader())
-            .await
-            .db()?;
-    Ok(c.unwrap_or_default())
+    link::cursor(db, CONSUMER).await
 }
 
 /// The columns of a placement row, for [`placement_from_row`].
@@ -268,91 +224,19 @@ pub async fn occupancy(db: &Db, facility: &str) -> Result<Occupancy> {
 }
 
 /// Follows the registry until `shutdown`, reconnecting with backoff after any failure.
-pub async fn follow(db: Db, link: RegistryLink, mut shutdown: Shutdown) {
-    const FIRST: Duration = Duration::from_millis(200);
-    let mut backoff = FIRST;
-    loop {
-        let started = tokio::time::Instant::now();
-        let run = follow_once(&db, &link);
-        tokio::select! {
-            r = run => {
-                // The registry ends streams every few minutes to renew their authorization:
-                // a stream that ran a while is normal, and the next one starts at once.
-                if started.elapsed() > Duration::from_secs(30) {
-                    backoff = FIRST;
-                }
-                match r {
-                    Err(e) if e.downcast_ref::<tonic::Status>().is_some_and(|s| s.code() == tonic::Code::Unavailable) => {
-                        tracing::debug!(error = %e, "occupancy: registry stream ended; resuming");
-                    }
-                    Err(e) => tracing::warn!(error = %e, retry_ms = backoff.as_millis() as u64, "occupancy: registry stream lost"),
-                    Ok(()) => {}
-                }
-            }
-            () = shutdown.wait() => return,
-        }
-        tokio::select! {
-            () = tokio::time::sleep(backoff) => {}
-            () = shutdown.wait() => return,
-        }
-        backoff = (backoff * 2).min(Duration::from_secs(30));
-    }
-}
-
-/// Identifies this service to the registry (as [`RegistryLink::principal`] says) and states
-/// a purpose on every call.
-#[derive(Debug, Clone)]
-pub struct LinkCredentials {
-    principal: Option<Principal>,
-    purpose: &'static str,
-}
-
-impl tonic::service::Interceptor for LinkCredentials {
-    fn call(&mut self, req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-        match &self.principal {
-            Some(p) => HeaderCredentials::new(p.clone()).with_purpose(self.purpose).call(req),
-            None => Purpose(self.purpose.into()).call(req),
-        }
-    }
-}
-
-/// A registry client over `link`, stating `purpose`.
-pub type RegistryClient = RegistryServiceClient<
-    tonic::service::interceptor::InterceptedService<
-        concord_platform::client::TracedChannel,
-        LinkCredentials,
-    >,
->;
-
-impl RegistryLink {
-    /// Connects, stating `purpose` on every call.
-    pub async fn connect(&self, purpose: &'static str) -> anyhow::Result<RegistryClient> {
-        let channel = concord_platform::client::connect(&self.uri, self.tls.clone()).await?;
-        Ok(RegistryServiceClient::with_interceptor(
-            channel,
-            LinkCredentials { principal: self.principal.clone(), purpose },
-        ))
-    }
+pub async fn follow(db: Db, link: RegistryLink, shutdown: Shutdown) {
+    retry_forever("occupancy", shutdown.clone(), || follow_once(&db, &link)).await
 }
 
 async fn follow_once(db: &Db, link: &RegistryLink) -> anyhow::Result<()> {
-    let mut client = link.connect(PURPOSE).await?;
-    let from = cursor(db).await?;
-    let stream = client
-        .watch_changes(reg::WatchChangesRequest { cursor: from, ..Default::default() })
-        .await?
-        .into_inner();
-    let mut chunks = stream.ready_chunks(512);
-    while let Some(batch) = chunks.next().await {
-        let events: Vec<_> = batch
-            .into_iter()
-            .collect::<Result<Vec<_>, _>>()?
-            .into_iter()
-            .filter_map(|m| m.event)
-            .collect();
-        apply(db, &events).await?;
-    }
-    Ok(())
+    link::follow_registry(
+        db,
+        link,
+        CONSUMER,
+        PURPOSE,
+        |events| async move { apply(db, &events).await },
+    )
+    .await
 }
 
 #[cfg(test)]

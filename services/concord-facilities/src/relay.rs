@@ -12,10 +12,7 @@
 //! failures leave it PENDING and the event is retried with backoff; the cursor moves past an
 //! event only when none of its rows is pending.
 
-use std::time::Duration;
-
-use concord_platform::auth::Scope;
-use concord_platform::outbox::{self, WatchParams, WatchTuning};
+use concord_platform::link::{self, retry_forever, RegistryClient, RegistryLink};
 use concord_platform::server::Shutdown;
 use concord_platform::storage::{Db, SqlxResultExt};
 use concord_platform::time::to_timestamp;
@@ -25,7 +22,6 @@ use futures::StreamExt;
 use sqlx::Row;
 
 use crate::domain::{Step, UpdateStatus};
-use crate::occupancy::{RegistryClient, RegistryLink};
 
 /// The relay's name in `consumer_cursors`.
 const CONSUMER: &str = "relay.registry";
@@ -44,55 +40,20 @@ const EVENTS: &[(&str, Step)] = &[
 /// Registry calls made at once for one event.
 const CONCURRENCY: usize = 8;
 
-/// Refusals that may be a passing fault (a policy being fixed, an internal error) are tried
-/// this many times, then recorded REFUSED, so that one bad row cannot hold up the rest.
-const MAX_ATTEMPTS: i64 = 5;
-
 /// Follows this service's changes and records them in the registry until `shutdown`,
 /// reconnecting with backoff after any failure.
-pub async fn run(db: Db, link: RegistryLink, mut shutdown: Shutdown) {
-    const FIRST: Duration = Duration::from_millis(200);
-    let mut backoff = FIRST;
-    loop {
-        tokio::select! {
-            r = run_once(&db, &link, shutdown.clone()) => match r {
-                Ok(()) => backoff = FIRST,
-                Err(e) => tracing::warn!(error = %e, retry_ms = backoff.as_millis() as u64, "registry relay: retrying"),
-            },
-            () = shutdown.wait() => return,
-        }
-        tokio::select! {
-            () = tokio::time::sleep(backoff) => {}
-            () = shutdown.wait() => return,
-        }
-        backoff = (backoff * 2).min(Duration::from_secs(30));
-    }
-}
-
-async fn run_once(db: &Db, link: &RegistryLink, shutdown: Shutdown) -> anyhow::Result<()> {
-    let mut client = link.connect(PURPOSE).await?;
-    let cursor: Option<String> =
-        sqlx::query_scalar("SELECT cursor FROM consumer_cursors WHERE consumer = $1")
-            .bind(CONSUMER)
-            .fetch_optional(db.reader())
-            .await
-            .db()?;
-    let params = WatchParams {
-        cursor: cursor.unwrap_or_default(),
-        start_at_end: false,
-        event_types: EVENTS.iter().map(|(t, _)| t.to_string()).collect(),
-        scope: Scope::All,
-    };
-    let mut stream =
-        Box::pin(outbox::watch(db.clone(), params, WatchTuning::default(), shutdown).await?);
-    while let Some(e) = stream.next().await {
-        let e = e?;
-        if e.bookmark {
-            continue;
-        }
-        relay(db, &mut client, &e).await?;
-    }
-    Ok(())
+pub async fn run(db: Db, link: RegistryLink, shutdown: Shutdown) {
+    let types: Vec<&str> = EVENTS.iter().map(|(t, _)| *t).collect();
+    retry_forever("registry relay", shutdown.clone(), || async {
+        let client = link.connect(PURPOSE).await?;
+        link::follow_own(&db, CONSUMER, &types, shutdown.clone(), |e| {
+            let mut client = client.clone();
+            let db = db.clone();
+            async move { relay(&db, &mut client, &e).await }
+        })
+        .await
+    })
+    .await
 }
 
 /// What one pending row asks of the registry.
@@ -138,13 +99,13 @@ async fn relay(db: &Db, client: &mut RegistryClient, e: &ChangeEvent) -> anyhow:
     let mut tx = db.begin().await?;
     for (person, r) in results {
         let (status, error, version) = match r {
-            Ok(p) => (UpdateStatus::Applied, String::new(), version_of(&p)),
+            Ok(p) => (UpdateStatus::Applied, String::new(), link::etag_version(&p.etag)),
             Err(Outcome::Skip(why)) => (UpdateStatus::Refused, why, 0),
-            Err(Outcome::Failed(s)) if is_unreachable(&s) => {
+            Err(Outcome::Failed(s)) if link::is_unreachable(&s) => {
                 transient = Some(s);
                 continue;
             }
-            Err(Outcome::Failed(s)) if is_transient(&s) => {
+            Err(Outcome::Failed(s)) if link::is_transient(&s) => {
                 let attempts: i64 = sqlx::query_scalar(
                     "UPDATE registry_updates SET attempts = attempts + 1 \
                      WHERE subject = $1 AND step = $2 AND person_id = $3 RETURNING attempts",
@@ -155,7 +116,7 @@ async fn relay(db: &Db, client: &mut RegistryClient, e: &ChangeEvent) -> anyhow:
                 .fetch_one(tx.conn())
                 .await
                 .db()?;
-                if attempts < MAX_ATTEMPTS {
+                if attempts < link::MAX_ATTEMPTS {
                     transient = Some(s);
                     continue;
                 }
@@ -185,30 +146,9 @@ async fn relay(db: &Db, client: &mut RegistryClient, e: &ChangeEvent) -> anyhow:
         tx.commit().await?;
         return Err(anyhow::anyhow!("{subject}: the registry answered {s}; will retry"));
     }
-    sqlx::query(
-        "INSERT INTO consumer_cursors (consumer, cursor) VALUES ($1, $2) \
-         ON CONFLICT (consumer) DO UPDATE SET cursor = excluded.cursor",
-    )
-    .bind(CONSUMER)
-    .bind(&e.cursor)
-    .execute(tx.conn())
-    .await
-    .db()?;
+    link::save_cursor(&mut tx, CONSUMER, &e.cursor).await?;
     tx.commit().await?;
     Ok(())
-}
-
-/// The registry could not be reached or was busy: the row stays pending however long.
-fn is_unreachable(s: &tonic::Status) -> bool {
-    use tonic::Code::*;
-    matches!(s.code(), Unavailable | DeadlineExceeded | ResourceExhausted | Aborted | Cancelled)
-}
-
-/// Refusals that may pass (credentials or policy being fixed, an internal error): tried
-/// [`MAX_ATTEMPTS`] times.
-fn is_transient(s: &tonic::Status) -> bool {
-    use tonic::Code::*;
-    matches!(s.code(), Internal | Unknown | Unauthenticated | PermissionDenied)
 }
 
 /// Why a row was not applied.
@@ -224,10 +164,6 @@ enum Outcome {
 fn request_id(subject: &str, step: Step, person: &str) -> String {
     let key = format!("{subject}\n{}\n{person}", step.as_str());
     format!("concord-facilities:{}", concord_platform::idempotency::fingerprint(key.as_bytes()))
-}
-
-fn version_of(p: &reg::Person) -> i64 {
-    p.etag.trim_matches('"').parse().unwrap_or(0)
 }
 
 /// The pending rows of `subject` for `step`, with what each call needs.

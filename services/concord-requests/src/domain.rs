@@ -38,6 +38,26 @@ named_enum! {
     }
 }
 
+named_enum! {
+    /// Whether the registry recorded a subject's hand-over.
+    pub enum RegistryRecord("REGISTRY_RECORD_") {
+        Pending = "PENDING", Applied = "APPLIED", Refused = "REFUSED",
+    }
+}
+
+named_enum! {
+    /// Kinds of task.
+    pub enum TaskKind("TASK_KIND_") {
+        IdentityCheck = "IDENTITY_CHECK", DnaTest = "DNA_TEST", Consent = "CONSENT",
+        TravelDocuments = "TRAVEL_DOCUMENTS", Escort = "ESCORT", Other = "OTHER",
+    }
+}
+
+named_enum! {
+    /// Lifecycle of a task: OPEN -> DONE or CANCELLED.
+    pub enum TaskState("TASK_STATE_") { Open = "OPEN", Done = "DONE", Cancelled = "CANCELLED" }
+}
+
 impl RequestType {
     /// Repatriation and transfer for trial move people: they go through identity
     /// verification, consents, logistics and a hand-over.
@@ -97,6 +117,10 @@ pub struct Subject {
     pub verify_time: i64,
     /// The mother's recorded consent to a separation, or empty.
     pub separation_consent: String,
+    /// Whether the registry recorded the hand-over (accepted subjects, once handed over).
+    pub registry: Option<RegistryRecord>,
+    /// The registry's reason, when refused.
+    pub registry_error: String,
 }
 
 impl Subject {
@@ -333,6 +357,25 @@ pub fn may_record_consent(state: State, subjects: &[Subject], child: &str) -> Re
     }
 }
 
+/// The median of `values` (0 for none).
+pub fn median(values: &mut [f64]) -> f64 {
+    if values.is_empty() {
+        return 0.0;
+    }
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    if n % 2 == 1 {
+        values[n / 2]
+    } else {
+        (values[n / 2 - 1] + values[n / 2]) / 2.0
+    }
+}
+
+/// Who may complete or cancel a task: its owner, its creator, the coordinator.
+pub fn may_complete_task(agency: &str, coordinator: bool, owner: &str, creator: &str) -> bool {
+    coordinator || agency == owner || agency == creator
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -348,6 +391,8 @@ mod tests {
             verified_by: String::new(),
             verify_time: 0,
             separation_consent: String::new(),
+            registry: None,
+            registry_error: String::new(),
         }
     }
 
@@ -583,5 +628,12 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn median_of_odd_even_and_none() {
+        assert_eq!(median(&mut []), 0.0);
+        assert_eq!(median(&mut [9.0, 1.0, 4.0]), 4.0);
+        assert_eq!(median(&mut [9.0, 1.0, 4.0, 2.0]), 3.0);
     }
 }

@@ -9,7 +9,7 @@ use concord_platform::access::{self, Access, PurposeRule, Shared};
 use concord_platform::audit::Recorder;
 use concord_platform::auth::{AgencyKind, Scope, Visible};
 use concord_platform::error::{Error, Result, Violations};
-use concord_platform::fields::{etag, past_time, person_id, text};
+use concord_platform::fields::{etag, future_time, past_time, person_id, text};
 use concord_platform::filter::{self, Field, FieldType};
 use concord_platform::outbox::{self, WatchParams, WatchTuning};
 use concord_platform::policy::{Action, Policy};
@@ -22,6 +22,9 @@ use futures::{Stream, StreamExt};
 use tonic::{Request as Req, Response, Status};
 
 use crate::domain::*;
+use crate::registry::Registry;
+use crate::store::statistics::StateFigures;
+use crate::store::tasks::{Note, Task, Within};
 use crate::store::{Protocol, Request, Store};
 
 /// Error domain of the service (google.rpc.ErrorInfo.domain).
@@ -61,6 +64,7 @@ const FILTER: &[Field] = &[
 #[derive(Debug, Clone)]
 pub struct Requests {
     store: Store,
+    registry: Registry,
     policy: Arc<Policy>,
     recorder: Recorder,
     shutdown: Shutdown,
@@ -68,9 +72,11 @@ pub struct Requests {
 }
 
 impl Requests {
-    /// The service over `store`, enforcing `policy`; watch streams end when `shutdown` begins.
+    /// The service over `store`, checking subjects with `registry`, enforcing `policy`;
+    /// watch streams end when `shutdown` begins.
     pub fn new(
         store: Store,
+        registry: Registry,
         policy: Arc<Policy>,
         shutdown: Shutdown,
         streams_per_agency: usize,
@@ -78,6 +84,7 @@ impl Requests {
         let recorder = Recorder::spawn(store.db().clone());
         Self {
             store,
+            registry,
             policy,
             recorder,
             shutdown,
@@ -116,6 +123,19 @@ impl Requests {
         r.map_err(st)
     }
 
+    /// A write's result; a refusal is audited with its code, like the policy's.
+    async fn written<T>(
+        &self,
+        a: &Access,
+        resource: &str,
+        r: Result<T>,
+    ) -> Result<Response<T>, Status> {
+        if let Some(code) = r.as_ref().err().and_then(Error::refusal) {
+            self.recorder.record(vec![a.entry(resource, "", code)]).await.map_err(st)?;
+        }
+        r.map(Response::new).map_err(st)
+    }
+
     /// A change's result; a refusal of the caller's role is audited like the policy's.
     async fn outcome(
         &self,
@@ -123,12 +143,7 @@ impl Requests {
         resource: &str,
         r: Result<Request>,
     ) -> Result<Response<pb::Request>, Status> {
-        // Every refusal of a write is audited with its code, like the policy's refusals.
-        let refusal = r.as_ref().err().and_then(Error::refusal);
-        if let Some(code) = refusal {
-            self.recorder.record(vec![a.entry(resource, "", code)]).await.map_err(st)?;
-        }
-        r.map(|r| Response::new(request_out(&r))).map_err(st)
+        self.written(a, resource, r.map(|r| request_out(&r))).await
     }
 }
 
@@ -215,6 +230,8 @@ fn new_request(m: Option<&pb::Request>, requesting_state: &str) -> Result<Reques
             verified_by: String::new(),
             verify_time: 0,
             separation_consent: String::new(),
+            registry: None,
+            registry_error: String::new(),
         });
     }
     subjects.sort_by(|a, b| a.person_id.cmp(&b.person_id));
@@ -267,6 +284,8 @@ pub fn request_out(r: &Request) -> pb::Request {
                 identity_verified_by: s.verified_by.clone(),
                 identity_verify_time: ts(s.verify_time),
                 separation_consent: s.separation_consent.clone(),
+                registry_record: s.registry.map_or(0, |r| enum_out!(pb::RegistryRecord, r)),
+                registry_error: s.registry_error.clone(),
             })
             .collect(),
         summary: r.summary.clone(),
@@ -286,6 +305,166 @@ pub fn request_out(r: &Request) -> pb::Request {
         create_time: Some(to_timestamp(r.create_time)),
         update_time: Some(to_timestamp(r.update_time)),
         etag: format!("\"{}\"", r.version),
+    }
+}
+
+/// The contract's view of a task at `now`.
+pub fn task_out(t: &Task, now: i64) -> pb::Task {
+    pb::Task {
+        name: t.name(),
+        kind: enum_out!(pb::TaskKind, t.kind),
+        title: t.title.clone(),
+        owner: t.owner.clone(),
+        person: if t.person_id.is_empty() {
+            String::new()
+        } else {
+            format!("persons/{}", t.person_id)
+        },
+        due_time: Some(to_timestamp(t.due_time)),
+        state: enum_out!(pb::TaskState, t.state),
+        result: t.result.clone(),
+        created_by: t.created_by.clone(),
+        completed_by: t.completed_by.clone(),
+        create_time: Some(to_timestamp(t.create_time)),
+        complete_time: (t.complete_time != 0).then(|| to_timestamp(t.complete_time)),
+        overdue: t.overdue(now),
+        etag: format!("\"{}\"", t.version),
+    }
+}
+
+/// The contract's view of a note.
+pub fn note_out(n: &Note) -> pb::Note {
+    pb::Note {
+        name: n.name(),
+        reference: n.reference.clone(),
+        sender: n.sender.clone(),
+        addressee: n.addressee.clone(),
+        subject: n.subject.clone(),
+        body: n.body.clone(),
+        document: n.document.clone(),
+        send_time: Some(to_timestamp(n.send_time)),
+        create_time: Some(to_timestamp(n.create_time)),
+    }
+}
+
+/// The contract's view of a state's figures.
+fn figures_out(f: &StateFigures) -> pb::StateStatistics {
+    pb::StateStatistics {
+        name: format!("statistics/{}", f.state),
+        state: f.state.clone(),
+        requests_received: f.received,
+        requests_made: f.made,
+        accepted: f.accepted,
+        declined: f.declined,
+        pending: f.pending,
+        oldest_pending: f
+            .oldest_pending
+            .iter()
+            .map(|p| pb::PendingRequest {
+                request: format!("requests/{}", p.id),
+                r#type: enum_out!(pb::RequestType, p.kind),
+                state: enum_out!(pb::RequestState, p.state),
+                requesting_state: p.requesting_state.clone(),
+                age_days: p.age_days,
+            })
+            .collect(),
+        median_days_to_decision: f.median_days_to_decision,
+        nationals_held: f.nationals_held,
+        handed_over: f.handed_over,
+    }
+}
+
+/// The task a party writes, validated, for the request `request`.
+fn new_task(m: Option<&pb::Task>, request: String) -> Result<Task> {
+    let Some(m) = m else { return Err(Error::invalid("task", "is required")) };
+    let mut v = Violations::new();
+    let kind = required_enum!(v, "task.kind", m.kind, pb::TaskKind, TaskKind);
+    text(&mut v, "task.title", &m.title, 500);
+    if !agency_id(&m.owner) {
+        v.add("task.owner", "must be the id of the agency responsible, such as \"fr-mfa\"");
+    }
+    let person = if m.person.is_empty() {
+        String::new()
+    } else {
+        person_id(&mut v, "task.person", &m.person).unwrap_or_default()
+    };
+    let due = future_time(&mut v, "task.due_time", m.due_time.as_ref());
+    v.finish(Task {
+        id: String::new(),
+        request_id: request,
+        kind: kind.unwrap_or(TaskKind::Other),
+        title: m.title.trim().to_string(),
+        owner: m.owner.clone(),
+        person_id: person,
+        due_time: due,
+        state: TaskState::Open,
+        result: String::new(),
+        created_by: String::new(),
+        completed_by: String::new(),
+        create_time: 0,
+        complete_time: 0,
+        version: 0,
+    })
+}
+
+/// The note a party records, validated, for the request `request`.
+fn new_note(m: Option<&pb::Note>, request: String) -> Result<Note> {
+    let Some(m) = m else { return Err(Error::invalid("note", "is required")) };
+    let mut v = Violations::new();
+    text(&mut v, "note.reference", &m.reference, 200);
+    if !concord_platform::auth::is_state_code(&m.addressee) && !agency_id(&m.addressee) {
+        v.add("note.addressee", "must be a state (\"FR\") or an agency id (\"fr-mfa\")");
+    }
+    text(&mut v, "note.subject", &m.subject, 500);
+    if m.body.chars().count() > 20_000 {
+        v.add("note.body", "must be at most 20000 characters");
+    }
+    if m.document.chars().count() > 200 {
+        v.add("note.document", "must be at most 200 characters");
+    }
+    if m.body.trim().is_empty() && m.document.trim().is_empty() {
+        v.add("note.body", "a note has a body or a document (note.document)");
+    }
+    if m.send_time.is_none() {
+        v.add("note.send_time", "is required");
+    }
+    let sent = past_time(&mut v, "note.send_time", m.send_time.as_ref());
+    v.finish(Note {
+        id: String::new(),
+        request_id: request,
+        reference: m.reference.trim().to_string(),
+        sender: String::new(),
+        addressee: m.addressee.clone(),
+        subject: m.subject.trim().to_string(),
+        body: m.body.clone(),
+        document: m.document.trim().to_string(),
+        send_time: sent,
+        create_time: 0,
+    })
+}
+
+/// An agency id: lower-case letters, digits and dashes, at most 64.
+fn agency_id(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
+/// `requests/{request}` or, when `any` is allowed, `requests/-`.
+fn parent_of(name: &str, any: bool) -> Result<Option<String>> {
+    if any && name == "requests/-" {
+        return Ok(None);
+    }
+    request_id_of(name, "parent").map(Some)
+}
+
+/// The states whose figures the caller may read: the coordinator every state's, a state's
+/// agencies their own; anyone else none.
+fn figures_for(a: &Access) -> Option<Option<String>> {
+    match (&a.principal.kind, &a.principal.state) {
+        (AgencyKind::Coordinator, _) => Some(None),
+        (AgencyKind::StateMinistry | AgencyKind::Justice, Some(s)) => Some(Some(s.clone())),
+        _ => None,
     }
 }
 
@@ -344,6 +523,9 @@ impl RequestsService for Requests {
         };
         let rid = idempotency::key(&m.request_id, "request_id", &m).map_err(st)?;
         let r = new_request(m.request.as_ref(), &state).map_err(st)?;
+        // The registry says, as the caller, whether each subject is someone its state may
+        // ask about and is held.
+        self.registry.check_subjects(&a, r.kind, &state, &r.subjects).await.map_err(st)?;
         let r = self.store.create(&a, r, rid).await;
         self.outcome(&a, "requests", r).await
     }
@@ -410,6 +592,18 @@ impl RequestsService for Requests {
         let (id, to) = v.finish((id.unwrap_or_default(), to)).map_err(st)?;
         let to = to.unwrap_or(State::Draft);
         let reason = m.reason.trim().to_string();
+        if to == State::Submitted {
+            // The subjects again, as the registry has them now (time passes in a draft). A
+            // request the caller may not see, or not submit, fails in the change below.
+            if let Ok(r) = self.store.get(&a, &id).await {
+                if r.state == State::Draft && r.roles(&a).contains(&Role::Requester) {
+                    self.registry
+                        .check_subjects(&a, r.kind, &r.requesting_state, &r.subjects)
+                        .await
+                        .map_err(st)?;
+                }
+            }
+        }
         let r = self
             .store
             .change(
@@ -591,6 +785,152 @@ impl RequestsService for Requests {
             )
             .await;
         self.outcome(&a, &format!("requests/{id}"), r).await
+    }
+
+    async fn create_task(
+        &self,
+        req: Req<pb::CreateTaskRequest>,
+    ) -> Result<Response<pb::Task>, Status> {
+        let a = self.access(&req, Action::RequestsWrite, "CreateTask").await?;
+        let m = req.into_inner();
+        let mut v = Violations::new();
+        let parent = v.absorb(request_id_of(&m.parent, "parent"));
+        let rid = v.absorb(idempotency::key(&m.request_id, "request_id", &m)).flatten();
+        let task = v.absorb(new_task(m.task.as_ref(), parent.clone().unwrap_or_default()));
+        let task =
+            v.finish(task).map_err(st)?.ok_or_else(|| st(Error::invalid("task", "is required")))?;
+        let resource = format!("requests/{}", task.request_id);
+        let r = self.store.create_task(&a, task, rid).await;
+        self.written(&a, &resource, r.map(|t| task_out(&t, now_micros()))).await
+    }
+
+    async fn complete_task(
+        &self,
+        req: Req<pb::CompleteTaskRequest>,
+    ) -> Result<Response<pb::Task>, Status> {
+        let a = self.access(&req, Action::RequestsWrite, "CompleteTask").await?;
+        let m = req.into_inner();
+        let mut v = Violations::new();
+        let to = required_enum!(v, "state", m.state, pb::TaskState, TaskState);
+        if to == Some(TaskState::Open) {
+            v.add("state", "must be TASK_STATE_DONE or TASK_STATE_CANCELLED");
+        }
+        text(&mut v, "result", &m.result, 2000);
+        let expected = v.absorb(etag(&m.etag, "etag")).flatten();
+        let rid = v.absorb(idempotency::key(&m.request_id, "request_id", &m)).flatten();
+        if !m.name.starts_with("requests/") || !m.name.contains("/tasks/") {
+            v.add("name", "is not a name like \"requests/0192.../tasks/0192...\"");
+        }
+        let to = v.finish(to).map_err(st)?.unwrap_or(TaskState::Done);
+        let r = self
+            .store
+            .complete_task(&a, &m.name, to, m.result.trim().to_string(), expected, rid)
+            .await;
+        self.written(&a, &m.name, r.map(|t| task_out(&t, now_micros()))).await
+    }
+
+    async fn list_tasks(
+        &self,
+        req: Req<pb::ListTasksRequest>,
+    ) -> Result<Response<pb::ListTasksResponse>, Status> {
+        let a = self.access(&req, Action::RequestsRead, "ListTasks").await?;
+        let m = req.into_inner();
+        let parent = parent_of(&m.parent, true).map_err(st)?;
+        let size = paging::page_size(m.page_size).map_err(st)?;
+        let fp = paging::request_fingerprint(&[&m.parent, if m.overdue_only { "1" } else { "0" }]);
+        let after: Option<String> = paging::decode(&m.page_token, &fp).map_err(st)?;
+        let within = parent.as_deref().map_or(Within::All, Within::Request);
+        let now = now_micros();
+        let r = self
+            .store
+            .list_tasks(&a, within, m.overdue_only.then_some(now), after.as_deref(), size + 1)
+            .await;
+        let mut tasks = self.read(&a, &m.parent, r).await?;
+        let next = paging::finish_page(&mut tasks, size, &fp, |t| t.id.clone());
+        Ok(Response::new(pb::ListTasksResponse {
+            tasks: tasks.iter().map(|t| task_out(t, now)).collect(),
+            next_page_token: next,
+        }))
+    }
+
+    async fn create_note(
+        &self,
+        req: Req<pb::CreateNoteRequest>,
+    ) -> Result<Response<pb::Note>, Status> {
+        let a = self.access(&req, Action::RequestsWrite, "CreateNote").await?;
+        let m = req.into_inner();
+        let mut v = Violations::new();
+        let parent = v.absorb(request_id_of(&m.parent, "parent"));
+        let rid = v.absorb(idempotency::key(&m.request_id, "request_id", &m)).flatten();
+        let note = v.absorb(new_note(m.note.as_ref(), parent.unwrap_or_default()));
+        let note =
+            v.finish(note).map_err(st)?.ok_or_else(|| st(Error::invalid("note", "is required")))?;
+        let resource = format!("requests/{}", note.request_id);
+        let r = self.store.create_note(&a, note, rid).await;
+        self.written(&a, &resource, r.map(|n| note_out(&n))).await
+    }
+
+    async fn list_notes(
+        &self,
+        req: Req<pb::ListNotesRequest>,
+    ) -> Result<Response<pb::ListNotesResponse>, Status> {
+        let a = self.access(&req, Action::RequestsRead, "ListNotes").await?;
+        let m = req.into_inner();
+        let id = request_id_of(&m.parent, "parent").map_err(st)?;
+        let size = paging::page_size(m.page_size).map_err(st)?;
+        let fp = paging::request_fingerprint(&[&m.parent]);
+        let after: Option<String> = paging::decode(&m.page_token, &fp).map_err(st)?;
+        let r = self.store.list_notes(&a, &id, after.as_deref(), size + 1).await;
+        let mut notes = self.read(&a, &m.parent, r).await?;
+        let next = paging::finish_page(&mut notes, size, &fp, |n| n.id.clone());
+        Ok(Response::new(pb::ListNotesResponse {
+            notes: notes.iter().map(note_out).collect(),
+            next_page_token: next,
+        }))
+    }
+
+    async fn get_state_statistics(
+        &self,
+        req: Req<pb::GetStateStatisticsRequest>,
+    ) -> Result<Response<pb::StateStatistics>, Status> {
+        let a = self.access(&req, Action::RequestsRead, "GetStateStatistics").await?;
+        let name = req.into_inner().name;
+        let state = match name.strip_prefix("statistics/") {
+            Some(s) if concord_platform::auth::is_state_code(s) => s.to_string(),
+            _ => return Err(st(Error::invalid("name", "is not a name like \"statistics/FR\""))),
+        };
+        let r = match figures_for(&a) {
+            Some(None) => self.store.figures(&state).await,
+            Some(Some(own)) if own == state => self.store.figures(&state).await,
+            Some(Some(own)) => Err(Error::PermissionDenied(format!(
+                "the agencies of {own} read {own}'s figures; the coordinator reads every state's"
+            ))),
+            None => Err(Error::PermissionDenied(
+                "a state's figures are for its agencies and the coordinator".into(),
+            )),
+        };
+        let f = self.read(&a, &name, r).await?;
+        Ok(Response::new(figures_out(&f)))
+    }
+
+    async fn list_state_statistics(
+        &self,
+        req: Req<pb::ListStateStatisticsRequest>,
+    ) -> Result<Response<pb::ListStateStatisticsResponse>, Status> {
+        let a = self.access(&req, Action::RequestsRead, "ListStateStatistics").await?;
+        let states = match figures_for(&a) {
+            Some(None) => self.store.states_with_figures().await,
+            Some(Some(own)) => Ok(vec![own]),
+            None => Err(Error::PermissionDenied(
+                "a state's figures are for its agencies and the coordinator".into(),
+            )),
+        };
+        let states = self.read(&a, "statistics", states).await?;
+        let mut out = Vec::with_capacity(states.len());
+        for s in &states {
+            out.push(figures_out(&self.store.figures(s).await.map_err(st)?));
+        }
+        Ok(Response::new(pb::ListStateStatisticsResponse { statistics: out }))
     }
 
     type WatchChangesStream = WatchStream;

@@ -8,10 +8,14 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use concord_platform::auth::{HeaderCredentials, Principal};
+use concord_platform::link::RegistryLink;
 use concord_platform::policy::{Action, Policy};
 use concord_platform::server::{Services, Shutdown};
+use concord_proto::registry::v1 as reg;
+use concord_proto::registry::v1::registry_service_client::RegistryServiceClient;
 use concord_proto::requests::v1 as pb;
 use concord_proto::requests::v1::requests_service_client::RequestsServiceClient;
+use concord_testkit::people::{admit_at, person, relay_principal};
 use concord_testkit::{caller, coordinator, custodial, justice, ministry, monitor, TestServer};
 use futures::StreamExt;
 use prost::Message;
@@ -23,51 +27,80 @@ type Client = RequestsServiceClient<InterceptedService<Channel, HeaderCredential
 
 struct Harness {
     server: TestServer,
-    _t: concord_testkit::TestDb,
+    _registry: TestServer,
+    _dbs: (concord_testkit::TestDb, concord_testkit::TestDb),
+    /// A French mother and her two children, held at al-hol.
+    mother: String,
+    son: String,
+    daughter: String,
 }
 
 impl Harness {
     async fn start() -> Self {
-        let t = concord_testkit::database().await.unwrap();
+        let policy = Arc::new(Policy::embedded());
+        let reg_db = concord_testkit::database().await.unwrap();
         let (trigger, shutdown) = Shutdown::new();
         let cfg = concord_testkit::server_config();
         let (svc, _db) =
-            concord_requests::build(&t.url, Arc::new(Policy::embedded()), &cfg, shutdown.clone())
+            concord_registry::build(&reg_db.url, policy.clone(), &cfg, shutdown.clone())
                 .await
                 .unwrap();
+        let registry =
+            TestServer::start(Services::new().with(svc), trigger, shutdown, cfg).await.unwrap();
+        let ch = Channel::from_shared(registry.uri()).unwrap().connect().await.unwrap();
+        let r = RegistryServiceClient::with_interceptor(ch, caller(coordinator()));
+        let admit = |name: &str, sex: reg::Sex, year: i32| {
+            let p = person(name, "FR", sex, year);
+            let mut r = r.clone();
+            async move { admit_at(&mut r, p, "al-hol", "").await.unwrap() }
+        };
+        let mother = admit("Amina Haddad", reg::Sex::Female, 1994).await;
+        let son = admit("Yusuf Haddad", reg::Sex::Male, 2015).await;
+        let daughter = admit("Maryam Haddad", reg::Sex::Female, 2018).await;
+
+        let t = concord_testkit::database().await.unwrap();
+        let (trigger, shutdown) = Shutdown::new();
+        let cfg = concord_testkit::server_config();
+        let link = RegistryLink {
+            uri: registry.uri(),
+            tls: None,
+            principal: Some(relay_principal("concord-requests")),
+        };
+        let (svc, _db) =
+            concord_requests::build(&t.url, policy, &cfg, link, shutdown.clone()).await.unwrap();
         let server =
             TestServer::start(Services::new().with(svc), trigger, shutdown, cfg).await.unwrap();
-        Harness { server, _t: t }
+        Harness { server, _registry: registry, _dbs: (reg_db, t), mother, son, daughter }
     }
 
     async fn client(&self, p: Principal) -> Client {
         let ch = Channel::from_shared(self.server.uri()).unwrap().connect().await.unwrap();
         RequestsServiceClient::with_interceptor(ch, caller(p))
     }
-}
 
-const MOTHER: &str = "persons/0192d6c4-0000-7000-8000-000000000001";
-const SON: &str = "persons/0192d6c4-0000-7000-8000-000000000002";
-const DAUGHTER: &str = "persons/0192d6c4-0000-7000-8000-000000000003";
-
-/// France asks the Netherlands... no: France asks the custodial authority's host, here "SY"
-/// standing for the authority's side, to let it take back a mother and two children.
-fn repatriation() -> pb::Request {
-    let subject = |person: &str, mother: &str| pb::Subject {
-        person: person.into(),
-        unit: "haddad-family".into(),
-        mother: mother.into(),
-        ..Default::default()
-    };
-    pb::Request {
-        r#type: pb::RequestType::Repatriation as i32,
-        requested_state: "IQ".into(),
-        custodial_authority: "custodial-authority".into(),
-        receiving_state: "FR".into(),
-        subjects: vec![subject(MOTHER, ""), subject(SON, MOTHER), subject(DAUGHTER, MOTHER)],
-        summary: "Repatriation of a French mother and her two children from al-Hol".into(),
-        humanitarian_flags: vec!["medical".into()],
-        ..Default::default()
+    /// France asks Iraq (standing for the authority's side) to let it take back the mother
+    /// and her two children.
+    fn repatriation(&self) -> pb::Request {
+        let subject = |person: &str, mother: &str| pb::Subject {
+            person: person.into(),
+            unit: "haddad-family".into(),
+            mother: mother.into(),
+            ..Default::default()
+        };
+        pb::Request {
+            r#type: pb::RequestType::Repatriation as i32,
+            requested_state: "IQ".into(),
+            custodial_authority: "custodial-authority".into(),
+            receiving_state: "FR".into(),
+            subjects: vec![
+                subject(&self.mother, ""),
+                subject(&self.son, &self.mother),
+                subject(&self.daughter, &self.mother),
+            ],
+            summary: "Repatriation of a French mother and her two children from al-Hol".into(),
+            humanitarian_flags: vec!["medical".into()],
+            ..Default::default()
+        }
     }
 }
 
@@ -140,7 +173,7 @@ async fn a_mother_and_two_children_are_repatriated_through_every_guard() {
     let mut camp = h.client(custodial(&["al-hol"])).await;
     let mut cell = h.client(coordinator()).await;
 
-    let r = create(&mut fr, repatriation()).await.unwrap();
+    let r = create(&mut fr, h.repatriation()).await.unwrap();
     assert_eq!(r.state, S::Draft as i32);
     assert_eq!(r.requesting_state, "FR");
     // A draft is France's alone.
@@ -170,30 +203,30 @@ async fn a_mother_and_two_children_are_repatriated_through_every_guard() {
     to(&mut iq, &r.name, S::IdentityVerification).await.unwrap();
 
     // The mother declines to travel; the children go (to their grandparents).
-    decide(&mut iq, &r.name, MOTHER, pb::SubjectOutcome::Declined).await.unwrap();
+    decide(&mut iq, &r.name, &h.mother, pb::SubjectOutcome::Declined).await.unwrap();
     let err = to(&mut fr, &r.name, S::ConsentsCollected).await.unwrap_err();
     assert!(err.message().contains("no outcome is decided for"), "{}", err.message());
-    decide(&mut iq, &r.name, SON, pb::SubjectOutcome::Accepted).await.unwrap();
-    decide(&mut iq, &r.name, DAUGHTER, pb::SubjectOutcome::Accepted).await.unwrap();
+    decide(&mut iq, &r.name, &h.son, pb::SubjectOutcome::Accepted).await.unwrap();
+    decide(&mut iq, &r.name, &h.daughter, pb::SubjectOutcome::Accepted).await.unwrap();
     let err = to(&mut fr, &r.name, S::ConsentsCollected).await.unwrap_err();
     assert!(
         err.message().contains("has not verified the identity of")
-            && err.message().contains(SON)
-            && err.message().contains(DAUGHTER),
+            && err.message().contains(&h.son)
+            && err.message().contains(&h.daughter),
         "{}",
         err.message()
     );
-    let err = verify(&mut iq, &r.name, SON).await.unwrap_err();
+    let err = verify(&mut iq, &r.name, &h.son).await.unwrap_err();
     assert_eq!(err.code(), Code::PermissionDenied, "the receiving state verifies: {err:?}");
-    verify(&mut fr, &r.name, SON).await.unwrap();
-    let err = verify(&mut fr, &r.name, SON).await.unwrap_err();
+    verify(&mut fr, &r.name, &h.son).await.unwrap();
+    let err = verify(&mut fr, &r.name, &h.son).await.unwrap_err();
     assert!(err.message().contains("verified already by fr-mfa"), "not replaced: {err:?}");
-    verify(&mut fr, &r.name, DAUGHTER).await.unwrap();
+    verify(&mut fr, &r.name, &h.daughter).await.unwrap();
     to(&mut fr, &r.name, S::ConsentsCollected).await.unwrap();
     // The children leave without their mother: only with her recorded consent.
     let err = to(&mut camp, &r.name, S::LogisticsPlanned).await.unwrap_err();
     assert!(err.message().contains("recorded consent"), "{}", err.message());
-    for child in [SON, DAUGHTER] {
+    for child in [&h.son, &h.daughter] {
         camp.record_separation_consent(pb::RecordSeparationConsentRequest {
             name: r.name.clone(),
             person: child.into(),
@@ -206,7 +239,7 @@ async fn a_mother_and_two_children_are_repatriated_through_every_guard() {
     let err = camp
         .record_separation_consent(pb::RecordSeparationConsentRequest {
             name: r.name.clone(),
-            person: MOTHER.into(),
+            person: h.mother.clone(),
             consent: "n/a".into(),
             request_id: String::new(),
         })
@@ -266,7 +299,7 @@ async fn a_mother_and_two_children_are_repatriated_through_every_guard() {
 async fn bad_requests_are_refused_naming_each_field_and_nothing_is_stored() {
     let h = Harness::start().await;
     let mut fr = h.client(ministry("FR")).await;
-    let mut bad = repatriation();
+    let mut bad = h.repatriation();
     bad.requested_state = "FR".into();
     bad.receiving_state = String::new();
     bad.subjects.push(bad.subjects[0].clone());
@@ -285,7 +318,7 @@ async fn bad_requests_are_refused_naming_each_field_and_nothing_is_stored() {
     ] {
         assert!(err.message().contains(field), "{field} in {}", err.message());
     }
-    let mut consular = repatriation();
+    let mut consular = h.repatriation();
     consular.r#type = pb::RequestType::ConsularAccess as i32;
     let err = create(&mut fr, consular.clone()).await.unwrap_err();
     assert!(err.message().contains("only for requests that move people"), "{}", err.message());
@@ -293,11 +326,11 @@ async fn bad_requests_are_refused_naming_each_field_and_nothing_is_stored() {
     assert!(listed.requests.is_empty(), "nothing stored");
     // Only a state's ministry asks, for its own state.
     let mut camp = h.client(custodial(&["al-hol"])).await;
-    let err = create(&mut camp, repatriation()).await.unwrap_err();
+    let err = create(&mut camp, h.repatriation()).await.unwrap_err();
     assert_eq!(err.code(), Code::PermissionDenied);
     // A duplicate submission with the same request id stores one request.
     let again = |rid: &str| pb::CreateRequestRequest {
-        request: Some(repatriation()),
+        request: Some(h.repatriation()),
         request_id: rid.into(),
     };
     let a = fr.create_request(again("req-1")).await.unwrap().into_inner();
@@ -318,7 +351,7 @@ async fn bad_requests_are_refused_naming_each_field_and_nothing_is_stored() {
     assert_eq!(err.code(), Code::FailedPrecondition);
     let err = to(&mut iq, &c.name, S::Closed).await.unwrap_err();
     assert!(err.message().contains("no outcome is decided"), "{}", err.message());
-    for p in [MOTHER, SON, DAUGHTER] {
+    for p in [&h.mother, &h.son, &h.daughter] {
         // No disposition: nobody moves.
         let err = decide(&mut iq, &c.name, p, pb::SubjectOutcome::Accepted).await.unwrap_err();
         assert!(err.message().contains("only for requests that move people"), "{err:?}");
@@ -334,7 +367,7 @@ async fn bad_requests_are_refused_naming_each_field_and_nothing_is_stored() {
     }
     to(&mut iq, &c.name, S::Closed).await.unwrap();
     // A draft withdrawn unsent stays France's alone.
-    let withdrawn = create(&mut fr, repatriation()).await.unwrap();
+    let withdrawn = create(&mut fr, h.repatriation()).await.unwrap();
     to(&mut fr, &withdrawn.name, S::Withdrawn).await.unwrap();
     let err =
         iq.get_request(pb::GetRequestRequest { name: withdrawn.name.clone() }).await.unwrap_err();
@@ -351,6 +384,13 @@ const RPCS: &[(&str, Action)] = &[
     ("DecideSubject", Action::RequestsWrite),
     ("RecordSeparationConsent", Action::RequestsWrite),
     ("WatchChanges", Action::RequestsRead),
+    ("CreateTask", Action::RequestsWrite),
+    ("CompleteTask", Action::RequestsWrite),
+    ("ListTasks", Action::RequestsRead),
+    ("CreateNote", Action::RequestsWrite),
+    ("ListNotes", Action::RequestsRead),
+    ("GetStateStatistics", Action::RequestsRead),
+    ("ListStateStatistics", Action::RequestsRead),
 ];
 
 /// A request France made and brought to `state` (IQ requested, FR receiving, al-hol's
@@ -360,7 +400,7 @@ async fn at(h: &Harness, state: pb::RequestState) -> String {
     use pb::RequestState as S;
     let mut fr = h.client(ministry("FR")).await;
     let mut iq = h.client(ministry("IQ")).await;
-    let r = create(&mut fr, repatriation()).await.unwrap();
+    let r = create(&mut fr, h.repatriation()).await.unwrap();
     let path = [
         (S::Submitted, 0),
         (S::Acknowledged, 1),
@@ -371,11 +411,11 @@ async fn at(h: &Harness, state: pb::RequestState) -> String {
     ];
     for (next, who) in path {
         if next == S::ConsentsCollected {
-            decide(&mut iq, &r.name, MOTHER, pb::SubjectOutcome::Accepted).await.unwrap();
-            decide(&mut iq, &r.name, SON, pb::SubjectOutcome::Accepted).await.unwrap();
-            decide(&mut iq, &r.name, DAUGHTER, pb::SubjectOutcome::Declined).await.unwrap();
-            verify(&mut fr, &r.name, MOTHER).await.unwrap();
-            verify(&mut fr, &r.name, SON).await.unwrap();
+            decide(&mut iq, &r.name, &h.mother, pb::SubjectOutcome::Accepted).await.unwrap();
+            decide(&mut iq, &r.name, &h.son, pb::SubjectOutcome::Accepted).await.unwrap();
+            decide(&mut iq, &r.name, &h.daughter, pb::SubjectOutcome::Declined).await.unwrap();
+            verify(&mut fr, &r.name, &h.mother).await.unwrap();
+            verify(&mut fr, &r.name, &h.son).await.unwrap();
         }
         let c = if who == 0 { &mut fr } else { &mut iq };
         to(c, &r.name, next).await.unwrap();
@@ -384,6 +424,37 @@ async fn at(h: &Harness, state: pb::RequestState) -> String {
         }
     }
     r.name
+}
+
+/// An escort for `person`, due in a week.
+fn task(person: &str) -> pb::Task {
+    pb::Task {
+        kind: pb::TaskKind::Escort as i32,
+        title: "Escort to the Semalka crossing".into(),
+        owner: "custodial-authority".into(),
+        person: person.into(),
+        due_time: Some(prost_types::Timestamp {
+            seconds: (std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_secs()
+                + 7 * 86_400) as i64,
+            nanos: 0,
+        }),
+        ..Default::default()
+    }
+}
+
+/// France's note verbale asking for the request to be reviewed.
+fn note() -> pb::Note {
+    pb::Note {
+        reference: "2026/1432/MAE".into(),
+        addressee: "IQ".into(),
+        subject: "Repatriation of the Haddad family".into(),
+        body: "The Ministry presents its compliments...".into(),
+        send_time: Some(prost_types::Timestamp { seconds: 1_780_000_000, nanos: 0 }),
+        ..Default::default()
+    }
 }
 
 /// What `who` gets from `rpc` on the matrix's requests: `None` for success, else the code.
@@ -404,12 +475,37 @@ fn expected(who: &str, rpc: &str, allowed_by_policy: bool) -> Option<Code> {
             | "VerifySubjectIdentity"
             | "DecideSubject"
             | "RecordSeparationConsent"
+            | "CreateTask"
+            | "CompleteTask"
+            | "CreateNote"
+            | "ListNotes"
     );
     if object && !party {
         return Some(Code::NotFound);
     }
+    // The subjects are French: another state's ministry may not ask about them (the
+    // registry does not show them to it, and there is no agreement).
+    if rpc == "CreateRequest" && matches!(who, "IQ ministry" | "NL ministry") {
+        return Some(Code::InvalidArgument);
+    }
     let ok = match rpc {
-        "CreateRequest" => who.ends_with("ministry"),
+        "CreateRequest" => who == "FR ministry",
+        "CreateTask" | "ListTasks" | "CreateNote" | "ListNotes" => true,
+        // A task France created for the custodial authority: its owner, its creator or the
+        // coordinator completes it.
+        "CompleteTask" => matches!(who, "coordinator" | "custodial authority" | "FR ministry"),
+        "GetStateStatistics" => matches!(who, "coordinator" | "FR ministry" | "FR justice"),
+        "ListStateStatistics" => {
+            matches!(
+                who,
+                "coordinator"
+                    | "FR ministry"
+                    | "FR justice"
+                    | "IQ ministry"
+                    | "NL ministry"
+                    | "DE justice"
+            )
+        }
         "GetRequest" | "ListRequests" | "WatchChanges" => true,
         // UNDER_REVIEW -> SUSPENDED: a security step.
         "TransitionRequest" => matches!(who, "coordinator" | "custodial authority"),
@@ -439,7 +535,7 @@ async fn every_rpc_for_every_kind_of_principal_follows_the_policy_and_the_roles(
     let h = Harness::start().await;
     let policy = Policy::embedded();
     // A draft of France's, which no one else may see.
-    let draft = create(&mut h.client(ministry("FR")).await, repatriation()).await.unwrap();
+    let draft = create(&mut h.client(ministry("FR")).await, h.repatriation()).await.unwrap();
     let other_custodian = Principal { agency: "sdf-prisons".into(), ..custodial(&["ghwayran"]) };
     let callers = [
         ("coordinator", coordinator()),
@@ -461,7 +557,7 @@ async fn every_rpc_for_every_kind_of_principal_follows_the_policy_and_the_roles(
             let at_ = format!("{label} {rpc}");
             let result: Result<Vec<pb::Request>, tonic::Status> = match *rpc {
                 "CreateRequest" => {
-                    let mut r = repatriation();
+                    let mut r = h.repatriation();
                     let own = p.state.clone().unwrap_or_default();
                     r.requested_state = if own == "IQ" { "FR".into() } else { "IQ".into() };
                     r.receiving_state = own;
@@ -483,11 +579,11 @@ async fn every_rpc_for_every_kind_of_principal_follows_the_policy_and_the_roles(
                 }
                 "VerifySubjectIdentity" => {
                     let name = at(&h, pb::RequestState::IdentityVerification).await;
-                    verify(&mut c, &name, MOTHER).await.map(|_| vec![])
+                    verify(&mut c, &name, &h.mother).await.map(|_| vec![])
                 }
                 "DecideSubject" => {
                     let name = at(&h, pb::RequestState::IdentityVerification).await;
-                    decide(&mut c, &name, MOTHER, pb::SubjectOutcome::Accepted)
+                    decide(&mut c, &name, &h.mother, pb::SubjectOutcome::Accepted)
                         .await
                         .map(|_| vec![])
                 }
@@ -495,7 +591,7 @@ async fn every_rpc_for_every_kind_of_principal_follows_the_policy_and_the_roles(
                     let name = at(&h, pb::RequestState::ConsentsCollected).await;
                     c.record_separation_consent(pb::RecordSeparationConsentRequest {
                         name,
-                        person: DAUGHTER.into(),
+                        person: h.daughter.clone(),
                         consent: "signed form".into(),
                         request_id: String::new(),
                     })
@@ -510,7 +606,10 @@ async fn every_rpc_for_every_kind_of_principal_follows_the_policy_and_the_roles(
                             tokio::time::timeout(std::time::Duration::from_millis(200), s.next())
                                 .await
                         {
-                            if let Some(r) = m.unwrap().event.and_then(|e| e.resource) {
+                            let r = m.unwrap().event.and_then(|e| e.resource);
+                            // Requests; tasks and notes are about them (checked below
+                            // through their requests' visibility).
+                            if let Some(r) = r.filter(|r| r.type_url.ends_with(".Request")) {
                                 seen.push(pb::Request::decode(r.value.as_slice()).unwrap());
                             }
                         }
@@ -518,6 +617,76 @@ async fn every_rpc_for_every_kind_of_principal_follows_the_policy_and_the_roles(
                     }
                     Err(e) => Err(e),
                 },
+                "CreateTask" => {
+                    let name = at(&h, pb::RequestState::Submitted).await;
+                    c.create_task(pb::CreateTaskRequest {
+                        parent: name,
+                        task: Some(task(&h.son)),
+                        request_id: String::new(),
+                    })
+                    .await
+                    .map(|_| vec![])
+                }
+                "CompleteTask" => {
+                    let name = at(&h, pb::RequestState::Submitted).await;
+                    let mut fr = h.client(ministry("FR")).await;
+                    let t = fr
+                        .create_task(pb::CreateTaskRequest {
+                            parent: name,
+                            task: Some(task(&h.son)),
+                            request_id: String::new(),
+                        })
+                        .await
+                        .unwrap()
+                        .into_inner();
+                    c.complete_task(pb::CompleteTaskRequest {
+                        name: t.name,
+                        state: pb::TaskState::Done as i32,
+                        result: "done".into(),
+                        ..Default::default()
+                    })
+                    .await
+                    .map(|_| vec![])
+                }
+                "ListTasks" => c
+                    .list_tasks(pb::ListTasksRequest {
+                        parent: "requests/-".into(),
+                        ..Default::default()
+                    })
+                    .await
+                    .map(|_| vec![]),
+                "CreateNote" => {
+                    let name = at(&h, pb::RequestState::Submitted).await;
+                    c.create_note(pb::CreateNoteRequest {
+                        parent: name,
+                        note: Some(note()),
+                        request_id: String::new(),
+                    })
+                    .await
+                    .map(|_| vec![])
+                }
+                "ListNotes" => {
+                    let name = at(&h, pb::RequestState::Submitted).await;
+                    c.list_notes(pb::ListNotesRequest { parent: name, ..Default::default() })
+                        .await
+                        .map(|_| vec![])
+                }
+                "GetStateStatistics" => c
+                    .get_state_statistics(pb::GetStateStatisticsRequest {
+                        name: "statistics/FR".into(),
+                    })
+                    .await
+                    .map(|_| vec![]),
+                "ListStateStatistics" => {
+                    c.list_state_statistics(pb::ListStateStatisticsRequest {}).await.map(|r| {
+                        let states: Vec<String> =
+                            r.into_inner().statistics.into_iter().map(|s| s.state).collect();
+                        if p.kind != concord_platform::auth::AgencyKind::Coordinator {
+                            assert_eq!(states, vec![p.state.clone().unwrap()], "{at_}");
+                        }
+                        vec![]
+                    })
+                }
                 other => panic!("no call for {other}"),
             };
             match (result, expected(label, rpc, grant.allows(*action))) {

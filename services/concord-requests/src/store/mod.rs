@@ -20,6 +20,9 @@ use sqlx::Row;
 
 use crate::domain::*;
 
+pub mod statistics;
+pub mod tasks;
+
 static SQLITE: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 static POSTGRES: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
@@ -137,7 +140,7 @@ impl Request {
 
     /// Visibility tags of its events: its parties (states, and the custodial authority as
     /// `@agency`). Drafts have no events.
-    fn tags(&self) -> String {
+    pub(crate) fn tags(&self) -> String {
         let mut t = format!("|{}|{}|", self.requesting_state, self.requested_state);
         if !self.receiving_state.is_empty() {
             t.push_str(&self.receiving_state);
@@ -199,6 +202,8 @@ fn subject_from_row(r: &AnyRow) -> Result<Subject> {
         verified_by: r.try_get("verified_by").db()?,
         verify_time: r.try_get("verify_time").db()?,
         separation_consent: r.try_get("separation_consent").db()?,
+        registry: RegistryRecord::parse(&r.try_get::<String, _>("registry_status").db()?),
+        registry_error: r.try_get("registry_error").db()?,
     })
 }
 
@@ -255,7 +260,7 @@ impl Store {
         }
         let mut sql = Sql::new(
             "SELECT request_id, person_id, unit, mother, outcome, disposition, verified_by, verify_time, \
-             separation_consent FROM subjects WHERE request_id IN ",
+             separation_consent, registry_status, registry_error FROM subjects WHERE request_id IN ",
         );
         sql.bind_list(ids.iter().map(|i| SqlValue::Text(i.clone())))
             .push(" ORDER BY request_id, person_id");
@@ -298,15 +303,29 @@ impl Store {
         Ok(r)
     }
 
-    /// One request the caller is a party to.
-    pub async fn get(&self, access: &Access, id: &str) -> Result<Request> {
-        let mut r = self
-            .load(self.db.reader(), id)
-            .await?
-            .ok_or_else(|| Error::NotFound(format!("requests/{id}")))?;
-        if r.roles(access).is_empty() {
+    /// The request `id` (without its subjects) and the caller's roles in it: NOT_FOUND when
+    /// it is not a party.
+    pub(crate) async fn party<'c, E>(
+        &self,
+        exec: E,
+        access: &Access,
+        id: &str,
+    ) -> Result<(Request, Vec<Role>)>
+    where
+        E: sqlx::Executor<'c, Database = sqlx::Any>,
+    {
+        let r =
+            self.load(exec, id).await?.ok_or_else(|| Error::NotFound(format!("requests/{id}")))?;
+        let roles = r.roles(access);
+        if roles.is_empty() {
             return Err(Error::NotFound(r.name()));
         }
+        Ok((r, roles))
+    }
+
+    /// One request the caller is a party to.
+    pub async fn get(&self, access: &Access, id: &str) -> Result<Request> {
+        let (mut r, _) = self.party(self.db.reader(), access, id).await?;
         r.subjects = self
             .subjects(self.db.reader(), std::slice::from_ref(&r.id))
             .await?
@@ -324,24 +343,8 @@ impl Store {
         before: Option<&str>,
         limit: i64,
     ) -> Result<Vec<Request>> {
-        let p = &access.principal;
         let mut sql = Sql::new(format!("SELECT {COLUMNS} FROM requests r WHERE "));
-        // The same rule as Request::roles, in SQL.
-        let state = p.state.clone().unwrap_or_default();
-        let of_state = matches!(p.kind, AgencyKind::StateMinistry | AgencyKind::Justice);
-        sql.push("(");
-        if p.kind == AgencyKind::Coordinator {
-            sql.push("r.submit_time <> 0");
-        } else if of_state && !state.is_empty() {
-            sql.push("r.requesting_state = ").bind_text(state.clone());
-            sql.push(" OR (r.submit_time <> 0 AND (r.requested_state = ").bind_text(state.clone());
-            sql.push(" OR r.receiving_state = ").bind_text(state).push("))");
-        } else if p.kind == AgencyKind::CustodialAuthority {
-            sql.push("r.submit_time <> 0 AND r.custodial_authority = ").bind_text(p.agency.clone());
-        } else {
-            sql.push("1 = 0");
-        }
-        sql.push(")");
+        parties(&mut sql, access);
         if let Some(f) = filter {
             sql.push(" AND ").append(f);
         }
@@ -385,14 +388,7 @@ impl Store {
                 return self.get(access, id).await;
             }
         }
-        let mut r = self
-            .load(tx.conn(), id)
-            .await?
-            .ok_or_else(|| Error::NotFound(format!("requests/{id}")))?;
-        let roles = r.roles(access);
-        if roles.is_empty() {
-            return Err(Error::NotFound(r.name()));
-        }
+        let (mut r, roles) = self.party(tx.conn(), access, id).await?;
         check_etag(&r.name(), r.version, expected_version)?;
         r.subjects = self
             .subjects(tx.conn(), std::slice::from_ref(&r.id))
@@ -405,6 +401,20 @@ impl Store {
         r.version += 1;
         r.update_time = now_micros();
         save(&mut tx, &r, false).await?;
+        if r.state == State::HandedOver && from != State::HandedOver {
+            // The relay records each accepted subject's hand-over in the registry.
+            for s in r.subjects.iter_mut().filter(|s| s.accepted()) {
+                s.registry = Some(RegistryRecord::Pending);
+            }
+            sqlx::query(
+                "UPDATE subjects SET registry_status = 'PENDING' WHERE request_id = $1 AND outcome = $2",
+            )
+            .bind(&r.id)
+            .bind(Outcome::Accepted.as_str())
+            .execute(tx.conn())
+            .await
+            .db()?;
+        }
         if r.state != from {
             timeline(&mut tx, &r, Some(from), &r.state_reason.clone(), &access.principal.agency)
                 .await?;
@@ -421,6 +431,27 @@ impl Store {
         tx.commit().await?;
         Ok(r)
     }
+}
+
+/// The requests (alias `r`) the caller is a party to, as a condition: the rule of
+/// [`Request::roles`], in SQL.
+pub(crate) fn parties(sql: &mut Sql, access: &Access) {
+    let p = &access.principal;
+    let state = p.state.clone().unwrap_or_default();
+    let of_state = matches!(p.kind, AgencyKind::StateMinistry | AgencyKind::Justice);
+    sql.push("(");
+    if p.kind == AgencyKind::Coordinator {
+        sql.push("r.submit_time <> 0");
+    } else if of_state && !state.is_empty() {
+        sql.push("r.requesting_state = ").bind_text(state.clone());
+        sql.push(" OR (r.submit_time <> 0 AND (r.requested_state = ").bind_text(state.clone());
+        sql.push(" OR r.receiving_state = ").bind_text(state).push("))");
+    } else if p.kind == AgencyKind::CustodialAuthority {
+        sql.push("r.submit_time <> 0 AND r.custodial_authority = ").bind_text(p.agency.clone());
+    } else {
+        sql.push("1 = 0");
+    }
+    sql.push(")");
 }
 
 /// Writes the request row (inserting it when `new`, else compare-and-set on its version) and
