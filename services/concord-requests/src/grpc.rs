@@ -234,7 +234,6 @@ fn new_request(m: Option<&pb::Request>, requesting_state: &str) -> Result<Reques
             registry_error: String::new(),
         });
     }
-    subjects.sort_by(|a, b| a.person_id.cmp(&b.person_id));
     v.finish(Request {
         id: String::new(),
         kind: kind.unwrap_or(RequestType::Repatriation),
@@ -526,6 +525,9 @@ impl RequestsService for Requests {
         // The registry says, as the caller, whether each subject is someone its state may
         // ask about and is held.
         self.registry.check_subjects(&a, r.kind, &state, &r.subjects).await.map_err(st)?;
+        // Stored and shown in person order (errors above name the caller's positions).
+        let mut r = r;
+        r.subjects.sort_by(|a, b| a.person_id.cmp(&b.person_id));
         let r = self.store.create(&a, r, rid).await;
         self.outcome(&a, "requests", r).await
     }

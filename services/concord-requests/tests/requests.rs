@@ -73,6 +73,12 @@ impl Harness {
         Harness { server, _registry: registry, _dbs: (reg_db, t), mother, son, daughter }
     }
 
+    /// The registry, as the coordinator.
+    async fn registry(&self) -> concord_testkit::people::Registry {
+        let ch = Channel::from_shared(self._registry.uri()).unwrap().connect().await.unwrap();
+        RegistryServiceClient::with_interceptor(ch, caller(coordinator()))
+    }
+
     async fn client(&self, p: Principal) -> Client {
         let ch = Channel::from_shared(self.server.uri()).unwrap().connect().await.unwrap();
         RequestsServiceClient::with_interceptor(ch, caller(p))
@@ -716,4 +722,211 @@ async fn every_rpc_for_every_kind_of_principal_follows_the_policy_and_the_roles(
         }
     }
     assert!(listed > 0, "the listings returned something to check");
+}
+
+fn in_secs(secs: i64) -> prost_types::Timestamp {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
+    prost_types::Timestamp { seconds: now.as_secs() as i64 + secs, nanos: 0 }
+}
+
+#[tokio::test]
+async fn subjects_are_checked_in_the_registry_as_the_caller() {
+    let h = Harness::start().await;
+    let mut r = h.registry().await;
+    // Registered, never admitted: not held.
+    let free = r
+        .create_person(reg::CreatePersonRequest {
+            person: Some(person("Leila Haddad", "FR", reg::Sex::Female, 1990)),
+            request_id: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .name;
+    // Held, but Dutch.
+    let dutch =
+        admit_at(&mut r, person("Eva de Vries", "NL", reg::Sex::Female, 1992), "al-hol", "")
+            .await
+            .unwrap();
+    let mut fr = h.client(ministry("FR")).await;
+    let mut req = h.repatriation();
+    req.subjects.push(pb::Subject { person: free.clone(), ..Default::default() });
+    req.subjects.push(pb::Subject { person: dutch.clone(), ..Default::default() });
+    req.subjects.push(pb::Subject {
+        person: "persons/0192d6c4-0000-7000-8000-00000000dead".into(),
+        ..Default::default()
+    });
+    let err = create(&mut fr, req).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    let m = err.message();
+    assert!(
+        m.contains(&format!("request.subjects[3].person: {free} is not held in custody")),
+        "{m}"
+    );
+    assert!(
+        m.contains(&format!("request.subjects[4].person: {dutch} is not a person FR may see")),
+        "{m}"
+    );
+    assert!(m.contains("request.subjects[5].person"), "{m}");
+    assert!(!m.contains("subjects[0]"), "the family is fine: {m}");
+    let listed = fr.list_requests(pb::ListRequestsRequest::default()).await.unwrap().into_inner();
+    assert!(listed.requests.is_empty(), "nothing stored");
+    // Identity verification may be about anyone the state may see, held or not.
+    let mut idv = pb::Request {
+        r#type: pb::RequestType::IdentityVerification as i32,
+        receiving_state: String::new(),
+        subjects: vec![pb::Subject { person: free.clone(), ..Default::default() }],
+        ..h.repatriation()
+    };
+    create(&mut fr, idv.clone()).await.unwrap();
+    // The Netherlands may ask about its national, not about France's.
+    let mut nl = h.client(ministry("NL")).await;
+    idv.subjects = vec![pb::Subject { person: dutch.clone(), ..Default::default() }];
+    create(&mut nl, idv.clone()).await.unwrap();
+    idv.subjects = vec![pb::Subject { person: free, ..Default::default() }];
+    assert_eq!(create(&mut nl, idv).await.unwrap_err().code(), Code::InvalidArgument);
+}
+
+#[tokio::test]
+async fn tasks_have_owners_and_deadlines_and_notes_are_kept_with_the_request() {
+    let h = Harness::start().await;
+    let mut fr = h.client(ministry("FR")).await;
+    let mut camp = h.client(custodial(&["al-hol"])).await;
+    let name = create(&mut fr, h.repatriation()).await.unwrap().name;
+    to(&mut fr, &name, pb::RequestState::Submitted).await.unwrap();
+
+    // Bad tasks: each field named, nothing stored.
+    let bad = pb::Task {
+        kind: 0,
+        title: " ".into(),
+        owner: "Custodial Authority".into(),
+        person: h.mother.clone() + "x",
+        due_time: Some(in_secs(-3600)),
+        ..Default::default()
+    };
+    let err = fr
+        .create_task(pb::CreateTaskRequest {
+            parent: name.clone(),
+            task: Some(bad),
+            request_id: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    for f in ["task.kind", "task.title", "task.owner", "task.due_time: is in the past"] {
+        assert!(err.message().contains(f), "{f} in {}", err.message());
+    }
+    let stranger =
+        pb::Task { person: "persons/0192d6c4-0000-7000-8000-00000000dead".into(), ..task(&h.son) };
+    let err = fr
+        .create_task(pb::CreateTaskRequest {
+            parent: name.clone(),
+            task: Some(stranger),
+            request_id: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert!(err.message().contains("is not a subject of"), "{}", err.message());
+    let all = |overdue_only| pb::ListTasksRequest {
+        parent: "requests/-".into(),
+        overdue_only,
+        ..Default::default()
+    };
+    assert!(
+        fr.list_tasks(all(false)).await.unwrap().into_inner().tasks.is_empty(),
+        "nothing stored"
+    );
+
+    // A task due in a week, created twice with one request id: one task.
+    let create_task = |t: pb::Task, rid: &str| pb::CreateTaskRequest {
+        parent: name.clone(),
+        task: Some(t),
+        request_id: rid.into(),
+    };
+    let week = fr.create_task(create_task(task(&h.son), "t-1")).await.unwrap().into_inner();
+    let again = fr.create_task(create_task(task(&h.son), "t-1")).await.unwrap().into_inner();
+    assert_eq!(week.name, again.name);
+    assert_eq!(week.state, pb::TaskState::Open as i32);
+    // One due in a second: overdue after it.
+    let soon = pb::Task {
+        due_time: Some(in_secs(1)),
+        title: "DNA test of the son".into(),
+        kind: pb::TaskKind::DnaTest as i32,
+        ..task(&h.son)
+    };
+    let soon = fr.create_task(create_task(soon, "")).await.unwrap().into_inner();
+    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    // The custodial authority (its owner) sees both, and the overdue listing names one.
+    let overdue = camp.list_tasks(all(true)).await.unwrap().into_inner().tasks;
+    assert_eq!(overdue.iter().map(|t| t.name.clone()).collect::<Vec<_>>(), vec![soon.name.clone()]);
+    assert!(overdue[0].overdue);
+    assert_eq!(camp.list_tasks(all(false)).await.unwrap().into_inner().tasks.len(), 2);
+    // Another state sees none of it.
+    let mut nl = h.client(ministry("NL")).await;
+    assert!(nl.list_tasks(all(false)).await.unwrap().into_inner().tasks.is_empty());
+    // Done by its owner, once; then not overdue.
+    let complete = |n: &str| pb::CompleteTaskRequest {
+        name: n.into(),
+        state: pb::TaskState::Done as i32,
+        result: "negative match, mother confirmed".into(),
+        ..Default::default()
+    };
+    let done = camp.complete_task(complete(&soon.name)).await.unwrap().into_inner();
+    assert_eq!(
+        (done.state, done.completed_by.as_str()),
+        (pb::TaskState::Done as i32, "custodial-authority")
+    );
+    let err = camp.complete_task(complete(&soon.name)).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    assert!(camp.list_tasks(all(true)).await.unwrap().into_inner().tasks.is_empty());
+    let mut iq = h.client(ministry("IQ")).await;
+    let err = iq.complete_task(complete(&week.name)).await.unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "neither owner nor creator: {err:?}");
+
+    // Notes.
+    let bad_note = pb::Note {
+        reference: String::new(),
+        addressee: "Iraq".into(),
+        subject: "x".into(),
+        send_time: Some(in_secs(86_400)),
+        ..Default::default()
+    };
+    let err = fr
+        .create_note(pb::CreateNoteRequest {
+            parent: name.clone(),
+            note: Some(bad_note),
+            request_id: String::new(),
+        })
+        .await
+        .unwrap_err();
+    for f in ["note.reference", "note.addressee", "note.body", "note.send_time"] {
+        assert!(err.message().contains(f), "{f} in {}", err.message());
+    }
+    fr.create_note(pb::CreateNoteRequest {
+        parent: name.clone(),
+        note: Some(note()),
+        request_id: String::new(),
+    })
+    .await
+    .unwrap();
+    let notes = iq
+        .list_notes(pb::ListNotesRequest { parent: name.clone(), ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner()
+        .notes;
+    assert_eq!(notes.len(), 1);
+    assert_eq!(
+        (notes[0].sender.as_str(), notes[0].reference.as_str()),
+        ("fr-mfa", "2026/1432/MAE")
+    );
+    let err = nl
+        .list_notes(pb::ListNotesRequest { parent: name.clone(), ..Default::default() })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    // A final request takes no new task.
+    to(&mut fr, &name, pb::RequestState::Withdrawn).await.unwrap();
+    let err = fr.create_task(create_task(task(&h.son), "")).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
 }

@@ -97,11 +97,13 @@ impl Store {
         let decided = sqlx::query(
             "SELECT r.submit_time, r.decide_time, \
              (SELECT t.to_state FROM request_transitions t WHERE t.request_id = r.id \
-              AND t.to_state IN ('REQUEST_STATE_APPROVED_IN_PRINCIPLE', 'REQUEST_STATE_REJECTED') \
+              AND t.to_state IN ($2, $3) \
               ORDER BY t.id LIMIT 1) AS decision \
              FROM requests r WHERE r.requested_state = $1 AND r.decide_time <> 0",
         )
         .bind(state)
+        .bind(State::ApprovedInPrinciple.as_str())
+        .bind(State::Rejected.as_str())
         .fetch_all(db)
         .await
         .db()?;
