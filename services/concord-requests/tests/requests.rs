@@ -783,8 +783,25 @@ async fn subjects_are_checked_in_the_registry_as_the_caller() {
     let mut nl = h.client(ministry("NL")).await;
     idv.subjects = vec![pb::Subject { person: dutch.clone(), ..Default::default() }];
     create(&mut nl, idv.clone()).await.unwrap();
-    idv.subjects = vec![pb::Subject { person: free, ..Default::default() }];
-    assert_eq!(create(&mut nl, idv).await.unwrap_err().code(), Code::InvalidArgument);
+    idv.subjects = vec![pb::Subject { person: free.clone(), ..Default::default() }];
+    assert_eq!(create(&mut nl, idv.clone()).await.unwrap_err().code(), Code::InvalidArgument);
+    // Unless France shares her with it by an agreement: the registry decides, as for a read.
+    let ch = Channel::from_shared(h._registry.uri()).unwrap().connect().await.unwrap();
+    let mut france = RegistryServiceClient::with_interceptor(ch, caller(ministry("FR")));
+    france
+        .create_sharing_agreement(reg::CreateSharingAgreementRequest {
+            sharing_agreement: Some(reg::SharingAgreement {
+                grantee_state: "NL".into(),
+                persons: vec![free],
+                purpose: "identity verification of a detainee".into(),
+                expire_time: Some(in_secs(86_400)),
+                ..Default::default()
+            }),
+            request_id: String::new(),
+        })
+        .await
+        .unwrap();
+    create(&mut nl, idv).await.unwrap();
 }
 
 #[tokio::test]
