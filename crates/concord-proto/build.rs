@@ -15,6 +15,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "concord/facilities/v1/facilities.proto",
         "concord/requests/v1/resources.proto",
         "concord/requests/v1/requests.proto",
+        "concord/gateway/v1/gateway.proto",
     ];
     let fds = protox::compile(files, [&root])?;
     let out = PathBuf::from(std::env::var("OUT_DIR")?);

@@ -31,6 +31,14 @@ pub mod facilities {
     }
 }
 
+/// The gateway's own contract: `concord.gateway.v1`.
+pub mod gateway {
+    /// `concord.gateway.v1`
+    pub mod v1 {
+        tonic::include_proto!("concord.gateway.v1");
+    }
+}
+
 /// The diplomatic requests contract: `concord.requests.v1`.
 pub mod requests {
     /// `concord.requests.v1`

@@ -552,10 +552,20 @@ impl RequestsService for Requests {
         let filter = filter::parse(&m.filter)
             .and_then(|e| e.map(|e| filter::to_sql(&e, FILTER)).transpose())
             .map_err(st)?;
-        let fp = paging::request_fingerprint(&[&m.filter]);
+        let person = if m.person.is_empty() {
+            None
+        } else {
+            let mut v = Violations::new();
+            let id = person_id(&mut v, "person", &m.person);
+            v.finish(id).map_err(st)?
+        };
+        let fp = paging::request_fingerprint(&[&m.filter, &m.person]);
         let before: Option<String> = paging::decode(&m.page_token, &fp).map_err(st)?;
-        let mut rs =
-            self.store.list(&a, filter.as_ref(), before.as_deref(), size + 1).await.map_err(st)?;
+        let mut rs = self
+            .store
+            .list(&a, filter.as_ref(), person.as_deref(), before.as_deref(), size + 1)
+            .await
+            .map_err(st)?;
         let next = paging::finish_page(&mut rs, size, &fp, |r| r.id.clone());
         if !rs.is_empty() {
             let names: Vec<String> = rs.iter().map(Request::name).collect();

@@ -811,6 +811,15 @@ async fn tasks_have_owners_and_deadlines_and_notes_are_kept_with_the_request() {
     let mut camp = h.client(custodial(&["al-hol"])).await;
     let name = create(&mut fr, h.repatriation()).await.unwrap().name;
     to(&mut fr, &name, pb::RequestState::Submitted).await.unwrap();
+    // The requests naming a person (what the gateway's case file asks).
+    let naming =
+        |person: &str| pb::ListRequestsRequest { person: person.into(), ..Default::default() };
+    let found = camp.list_requests(naming(&h.son)).await.unwrap().into_inner().requests;
+    assert_eq!(found.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(), vec![name.as_str()]);
+    let other = "persons/0192d6c4-0000-7000-8000-00000000dead";
+    assert!(camp.list_requests(naming(other)).await.unwrap().into_inner().requests.is_empty());
+    let err = camp.list_requests(naming("someone")).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
 
     // Bad tasks: each field named, nothing stored.
     let bad = pb::Task {

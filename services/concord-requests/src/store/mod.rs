@@ -335,11 +335,13 @@ impl Store {
         Ok(r)
     }
 
-    /// Requests the caller is a party to, newest first, before `before`, matching `filter`.
+    /// Requests the caller is a party to, newest first, before `before`, matching `filter`
+    /// and naming `person` as a subject.
     pub async fn list(
         &self,
         access: &Access,
         filter: Option<&Sql>,
+        person: Option<&str>,
         before: Option<&str>,
         limit: i64,
     ) -> Result<Vec<Request>> {
@@ -347,6 +349,11 @@ impl Store {
         parties(&mut sql, access);
         if let Some(f) = filter {
             sql.push(" AND ").append(f);
+        }
+        if let Some(p) = person {
+            sql.push(" AND EXISTS (SELECT 1 FROM subjects s WHERE s.request_id = r.id AND s.person_id = ")
+                .bind_text(p)
+                .push(")");
         }
         if let Some(b) = before {
             sql.push(" AND r.id < ").bind_text(b);
