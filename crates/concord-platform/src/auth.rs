@@ -406,7 +406,15 @@ impl HeaderCredentials {
 
     /// Adds the metadata to a request.
     pub fn apply<T>(&self, req: &mut tonic::Request<T>) {
-        let md = req.metadata_mut();
+        let md = std::mem::take(req.metadata_mut());
+        let mut headers = md.into_headers();
+        self.apply_headers(&mut headers);
+        *req.metadata_mut() = tonic::metadata::MetadataMap::from_headers(headers);
+    }
+
+    /// Adds the metadata to the headers of a call passed on as it is (the gateway's
+    /// pass-through).
+    pub fn apply_headers(&self, md: &mut http::HeaderMap) {
         // Whatever identity metadata the request carried is replaced, never merged: a
         // forwarder that passes a partner's metadata on cannot let it add roles.
         for k in FORWARDED {

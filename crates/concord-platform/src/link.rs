@@ -16,9 +16,9 @@ use crate::outbox::{self, WatchParams, WatchTuning};
 use crate::server::Shutdown;
 use crate::storage::{Db, SqlxResultExt, Tx};
 
-/// How a service reaches the registry.
+/// How a service reaches another (the registry, or for the gateway every service).
 #[derive(Debug, Clone)]
-pub struct RegistryLink {
+pub struct ServiceLink {
     /// `https://host:port` (or `http://` in tests).
     pub uri: String,
     /// Mutual TLS as this service's identity.
@@ -28,7 +28,7 @@ pub struct RegistryLink {
     pub principal: Option<Principal>,
 }
 
-/// Identifies the calling service (as [`RegistryLink::principal`] says), or forwards the
+/// Identifies the calling service (as [`ServiceLink::principal`] says), or forwards the
 /// principal of the partner it acts for, and states a purpose on every call.
 #[derive(Debug, Clone)]
 pub struct LinkCredentials {
@@ -47,20 +47,21 @@ impl tonic::service::Interceptor for LinkCredentials {
     }
 }
 
-/// A registry client over a [`RegistryLink`].
+/// A registry client over a [`ServiceLink`].
 pub type RegistryClient = RegistryServiceClient<
     tonic::service::interceptor::InterceptedService<TracedChannel, LinkCredentials>,
 >;
 
-impl RegistryLink {
-    /// Connects now, as this service, stating `purpose` on every call.
-    pub async fn connect(&self, purpose: &str) -> anyhow::Result<RegistryClient> {
+impl ServiceLink {
+    /// A registry client connected now, as this service, stating `purpose` on every call.
+    pub async fn registry(&self, purpose: &str) -> anyhow::Result<RegistryClient> {
         let channel = crate::client::connect(&self.uri, self.tls.clone()).await?;
         Ok(self.client(channel, self.principal.clone(), purpose))
     }
 
     /// A channel that connects on its first call and reconnects by itself: for calls made
-    /// on behalf of partners, each with [`RegistryLink::forwarding`].
+    /// on behalf of partners (each with [`ServiceLink::registry_forwarding`], or
+    /// [`HeaderCredentials`] for other services).
     pub fn channel(&self) -> anyhow::Result<TracedChannel> {
         crate::client::connect_lazy(&self.uri, self.tls.clone())
     }
@@ -68,7 +69,7 @@ impl RegistryLink {
     /// A client over `channel` that forwards `principal` (the partner this service acts
     /// for) and its `purpose`: the registry then answers exactly what that partner may see.
     /// The service must be one of the registry's trusted forwarders.
-    pub fn forwarding(
+    pub fn registry_forwarding(
         &self,
         channel: TracedChannel,
         principal: &Principal,
@@ -190,7 +191,7 @@ where
 /// the last batch applied.
 pub async fn follow_registry<A, Fut>(
     db: &Db,
-    link: &RegistryLink,
+    link: &ServiceLink,
     consumer: &str,
     purpose: &str,
     mut apply: A,
@@ -199,7 +200,7 @@ where
     A: FnMut(Vec<ChangeEvent>) -> Fut,
     Fut: Future<Output = Result<()>>,
 {
-    let mut client = link.connect(purpose).await?;
+    let mut client = link.registry(purpose).await?;
     let from = cursor(db, consumer).await?;
     let stream = client
         .watch_changes(concord_proto::registry::v1::WatchChangesRequest {

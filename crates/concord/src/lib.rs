@@ -31,6 +31,8 @@ pub enum Target {
     Facilities,
     /// The diplomatic requests service.
     Requests,
+    /// The gateway.
+    Gateway,
 }
 
 /// `concord serve` settings.
@@ -55,10 +57,21 @@ pub struct Config {
     /// Address of the diplomatic requests service's gRPC server.
     #[arg(long, env = "CONCORD_REQUESTS_ADDR", default_value = "127.0.0.1:50053")]
     pub requests_addr: SocketAddr,
+    /// Address of the gateway's gRPC server: the one address partners call.
+    #[arg(long, env = "CONCORD_GATEWAY_ADDR", default_value = "127.0.0.1:50050")]
+    pub gateway_addr: SocketAddr,
     /// The registry as other services reach it; default: the registry this process runs, or
     /// https://localhost:50051.
     #[arg(long, env = "CONCORD_REGISTRY_URL")]
     pub registry_url: Option<String>,
+    /// The facilities service as the gateway reaches it; default: the one this process runs,
+    /// or https://localhost:50052.
+    #[arg(long, env = "CONCORD_FACILITIES_URL")]
+    pub facilities_url: Option<String>,
+    /// The requests service as the gateway reaches it; default: the one this process runs, or
+    /// https://localhost:50053.
+    #[arg(long, env = "CONCORD_REQUESTS_URL")]
+    pub requests_url: Option<String>,
     /// PEM certificate this process presents when it calls other services (a `service`
     /// agency of the directory); default: the demo PKI's identity of each service
     /// (concord-facilities, concord-requests).
@@ -259,6 +272,8 @@ pub struct Running {
     pub facilities: Option<SocketAddr>,
     /// The requests service's address, if it runs.
     pub requests: Option<SocketAddr>,
+    /// The gateway's address, if it runs.
+    pub gateway: Option<SocketAddr>,
     /// The plaintext health address, if any.
     pub health: Option<SocketAddr>,
 }
@@ -279,7 +294,8 @@ pub async fn start(
         health: None,
         tasks: Vec::new(),
     };
-    let mut running = Running { registry: None, facilities: None, requests: None, health: None };
+    let mut running =
+        Running { registry: None, facilities: None, requests: None, gateway: None, health: None };
     if matches!(cfg.target, Target::All | Target::Registry) {
         let (svc, db) = concord_registry::build(
             &cfg.registry_database_url(),
@@ -289,7 +305,7 @@ pub async fn start(
         )
         .await?;
         running.registry =
-            Some(launcher.launch(cfg.registry_addr, Services::new().with(svc), db).await?);
+            Some(launcher.launch(cfg.registry_addr, Services::new().with(svc), Some(db)).await?);
     }
     if matches!(cfg.target, Target::All | Target::Facilities) {
         let link = registry_link(cfg, running.registry, "concord-facilities")?;
@@ -303,7 +319,7 @@ pub async fn start(
         )
         .await?;
         running.facilities =
-            Some(launcher.launch(cfg.facilities_addr, Services::new().with(svc), db).await?);
+            Some(launcher.launch(cfg.facilities_addr, Services::new().with(svc), Some(db)).await?);
     }
     if matches!(cfg.target, Target::All | Target::Requests) {
         let link = registry_link(cfg, running.registry, "concord-requests")?;
@@ -316,7 +332,28 @@ pub async fn start(
         )
         .await?;
         running.requests =
-            Some(launcher.launch(cfg.requests_addr, Services::new().with(svc), db).await?);
+            Some(launcher.launch(cfg.requests_addr, Services::new().with(svc), Some(db)).await?);
+    }
+    if matches!(cfg.target, Target::All | Target::Gateway) {
+        let links = concord_gateway::Links {
+            registry: registry_link(cfg, running.registry, "concord-gateway")?,
+            facilities: service_link(
+                cfg,
+                &cfg.facilities_url,
+                running.facilities,
+                50052,
+                "concord-gateway",
+            )?,
+            requests: service_link(
+                cfg,
+                &cfg.requests_url,
+                running.requests,
+                50053,
+                "concord-gateway",
+            )?,
+        };
+        let services = concord_gateway::services(&links, &cfg.server)?;
+        running.gateway = Some(launcher.launch(cfg.gateway_addr, services, None).await?);
     }
     running.health = launcher.health;
     let mut tasks = launcher.tasks;
@@ -339,11 +376,24 @@ fn registry_link(
     cfg: &Config,
     local: Option<SocketAddr>,
     service: &str,
-) -> anyhow::Result<concord_platform::link::RegistryLink> {
-    let uri = match (&cfg.registry_url, local) {
+) -> anyhow::Result<concord_platform::link::ServiceLink> {
+    service_link(cfg, &cfg.registry_url, local, 50051, service)
+}
+
+/// How `service` reaches another: at `url`, else the one this process runs (`local`), else
+/// localhost on `port`; over mutual TLS as --service-cert, or else as the demo PKI's
+/// `service`.
+fn service_link(
+    cfg: &Config,
+    url: &Option<String>,
+    local: Option<SocketAddr>,
+    port: u16,
+    service: &str,
+) -> anyhow::Result<concord_platform::link::ServiceLink> {
+    let uri = match (url, local) {
         (Some(u), _) => u.clone(),
         (None, Some(a)) => format!("https://localhost:{}", a.port()),
-        (None, None) => "https://localhost:50051".into(),
+        (None, None) => format!("https://localhost:{port}"),
     };
     let demo = pki::DemoPki { dir: cfg.demo_pki_dir(), created: false };
     let ca = cfg.tls_client_ca.clone().unwrap_or_else(|| demo.server().ca);
@@ -358,7 +408,7 @@ fn registry_link(
         .unwrap_or("localhost")
         .to_string();
     let tls = if uri.starts_with("https://") { Some(files.client_config(&host)?) } else { None };
-    Ok(concord_platform::link::RegistryLink { uri, tls, principal: None })
+    Ok(concord_platform::link::ServiceLink { uri, tls, principal: None })
 }
 
 /// Binds and serves each service of a process the same way.
@@ -379,7 +429,7 @@ impl Launcher<'_> {
         &mut self,
         addr: SocketAddr,
         mut services: Services,
-        db: concord_platform::storage::Db,
+        db: Option<concord_platform::storage::Db>,
     ) -> anyhow::Result<SocketAddr> {
         let listener = server::bind(addr).await?;
         let bound = listener.local_addr()?;
@@ -393,7 +443,9 @@ impl Launcher<'_> {
         let shutdown = self.shutdown.clone();
         self.tasks.push(tokio::spawn(async move {
             let r = server::serve(listener, services, security, &server_cfg, shutdown).await;
-            db.close().await;
+            if let Some(db) = db {
+                db.close().await;
+            }
             r
         }));
         Ok(bound)

@@ -111,6 +111,9 @@ async fn main() -> anyhow::Result<()> {
         let database = redact(&cfg.requests_database_url());
         tracing::info!(%addr, %database, "requests ready");
     }
+    if let Some(addr) = running.gateway {
+        tracing::info!(%addr, "gateway ready");
+    }
     let result = served.await;
     telemetry.shutdown();
     result

@@ -36,7 +36,7 @@ pub async fn build(
     policy: Arc<Policy>,
     rules: domain::SeparationRules,
     cfg: &ServerConfig,
-    registry: Option<concord_platform::link::RegistryLink>,
+    registry: Option<concord_platform::link::ServiceLink>,
     shutdown: Shutdown,
 ) -> anyhow::Result<(FacilitiesServiceServer<Facilities>, Db)> {
     let db = Db::connect(database_url, store::MIGRATIONS, DbOptions::default()).await?;

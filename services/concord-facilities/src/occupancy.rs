@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 
 use concord_platform::error::{Error, Result};
-use concord_platform::link::RegistryLink;
+use concord_platform::link::ServiceLink;
 use concord_platform::link::{self, retry_forever};
 use concord_platform::server::Shutdown;
 use concord_platform::sql::{Sql, SqlValue};
@@ -224,11 +224,11 @@ pub async fn occupancy(db: &Db, facility: &str) -> Result<Occupancy> {
 }
 
 /// Follows the registry until `shutdown`, reconnecting with backoff after any failure.
-pub async fn follow(db: Db, link: RegistryLink, shutdown: Shutdown) {
+pub async fn follow(db: Db, link: ServiceLink, shutdown: Shutdown) {
     retry_forever("occupancy", shutdown.clone(), || follow_once(&db, &link)).await
 }
 
-async fn follow_once(db: &Db, link: &RegistryLink) -> anyhow::Result<()> {
+async fn follow_once(db: &Db, link: &ServiceLink) -> anyhow::Result<()> {
     link::follow_registry(
         db,
         link,

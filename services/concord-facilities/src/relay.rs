@@ -12,7 +12,7 @@
 //! failures leave it PENDING and the event is retried with backoff; the cursor moves past an
 //! event only when none of its rows is pending.
 
-use concord_platform::link::{self, retry_forever, RegistryClient, RegistryLink};
+use concord_platform::link::{self, retry_forever, RegistryClient, ServiceLink};
 use concord_platform::server::Shutdown;
 use concord_platform::storage::{Db, SqlxResultExt};
 use concord_platform::time::to_timestamp;
@@ -42,10 +42,10 @@ const CONCURRENCY: usize = 8;
 
 /// Follows this service's changes and records them in the registry until `shutdown`,
 /// reconnecting with backoff after any failure.
-pub async fn run(db: Db, link: RegistryLink, shutdown: Shutdown) {
+pub async fn run(db: Db, link: ServiceLink, shutdown: Shutdown) {
     let types: Vec<&str> = EVENTS.iter().map(|(t, _)| *t).collect();
     retry_forever("registry relay", shutdown.clone(), || async {
-        let client = link.connect(PURPOSE).await?;
+        let client = link.registry(PURPOSE).await?;
         link::follow_own(&db, CONSUMER, &types, shutdown.clone(), |e| {
             let mut client = client.clone();
             let db = db.clone();

@@ -21,7 +21,7 @@ pub mod store;
 use std::sync::Arc;
 
 use concord_platform::config::ServerConfig;
-use concord_platform::link::RegistryLink;
+use concord_platform::link::ServiceLink;
 use concord_platform::policy::Policy;
 use concord_platform::server::Shutdown;
 use concord_platform::storage::{Db, DbOptions};
@@ -36,7 +36,7 @@ pub async fn build(
     database_url: &str,
     policy: Arc<Policy>,
     cfg: &ServerConfig,
-    registry: RegistryLink,
+    registry: ServiceLink,
     shutdown: Shutdown,
 ) -> anyhow::Result<(RequestsServiceServer<Requests>, Db)> {
     let db = Db::connect(database_url, store::MIGRATIONS, DbOptions::default()).await?;

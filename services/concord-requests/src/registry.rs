@@ -10,7 +10,7 @@
 use concord_platform::access::Access;
 use concord_platform::client::TracedChannel;
 use concord_platform::error::{Error, Result, Violations};
-use concord_platform::link::{self, retry_forever, RegistryLink};
+use concord_platform::link::{self, retry_forever, ServiceLink};
 use concord_platform::server::Shutdown;
 use concord_platform::storage::{Db, SqlxResultExt};
 use concord_proto::r#type::v1::ChangeEvent;
@@ -46,19 +46,19 @@ pub fn needs_custody(kind: RequestType) -> bool {
 /// The service's view of the registry.
 #[derive(Debug, Clone)]
 pub struct Registry {
-    link: RegistryLink,
+    link: ServiceLink,
     channel: TracedChannel,
 }
 
 impl Registry {
     /// Over `link`; connects on first use.
-    pub fn new(link: RegistryLink) -> anyhow::Result<Self> {
+    pub fn new(link: ServiceLink) -> anyhow::Result<Self> {
         let channel = link.channel()?;
         Ok(Self { link, channel })
     }
 
     /// The link, for the relay and the projection.
-    pub fn link(&self) -> &RegistryLink {
+    pub fn link(&self) -> &ServiceLink {
         &self.link
     }
 
@@ -77,8 +77,11 @@ impl Registry {
             .map(|(i, s)| (i, format!("persons/{}", s.person_id)))
             .collect();
         let answers = futures::stream::iter(names.into_iter().map(|(i, name)| {
-            let mut client =
-                self.link.forwarding(self.channel.clone(), &access.principal, &access.purpose);
+            let mut client = self.link.registry_forwarding(
+                self.channel.clone(),
+                &access.principal,
+                &access.purpose,
+            );
             async move {
                 let r = client.get_person(reg::GetPersonRequest { name: name.clone() }).await;
                 (i, name, r.map(tonic::Response::into_inner))
@@ -173,7 +176,7 @@ pub async fn apply(db: &Db, events: &[ChangeEvent]) -> Result<()> {
 }
 
 /// Follows the registry until `shutdown`, reconnecting with backoff after any failure.
-pub async fn follow(db: Db, link: RegistryLink, shutdown: Shutdown) {
+pub async fn follow(db: Db, link: ServiceLink, shutdown: Shutdown) {
     retry_forever("requests: registry projection", shutdown.clone(), || {
         link::follow_registry(&db, &link, CONSUMER, PURPOSE, |events| {
             let db = db.clone();

@@ -12,7 +12,7 @@
 //! other failures are tried a few times. The cursor moves past an event only when none of
 //! its subjects is pending, in the transaction that records the last of them.
 
-use concord_platform::link::{self, retry_forever, RegistryClient, RegistryLink};
+use concord_platform::link::{self, retry_forever, RegistryClient, ServiceLink};
 use concord_platform::server::Shutdown;
 use concord_platform::storage::{Db, SqlxResultExt};
 use concord_platform::time::to_timestamp;
@@ -36,9 +36,9 @@ const HANDED_OVER: &str = "request.handed_over";
 const CONCURRENCY: usize = 8;
 
 /// Follows this service's changes and records hand-overs in the registry until `shutdown`.
-pub async fn run(db: Db, link: RegistryLink, shutdown: Shutdown) {
+pub async fn run(db: Db, link: ServiceLink, shutdown: Shutdown) {
     retry_forever("requests: registry relay", shutdown.clone(), || async {
-        let client = link.connect(PURPOSE).await?;
+        let client = link.registry(PURPOSE).await?;
         link::follow_own(&db, CONSUMER, &[HANDED_OVER], shutdown.clone(), |e| {
             let mut client = client.clone();
             let db = db.clone();

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use concord_platform::auth::{HeaderCredentials, Principal};
-use concord_platform::link::RegistryLink;
+use concord_platform::link::ServiceLink;
 use concord_platform::policy::Policy;
 use concord_platform::server::{Services, Shutdown};
 use concord_proto::facilities::v1 as fac;
@@ -27,8 +27,8 @@ use tonic::transport::Channel;
 type Requests = RequestsServiceClient<InterceptedService<Channel, HeaderCredentials>>;
 type Facilities = FacilitiesServiceClient<InterceptedService<Channel, HeaderCredentials>>;
 
-fn link(registry: &TestServer, service: &str) -> RegistryLink {
-    RegistryLink { uri: registry.uri(), tls: None, principal: Some(relay_principal(service)) }
+fn link(registry: &TestServer, service: &str) -> ServiceLink {
+    ServiceLink { uri: registry.uri(), tls: None, principal: Some(relay_principal(service)) }
 }
 
 async fn connect(uri: &str) -> Channel {

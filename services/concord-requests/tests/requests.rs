@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use concord_platform::auth::{HeaderCredentials, Principal};
-use concord_platform::link::RegistryLink;
+use concord_platform::link::ServiceLink;
 use concord_platform::policy::{Action, Policy};
 use concord_platform::server::{Services, Shutdown};
 use concord_proto::registry::v1 as reg;
@@ -61,7 +61,7 @@ impl Harness {
         let t = concord_testkit::database().await.unwrap();
         let (trigger, shutdown) = Shutdown::new();
         let cfg = concord_testkit::server_config();
-        let link = RegistryLink {
+        let link = ServiceLink {
             uri: registry.uri(),
             tls: None,
             principal: Some(relay_principal("concord-requests")),

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use concord_platform::auth::{HeaderCredentials, Principal};
-use concord_platform::link::RegistryLink;
+use concord_platform::link::ServiceLink;
 use concord_platform::policy::Policy;
 use concord_platform::server::{Services, Shutdown};
 use concord_proto::facilities::v1::facilities_service_client::FacilitiesServiceClient;
@@ -32,7 +32,7 @@ pub async fn registry() -> (TestServer, concord_testkit::TestDb) {
 pub async fn facilities(url: &str, registry_uri: &str) -> TestServer {
     let (trigger, shutdown) = Shutdown::new();
     let cfg = concord_testkit::server_config();
-    let link = RegistryLink {
+    let link = ServiceLink {
         uri: registry_uri.to_string(),
         tls: None,
         principal: Some(relay_principal()),

@@ -1,0 +1,230 @@
+//! The case file of a person, composed from the registry, the facilities service and the
+//! requests service, each asked as the partner (its principal and purpose forwarded), in
+//! parallel, under one deadline. A part that does not come in time, or is refused, is left
+//! out with its status; only a person who cannot be read fails the call.
+
+use std::collections::BTreeSet;
+use std::future::Future;
+use std::time::Duration;
+
+use concord_platform::auth::{HeaderCredentials, Principal};
+use concord_platform::client::TracedChannel;
+use concord_proto::facilities::v1 as fac;
+use concord_proto::facilities::v1::facilities_service_client::FacilitiesServiceClient;
+use concord_proto::gateway::v1 as pb;
+use concord_proto::registry::v1 as reg;
+use concord_proto::registry::v1::registry_service_client::RegistryServiceClient;
+use concord_proto::requests::v1 as req;
+use concord_proto::requests::v1::requests_service_client::RequestsServiceClient;
+use tokio::time::Instant;
+use tonic::{Code, Status};
+
+/// Family members fetched at most.
+pub const MAX_FAMILY: usize = 50;
+
+/// Custody events fetched at most.
+pub const MAX_EVENTS: i32 = 1000;
+
+/// Requests fetched at most.
+pub const MAX_REQUESTS: i32 = 100;
+
+/// The channels to the services behind the gateway (connections reused across calls).
+#[derive(Debug, Clone)]
+pub struct Backends {
+    /// The registry.
+    pub registry: TracedChannel,
+    /// The facilities service.
+    pub facilities: TracedChannel,
+    /// The requests service.
+    pub requests: TracedChannel,
+}
+
+/// Who the gateway acts for.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    /// The partner, as authenticated.
+    pub principal: Principal,
+    /// Its stated purpose.
+    pub purpose: String,
+}
+
+impl Caller {
+    fn credentials(&self) -> HeaderCredentials {
+        HeaderCredentials::new(self.principal.clone()).with_purpose(self.purpose.clone())
+    }
+}
+
+/// A request carrying the time left before `deadline` (`grpc-timeout`), so each service
+/// stops work the caller will not wait for.
+fn within<T>(message: T, deadline: Instant) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(message);
+    r.set_timeout(deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1)));
+    r
+}
+
+/// Awaits `call` until `deadline`: DEADLINE_EXCEEDED after it, whatever the service does.
+async fn until<T>(
+    deadline: Instant,
+    call: impl Future<Output = Result<tonic::Response<T>, Status>>,
+) -> Result<T, Status> {
+    match tokio::time::timeout_at(deadline, call).await {
+        Ok(r) => r.map(tonic::Response::into_inner),
+        Err(_) => Err(Status::deadline_exceeded("no answer within the call's deadline")),
+    }
+}
+
+/// The upper-case name of a gRPC code, as in the contract.
+pub fn code_name(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "CANCELLED",
+        Code::Unknown => "UNKNOWN",
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        Code::NotFound => "NOT_FOUND",
+        Code::AlreadyExists => "ALREADY_EXISTS",
+        Code::PermissionDenied => "PERMISSION_DENIED",
+        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::Aborted => "ABORTED",
+        Code::OutOfRange => "OUT_OF_RANGE",
+        Code::Unimplemented => "UNIMPLEMENTED",
+        Code::Internal => "INTERNAL",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::DataLoss => "DATA_LOSS",
+        Code::Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+fn part(part: pb::Part, service: &str, r: Result<(), &Status>) -> pb::PartStatus {
+    let (code, message) = match r {
+        Ok(()) => ("OK".to_string(), String::new()),
+        Err(s) => (code_name(s.code()).to_string(), s.message().to_string()),
+    };
+    pb::PartStatus { part: part as i32, code, message, service: service.into() }
+}
+
+/// The case file of `person` ("persons/{id}") as `caller` may see it, by `deadline`.
+pub async fn case_file(
+    b: &Backends,
+    caller: &Caller,
+    person: &str,
+    deadline: Instant,
+) -> Result<pb::CaseFile, Status> {
+    let reg_client =
+        || RegistryServiceClient::with_interceptor(b.registry.clone(), caller.credentials());
+    let (mut r1, mut r2, mut r3) = (reg_client(), reg_client(), reg_client());
+    let mut requests =
+        RequestsServiceClient::with_interceptor(b.requests.clone(), caller.credentials());
+    let name = person.to_string();
+    let (found, relationships, events, named_in) = tokio::join!(
+        until(
+            deadline,
+            r1.get_person(within(reg::GetPersonRequest { name: name.clone() }, deadline))
+        ),
+        until(
+            deadline,
+            r2.list_relationships(within(
+                reg::ListRelationshipsRequest { parent: name.clone() },
+                deadline
+            ))
+        ),
+        until(
+            deadline,
+            r3.list_custody_events(within(
+                reg::ListCustodyEventsRequest {
+                    parent: name.clone(),
+                    page_size: MAX_EVENTS,
+                    page_token: String::new()
+                },
+                deadline
+            ))
+        ),
+        until(
+            deadline,
+            requests.list_requests(within(
+                req::ListRequestsRequest {
+                    person: name.clone(),
+                    page_size: MAX_REQUESTS,
+                    ..Default::default()
+                },
+                deadline
+            ))
+        ),
+    );
+    // Without the person there is no case file: the registry's answer is the call's.
+    let found = found?;
+
+    // Second round: what the first named.
+    let relationships = relationships.map(|r| r.relationships);
+    let related: Vec<String> = match &relationships {
+        Ok(rs) => {
+            let mut seen = BTreeSet::new();
+            rs.iter()
+                .map(|r| if r.person == name { r.related_person.clone() } else { r.person.clone() })
+                .filter(|p| p != &name && seen.insert(p.clone()))
+                .take(MAX_FAMILY)
+                .collect()
+        }
+        Err(_) => Vec::new(),
+    };
+    let family = futures::future::join_all(related.into_iter().map(|p| {
+        let mut c = reg_client();
+        async move {
+            until(deadline, c.get_person(within(reg::GetPersonRequest { name: p }, deadline))).await
+        }
+    }));
+    let facility = async {
+        if found.facility_id.is_empty() {
+            return Ok(None);
+        }
+        let mut c =
+            FacilitiesServiceClient::with_interceptor(b.facilities.clone(), caller.credentials());
+        let name = format!("facilities/{}", found.facility_id);
+        until(deadline, c.get_facility(within(fac::GetFacilityRequest { name }, deadline)))
+            .await
+            .map(Some)
+    };
+    let (family, facility) = tokio::join!(family, facility);
+
+    // Relatives the caller may not see are simply not in its case file; any other failure
+    // leaves the part incomplete.
+    let mut members = Vec::new();
+    let mut family_error = relationships.as_ref().err().cloned();
+    for r in family {
+        match r {
+            Ok(p) => members.push(p),
+            Err(s) if s.code() == Code::NotFound => {}
+            Err(s) => family_error = family_error.or(Some(s)),
+        }
+    }
+    let parts = vec![
+        part(pb::Part::Person, "registry", Ok(())),
+        part(pb::Part::Family, "registry", family_error.as_ref().map_or(Ok(()), Err)),
+        part(pb::Part::CustodyTimeline, "registry", events.as_ref().map(|_| ())),
+        part(pb::Part::Facility, "facilities", facility.as_ref().map(|_| ())),
+        part(pb::Part::Requests, "requests", named_in.as_ref().map(|_| ())),
+    ];
+    Ok(pb::CaseFile {
+        name,
+        person: Some(found),
+        relationships: relationships.unwrap_or_default(),
+        family: members,
+        custody_events: events.map(|e| e.custody_events).unwrap_or_default(),
+        facility: facility.ok().flatten(),
+        requests: named_in.map(|r| r.requests).unwrap_or_default(),
+        parts,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn code_names_are_the_contracts() {
+        assert_eq!(code_name(Code::DeadlineExceeded), "DEADLINE_EXCEEDED");
+        assert_eq!(code_name(Code::Unavailable), "UNAVAILABLE");
+        assert_eq!(code_name(Code::Ok), "OK");
+    }
+}

@@ -1,0 +1,66 @@
+//! The gateway's own RPCs.
+
+use std::time::Duration;
+
+use concord_platform::access;
+use concord_platform::auth;
+use concord_platform::error::{Error, Violations};
+use concord_platform::fields::person_id;
+use concord_proto::gateway::v1 as pb;
+use concord_proto::gateway::v1::gateway_service_server::GatewayService;
+use tokio::time::Instant;
+use tonic::{Request, Response, Status};
+
+use crate::casefile::{self, Backends, Caller};
+
+/// Error domain of the gateway (google.rpc.ErrorInfo.domain).
+pub const DOMAIN: &str = "gateway.concord";
+
+/// The deadline of a call that sets none.
+pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(5);
+
+/// Kept from the deadline to compose and send the answer.
+const MARGIN: Duration = Duration::from_millis(10);
+
+/// The gateway service.
+#[derive(Debug, Clone)]
+pub struct Gateway {
+    backends: Backends,
+    max_deadline: Duration,
+}
+
+impl Gateway {
+    /// Over `backends`; no call's deadline is longer than `max_deadline`.
+    pub fn new(backends: Backends, max_deadline: Duration) -> Self {
+        Self { backends, max_deadline }
+    }
+
+    /// The caller and the instant by which it wants its answer.
+    fn caller<T>(&self, req: &Request<T>) -> Result<(Caller, Instant), Status> {
+        let st = |e: Error| e.into_status(DOMAIN);
+        let principal = auth::principal(req).map_err(st)?;
+        let purpose = access::purpose(req.metadata()).map_err(st)?;
+        let asked = concord_platform::client::grpc_timeout(req.metadata().as_ref())
+            .unwrap_or(DEFAULT_DEADLINE)
+            .min(self.max_deadline);
+        let deadline = Instant::now() + asked.saturating_sub(MARGIN);
+        Ok((Caller { principal, purpose }, deadline))
+    }
+}
+
+#[tonic::async_trait]
+impl GatewayService for Gateway {
+    async fn get_case_file(
+        &self,
+        req: Request<pb::GetCaseFileRequest>,
+    ) -> Result<Response<pb::CaseFile>, Status> {
+        let (caller, deadline) = self.caller(&req)?;
+        let m = req.into_inner();
+        let mut v = Violations::new();
+        let id = person_id(&mut v, "person", &m.person);
+        let id = v.finish(id).map_err(|e| e.into_status(DOMAIN))?.unwrap_or_default();
+        let file = casefile::case_file(&self.backends, &caller, &format!("persons/{id}"), deadline)
+            .await?;
+        Ok(Response::new(file))
+    }
+}

@@ -1,0 +1,50 @@
+//! The gateway: the one address partner agencies call.
+//!
+//! # Layout
+//! - [`proxy`]: the services' own APIs passed through, undecoded, under the partner's
+//!   identity.
+//! - [`casefile`]: the case file of a person, composed in parallel under one deadline.
+//! - [`grpc`]: the gateway's own RPCs (`concord.gateway.v1`).
+//!
+//! The gateway keeps no data and decides no authorization: each service behind it decides
+//! for every call what the partner may see and do, and audits it.
+
+pub mod casefile;
+pub mod grpc;
+pub mod proxy;
+
+use concord_platform::config::ServerConfig;
+use concord_platform::link::ServiceLink;
+use concord_platform::server::Services;
+use concord_proto::gateway::v1::gateway_service_server::GatewayServiceServer;
+
+pub use grpc::Gateway;
+
+/// How the gateway reaches each service, as itself (a trusted forwarder) over mutual TLS.
+#[derive(Debug, Clone)]
+pub struct Links {
+    /// The registry.
+    pub registry: ServiceLink,
+    /// The facilities service.
+    pub facilities: ServiceLink,
+    /// The requests service.
+    pub requests: ServiceLink,
+}
+
+/// The gateway's services: its own and the three passed through. Channels connect on first
+/// use and reconnect by themselves, so the gateway starts whatever is up behind it.
+pub fn services(links: &Links, cfg: &ServerConfig) -> anyhow::Result<Services> {
+    let backends = casefile::Backends {
+        registry: links.registry.channel()?,
+        facilities: links.facilities.channel()?,
+        requests: links.requests.channel()?,
+    };
+    let gateway = GatewayServiceServer::new(Gateway::new(backends.clone(), cfg.request_timeout))
+        .max_decoding_message_size(cfg.max_message_bytes)
+        .max_encoding_message_size(cfg.max_message_bytes);
+    Ok(Services::new()
+        .with(gateway)
+        .with(proxy::Proxy::<proxy::Registry>::new(backends.registry))
+        .with(proxy::Proxy::<proxy::Facilities>::new(backends.facilities))
+        .with(proxy::Proxy::<proxy::Requests>::new(backends.requests)))
+}

@@ -1,0 +1,359 @@
+//! The gateway as partners reach it: the suite assembled by `concord::start` with mutual TLS,
+//! every service a real server behind the gateway. The services' APIs pass through under the
+//! partner's own identity; case files come back complete, or within their deadline with the
+//! parts the services gave and a status for each missing one.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::{Duration, Instant};
+
+use concord_platform::auth::Purpose;
+use concord_platform::pki::DemoPki;
+use concord_platform::server::{Shutdown, ShutdownTrigger};
+use concord_proto::facilities::v1 as fac;
+use concord_proto::facilities::v1::facilities_service_client::FacilitiesServiceClient;
+use concord_proto::gateway::v1 as gw;
+use concord_proto::gateway::v1::gateway_service_client::GatewayServiceClient;
+use concord_proto::registry::v1 as reg;
+use concord_proto::registry::v1::registry_service_client::RegistryServiceClient;
+use concord_proto::requests::v1 as rq;
+use concord_proto::requests::v1::requests_service_client::RequestsServiceClient;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
+use tonic::Code;
+
+type With = InterceptedService<Channel, Purpose>;
+
+/// One `concord::start` of some targets.
+struct Part {
+    running: concord::Running,
+    trigger: ShutdownTrigger,
+    handle: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl Part {
+    async fn stop(self) {
+        self.trigger.trigger();
+        self.handle.await.unwrap().unwrap();
+    }
+}
+
+async fn start(cfg: &concord::Config) -> Part {
+    let (trigger, shutdown) = Shutdown::new();
+    let (running, served) = concord::start(cfg, shutdown).await.unwrap();
+    Part { running, trigger, handle: tokio::spawn(served) }
+}
+
+/// Settings for `target` in `dir`, every address chosen by the OS.
+fn config(dir: &std::path::Path, target: concord::Target) -> concord::Config {
+    let mut cfg = concord::Config::with_data_dir(dir.to_path_buf());
+    cfg.target = target;
+    for a in [
+        &mut cfg.registry_addr,
+        &mut cfg.facilities_addr,
+        &mut cfg.requests_addr,
+        &mut cfg.gateway_addr,
+    ] {
+        *a = "127.0.0.1:0".parse().unwrap();
+    }
+    cfg.server.drain_grace = Duration::ZERO;
+    cfg
+}
+
+/// A channel to `addr` as `agency`, with its demo certificate.
+async fn channel(pki: &DemoPki, addr: std::net::SocketAddr, agency: &str) -> Channel {
+    let tls = pki.agency(agency).client_config("localhost").unwrap();
+    Channel::from_shared(format!("https://{addr}"))
+        .unwrap()
+        .tls_config(tls)
+        .unwrap()
+        .connect()
+        .await
+        .unwrap()
+}
+
+fn purpose() -> Purpose {
+    Purpose("consular case review".into())
+}
+
+struct Partner {
+    registry: RegistryServiceClient<With>,
+    facilities: FacilitiesServiceClient<With>,
+    requests: RequestsServiceClient<With>,
+    gateway: GatewayServiceClient<With>,
+}
+
+/// Every API, reached at the gateway as `agency`.
+async fn partner(pki: &DemoPki, gateway: std::net::SocketAddr, agency: &str) -> Partner {
+    let ch = channel(pki, gateway, agency).await;
+    Partner {
+        registry: RegistryServiceClient::with_interceptor(ch.clone(), purpose()),
+        facilities: FacilitiesServiceClient::with_interceptor(ch.clone(), purpose()),
+        requests: RequestsServiceClient::with_interceptor(ch.clone(), purpose()),
+        gateway: GatewayServiceClient::with_interceptor(ch, purpose()),
+    }
+}
+
+fn person(name: &str, state: &str, year: i32, child: bool) -> reg::Person {
+    reg::Person {
+        names: vec![reg::PersonName {
+            full_name: name.into(),
+            kind: reg::NameKind::Primary as i32,
+            script: "Latn".into(),
+        }],
+        sex: reg::Sex::Female as i32,
+        birth_date: Some(concord_proto::r#type::v1::ApproximateDate {
+            year,
+            precision: concord_proto::r#type::v1::DatePrecision::Year as i32,
+            ..Default::default()
+        }),
+        nationalities: vec![reg::Nationality {
+            state: state.into(),
+            basis: reg::NationalityBasis::Claimed as i32,
+            ..Default::default()
+        }],
+        category: if child {
+            reg::PersonCategory::Child as i32
+        } else {
+            reg::PersonCategory::AdultFemale as i32
+        },
+        identity_confidence: reg::IdentityConfidence::Medium as i32,
+        ..Default::default()
+    }
+}
+
+/// Registers `p` and admits them to al-hol, through the gateway as the coordinator.
+async fn admit(cell: &mut Partner, p: reg::Person) -> String {
+    let p = cell
+        .registry
+        .create_person(reg::CreatePersonRequest { person: Some(p), request_id: String::new() })
+        .await
+        .unwrap()
+        .into_inner();
+    cell.registry
+        .admit_person(reg::AdmitPersonRequest {
+            name: p.name.clone(),
+            facility_id: "al-hol".into(),
+            section_id: "annex".into(),
+            transition: Some(reg::CustodyTransition {
+                reason: "intake".into(),
+                source: "camp registration".into(),
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap();
+    p.name
+}
+
+fn case_file(person: &str, timeout: Duration) -> tonic::Request<gw::GetCaseFileRequest> {
+    let mut r = tonic::Request::new(gw::GetCaseFileRequest { person: person.into() });
+    r.set_timeout(timeout);
+    r
+}
+
+fn parts(file: &gw::CaseFile) -> Vec<(i32, String)> {
+    file.parts.iter().map(|p| (p.part, p.code.clone())).collect()
+}
+
+#[tokio::test]
+async fn partners_reach_every_service_through_the_gateway_as_themselves_and_get_case_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let all = start(&config(dir.path(), concord::Target::All)).await;
+    let pki = DemoPki { dir: dir.path().join("pki"), created: false };
+    let gateway = all.running.gateway.unwrap();
+    let mut cell = partner(&pki, gateway, "coalition-coordinator").await;
+    let mut camp = partner(&pki, gateway, "custodial-authority").await;
+    let mut france = partner(&pki, gateway, "fr-mfa").await;
+    let mut netherlands = partner(&pki, gateway, "nl-mfa").await;
+
+    // Writes pass through to each service, under each partner's identity.
+    camp.facilities
+        .create_facility(fac::CreateFacilityRequest {
+            facility_id: "al-hol".into(),
+            facility: Some(fac::Facility {
+                display_name: "al-Hol".into(),
+                kind: fac::FacilityKind::Camp as i32,
+                location: Some(fac::Location {
+                    latitude: 36.37,
+                    longitude: 40.99,
+                    region: String::new(),
+                }),
+                sections: vec![fac::Section {
+                    section_id: "annex".into(),
+                    display_name: "Annex".into(),
+                    capacities: vec![fac::Capacity {
+                        sex: fac::PlaceSex::Female as i32,
+                        age_band: fac::AgeBand::Adult as i32,
+                        places: 10,
+                    }],
+                }],
+                ..Default::default()
+            }),
+            custodian_agency: "custodial-authority".into(),
+            request_id: String::new(),
+        })
+        .await
+        .unwrap();
+    let mother = admit(&mut cell, person("Amina Haddad", "FR", 1994, false)).await;
+    let daughter = admit(&mut cell, person("Maryam Haddad", "FR", 2018, true)).await;
+    let dutch = admit(&mut cell, person("Eva de Vries", "NL", 1992, false)).await;
+    cell.registry
+        .create_relationship(reg::CreateRelationshipRequest {
+            relationship: Some(reg::Relationship {
+                person: daughter.clone(),
+                related_person: mother.clone(),
+                kind: reg::RelationshipKind::Parent as i32,
+                ..Default::default()
+            }),
+            request_id: String::new(),
+        })
+        .await
+        .unwrap();
+    // A request through the gateway: the requests service checks the subjects in the
+    // registry as France, which passed through the gateway.
+    let subject = |p: &str| rq::Subject { person: p.into(), ..Default::default() };
+    let request = france
+        .requests
+        .create_request(rq::CreateRequestRequest {
+            request: Some(rq::Request {
+                r#type: rq::RequestType::Repatriation as i32,
+                requested_state: "IQ".into(),
+                custodial_authority: "custodial-authority".into(),
+                receiving_state: "FR".into(),
+                subjects: vec![subject(&mother), subject(&daughter)],
+                summary: "Repatriation of a mother and her daughter".into(),
+                ..Default::default()
+            }),
+            request_id: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+
+    // Reads pass through with the partner's scope: the Netherlands does not see France's
+    // nationals, through the gateway as directly.
+    let err = netherlands
+        .registry
+        .get_person(reg::GetPersonRequest { name: mother.clone() })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    netherlands.registry.get_person(reg::GetPersonRequest { name: dutch.clone() }).await.unwrap();
+    // A stream passes through too.
+    let mut watch = france
+        .registry
+        .watch_changes(reg::WatchChangesRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let first = tokio::time::timeout(Duration::from_secs(5), watch.message()).await;
+    assert!(matches!(first, Ok(Ok(Some(_)))), "{first:?}");
+
+    // France's case file of the mother: every part, from the three services.
+    let file = france
+        .gateway
+        .get_case_file(case_file(&mother, Duration::from_secs(5)))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(file.parts.iter().all(|p| p.code == "OK"), "{:?}", file.parts);
+    assert_eq!(file.parts.len(), 5);
+    assert_eq!(file.person.as_ref().unwrap().name, mother);
+    assert_eq!(file.family.iter().map(|p| p.name.clone()).collect::<Vec<_>>(), vec![daughter]);
+    assert!(!file.custody_events.is_empty(), "the admission");
+    let facility = file.facility.as_ref().expect("the camp");
+    assert_eq!(facility.name, "facilities/al-hol");
+    assert_ne!(facility.security_status, 0);
+    assert_eq!(
+        file.requests.iter().map(|r| r.name.clone()).collect::<Vec<_>>(),
+        vec![request.name]
+    );
+    // The Dutch see no such person; nor does anyone without a purpose get anything.
+    let err = netherlands
+        .gateway
+        .get_case_file(case_file(&mother, Duration::from_secs(5)))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound, "{err:?}");
+    let mut bare = GatewayServiceClient::new(channel(&pki, gateway, "fr-mfa").await);
+    let err = bare.get_case_file(case_file(&mother, Duration::from_secs(5))).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    let err = france
+        .gateway
+        .get_case_file(case_file("someone", Duration::from_secs(5)))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    all.stop().await;
+}
+
+#[tokio::test]
+async fn a_case_file_keeps_its_deadline_and_says_which_parts_are_missing() {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = start(&config(dir.path(), concord::Target::Registry)).await;
+    let pki = DemoPki { dir: dir.path().join("pki"), created: false };
+    let registry_url = format!("https://localhost:{}", registry.running.registry.unwrap().port());
+    let mut cfg = config(dir.path(), concord::Target::Requests);
+    cfg.registry_url = Some(registry_url.clone());
+    let requests = start(&cfg).await;
+    // The facilities service is a black hole: it accepts connections and never answers.
+    let hole = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hole_addr = hole.local_addr().unwrap();
+    let held = tokio::spawn(async move {
+        let mut kept = Vec::new();
+        while let Ok((s, _)) = hole.accept().await {
+            kept.push(s);
+        }
+    });
+    let mut cfg = config(dir.path(), concord::Target::Gateway);
+    cfg.registry_url = Some(registry_url);
+    cfg.facilities_url = Some(format!("https://localhost:{}", hole_addr.port()));
+    cfg.requests_url =
+        Some(format!("https://localhost:{}", requests.running.requests.unwrap().port()));
+    let gateway = start(&cfg).await;
+    let at = gateway.running.gateway.unwrap();
+    let mut cell = partner(&pki, at, "coalition-coordinator").await;
+    let mother = admit(&mut cell, person("Amina Haddad", "FR", 1994, false)).await;
+    let mut france = partner(&pki, at, "fr-mfa").await;
+
+    let budget = Duration::from_millis(800);
+    let started = Instant::now();
+    let file = france.gateway.get_case_file(case_file(&mother, budget)).await.unwrap().into_inner();
+    let took = started.elapsed();
+    assert!(took < budget + Duration::from_millis(400), "answered in {took:?}");
+    assert_eq!(
+        parts(&file),
+        vec![
+            (gw::Part::Person as i32, "OK".into()),
+            (gw::Part::Family as i32, "OK".into()),
+            (gw::Part::CustodyTimeline as i32, "OK".into()),
+            (gw::Part::Facility as i32, "DEADLINE_EXCEEDED".into()),
+            (gw::Part::Requests as i32, "OK".into()),
+        ]
+    );
+    assert!(file.person.is_some() && file.facility.is_none());
+    // A pass-through call to the black hole ends at its own deadline too.
+    let mut slow = tonic::Request::new(fac::ListFacilitiesRequest::default());
+    slow.set_timeout(Duration::from_millis(300));
+    let started = Instant::now();
+    let err = france.facilities.list_facilities(slow).await.unwrap_err();
+    assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
+    assert!(matches!(err.code(), Code::DeadlineExceeded | Code::Cancelled), "{err:?}");
+
+    // The requests service stops: its part is UNAVAILABLE, the rest still comes.
+    requests.stop().await;
+    let file = france.gateway.get_case_file(case_file(&mother, budget)).await.unwrap().into_inner();
+    let requests_part = file.parts.iter().find(|p| p.part == gw::Part::Requests as i32).unwrap();
+    assert_eq!(
+        (requests_part.code.as_str(), requests_part.service.as_str()),
+        ("UNAVAILABLE", "requests")
+    );
+    assert_eq!(file.parts[0].code, "OK");
+    // And the registry: no person, no case file.
+    registry.stop().await;
+    let err = france.gateway.get_case_file(case_file(&mother, budget)).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    gateway.stop().await;
+    held.abort();
+}
