@@ -21,6 +21,9 @@ use concord_proto::requests::v1::requests_service_client::RequestsServiceClient;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 use tonic::Code;
+use tonic_health::pb::health_check_response::ServingStatus::{self, NotServing, Serving};
+use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::HealthCheckRequest;
 
 type With = InterceptedService<Channel, Purpose>;
 
@@ -150,6 +153,21 @@ fn case_file(person: &str, timeout: Duration) -> tonic::Request<gw::GetCaseFileR
     let mut r = tonic::Request::new(gw::GetCaseFileRequest { person: person.into() });
     r.set_timeout(timeout);
     r
+}
+
+async fn status(h: &mut HealthClient<Channel>, service: &str) -> i32 {
+    h.check(HealthCheckRequest { service: service.into() }).await.unwrap().into_inner().status
+}
+
+/// Polls the gateway's health of `service` until it is `want` (checks run every 2 s).
+async fn wait_for(h: &mut HealthClient<Channel>, service: &str, want: ServingStatus) {
+    for _ in 0..100 {
+        if status(h, service).await == want as i32 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{service} never became {want:?}");
 }
 
 fn parts(file: &gw::CaseFile) -> Vec<(i32, String)> {
@@ -341,8 +359,17 @@ async fn a_case_file_keeps_its_deadline_and_says_which_parts_are_missing() {
     assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
     assert!(matches!(err.code(), Code::DeadlineExceeded | Code::Cancelled), "{err:?}");
 
+    // Health at the gateway says which services behind it answer.
+    let mut health = HealthClient::new(channel(&pki, at, "fr-mfa").await);
+    assert_eq!(status(&mut health, "").await, Serving as i32);
+    wait_for(&mut health, "concord.registry.v1.RegistryService", Serving).await;
+    wait_for(&mut health, "concord.requests.v1.RequestsService", Serving).await;
+    wait_for(&mut health, "concord.facilities.v1.FacilitiesService", NotServing).await;
+
     // The requests service stops: its part is UNAVAILABLE, the rest still comes.
     requests.stop().await;
+    wait_for(&mut health, "concord.requests.v1.RequestsService", NotServing).await;
+    assert_eq!(status(&mut health, "").await, Serving as i32, "the gateway still answers");
     let file = france.gateway.get_case_file(case_file(&mother, budget)).await.unwrap().into_inner();
     let requests_part = file.parts.iter().find(|p| p.part == gw::Part::Requests as i32).unwrap();
     assert_eq!(

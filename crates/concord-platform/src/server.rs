@@ -76,12 +76,17 @@ async fn wait_for_signal() {
     let _ = tokio::signal::ctrl_c().await;
 }
 
+/// Given the server's health reporter once it serves: for a server whose services' health
+/// depends on others (the gateway's on the services behind it).
+pub type HealthHook = Box<dyn FnOnce(tonic_health::server::HealthReporter) + Send>;
+
 /// The services one server exposes, with their names for the health protocol.
 #[derive(Default)]
 pub struct Services {
     routes: RoutesBuilder,
     names: Vec<&'static str>,
     plain_health: Option<TcpListener>,
+    health_hook: Option<HealthHook>,
 }
 
 impl Services {
@@ -105,6 +110,16 @@ impl Services {
     {
         self.names.push(S::NAME);
         self.routes.add_service(svc);
+        self
+    }
+
+    /// Hands the health reporter to `hook` once serving; statuses it sets after shutdown
+    /// began are the hook's to avoid (the server sets NOT_SERVING when draining).
+    pub fn with_health_hook(
+        mut self,
+        hook: impl FnOnce(tonic_health::server::HealthReporter) + Send + 'static,
+    ) -> Self {
+        self.health_hook = Some(Box::new(hook));
         self
     }
 
@@ -152,6 +167,10 @@ pub async fn serve(
         health.set_service_status(*name, ServingStatus::Serving).await;
     }
     health.set_service_status("", ServingStatus::Serving).await;
+    let mut services = services;
+    if let Some(hook) = services.health_hook.take() {
+        hook(health.clone());
+    }
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(concord_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)

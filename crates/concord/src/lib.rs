@@ -352,7 +352,7 @@ pub async fn start(
                 "concord-gateway",
             )?,
         };
-        let services = concord_gateway::services(&links, &cfg.server)?;
+        let services = concord_gateway::services(&links, &cfg.server, shutdown.clone())?;
         running.gateway = Some(launcher.launch(cfg.gateway_addr, services, None).await?);
     }
     running.health = launcher.health;

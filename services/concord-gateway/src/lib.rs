@@ -5,18 +5,21 @@
 //!   identity.
 //! - [`casefile`]: the case file of a person, composed in parallel under one deadline.
 //! - [`grpc`]: the gateway's own RPCs (`concord.gateway.v1`).
+//! - [`health`]: the health of each service behind, as the gateway sees it.
 //!
 //! The gateway keeps no data and decides no authorization: each service behind it decides
 //! for every call what the partner may see and do, and audits it.
 
 pub mod casefile;
 pub mod grpc;
+pub mod health;
 pub mod proxy;
 
 use concord_platform::config::ServerConfig;
 use concord_platform::link::ServiceLink;
-use concord_platform::server::Services;
+use concord_platform::server::{Services, Shutdown};
 use concord_proto::gateway::v1::gateway_service_server::GatewayServiceServer;
+use proxy::Upstream;
 
 pub use grpc::Gateway;
 
@@ -31,9 +34,10 @@ pub struct Links {
     pub requests: ServiceLink,
 }
 
-/// The gateway's services: its own and the three passed through. Channels connect on first
-/// use and reconnect by themselves, so the gateway starts whatever is up behind it.
-pub fn services(links: &Links, cfg: &ServerConfig) -> anyhow::Result<Services> {
+/// The gateway's services: its own and the three passed through, with health following
+/// the services behind until `shutdown`. Channels connect on first use and reconnect by
+/// themselves, so the gateway starts whatever is up behind it.
+pub fn services(links: &Links, cfg: &ServerConfig, shutdown: Shutdown) -> anyhow::Result<Services> {
     let backends = casefile::Backends {
         registry: links.registry.channel()?,
         facilities: links.facilities.channel()?,
@@ -42,7 +46,15 @@ pub fn services(links: &Links, cfg: &ServerConfig) -> anyhow::Result<Services> {
     let gateway = GatewayServiceServer::new(Gateway::new(backends.clone(), cfg.request_timeout))
         .max_decoding_message_size(cfg.max_message_bytes)
         .max_encoding_message_size(cfg.max_message_bytes);
+    let upstreams = vec![
+        (proxy::Registry::NAME, backends.registry.clone()),
+        (proxy::Facilities::NAME, backends.facilities.clone()),
+        (proxy::Requests::NAME, backends.requests.clone()),
+    ];
     Ok(Services::new()
+        .with_health_hook(move |reporter| {
+            tokio::spawn(health::follow(upstreams, reporter, shutdown));
+        })
         .with(gateway)
         .with(proxy::Proxy::<proxy::Registry>::new(backends.registry))
         .with(proxy::Proxy::<proxy::Facilities>::new(backends.facilities))
