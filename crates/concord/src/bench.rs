@@ -13,7 +13,11 @@
 //! server answering the same payload without storage or layers, interleaved over several
 //! rounds (median ratio and range); then the cost of security: GetPerson and search
 //! throughput over mutual TLS with the policy, scope, redaction and read auditing, against
-//! the same registry in plaintext with none of them.
+//! the same registry in plaintext with none of them. Last, the gateway (`--gateway`, on by
+//! default; `--gateway-only` skips the rest): the whole suite as `concord serve` runs it, with
+//! GetPerson passed through the gateway against the same call made to the registry directly
+//! (throughput, and the p90 latency the gateway adds under moderate load), and the case file
+//! against the bare echo.
 
 use std::convert::Infallible;
 use std::io::{BufRead, BufReader};
@@ -57,6 +61,12 @@ struct Args {
     /// Requests in flight during throughput runs.
     #[arg(long, default_value_t = 32)]
     concurrency: usize,
+    /// Measure only the gateway's figures.
+    #[arg(long)]
+    gateway_only: bool,
+    /// Calls in flight for the gateway's added latency ("moderate load").
+    #[arg(long, default_value_t = 4)]
+    latency_concurrency: usize,
     /// Internal: run the servers for DATABASE_URL and print their addresses.
     #[arg(long, hide = true)]
     serve: Option<String>,
@@ -153,6 +163,7 @@ async fn serve(url: String, pki_dir: std::path::PathBuf) -> anyhow::Result<()> {
     let telemetry = concord_platform::config::TelemetryConfig { log_filter, ..Default::default() };
     let _guard = concord_platform::telemetry::init("concord-bench", &telemetry)?;
     let (_trigger, shutdown) = Shutdown::new();
+    let suite_shutdown = shutdown.clone();
     // The per-agency rate limit stays on (its check is part of every call's cost) but high
     // enough that one load-generating agency is never refused.
     let cfg = concord_platform::config::ServerConfig {
@@ -236,11 +247,28 @@ async fn serve(url: String, pki_dir: std::path::PathBuf) -> anyhow::Result<()> {
     let bare = tonic::transport::Server::builder()
         .add_service(Echo::default())
         .serve_with_incoming(concord_platform::server::incoming(echo));
+    // The whole suite as `concord serve` runs it (mutual TLS with its own demo PKI, SQLite),
+    // for the gateway's figures.
+    let mut suite = concord::Config::with_data_dir(pki_dir.with_file_name("suite"));
+    for a in [
+        &mut suite.registry_addr,
+        &mut suite.facilities_addr,
+        &mut suite.requests_addr,
+        &mut suite.gateway_addr,
+    ] {
+        *a = "127.0.0.1:0".parse()?;
+    }
+    suite.server.rate_limit_per_agency = 1e9;
+    suite.server.rate_burst_per_agency = 1e9;
+    let (running, served) = concord::start(&suite, suite_shutdown).await?;
+    println!("SUITE {}", running.registry.context("suite registry")?);
+    println!("GATEWAY {}", running.gateway.context("suite gateway")?);
     tokio::select! {
         r = reg => r??,
         r = sec => r??,
         r = pol => r??,
         r = bare => r?,
+        r = served => r?,
     }
     Ok(())
 }
@@ -257,6 +285,10 @@ struct Servers {
     policed: String,
     echo: String,
     pki: concord_platform::pki::DemoPki,
+    /// The suite's registry and gateway (mutual TLS with `suite_pki`).
+    suite_registry: String,
+    gateway: String,
+    suite_pki: concord_platform::pki::DemoPki,
 }
 
 impl Drop for Servers {
@@ -295,13 +327,17 @@ fn spawn_servers(url: &str, pki_dir: &std::path::Path) -> anyhow::Result<Servers
     let mut echo = String::new();
     let mut secured = String::new();
     let mut policed = String::new();
-    for _ in 0..4 {
+    let mut suite_registry = String::new();
+    let mut gateway = String::new();
+    for _ in 0..6 {
         let line = lines.next().context("servers exited before printing their addresses")??;
         match line.split_once(' ') {
             Some(("REGISTRY", a)) => registry = format!("http://{a}"),
             Some(("ECHO", a)) => echo = format!("http://{a}"),
             Some(("SECURED", a)) => secured = format!("https://{a}"),
             Some(("POLICED", a)) => policed = format!("http://{a}"),
+            Some(("SUITE", a)) => suite_registry = format!("https://localhost:{}", port(a)?),
+            Some(("GATEWAY", a)) => gateway = format!("https://localhost:{}", port(a)?),
             _ => anyhow::bail!("unexpected line from servers: {line}"),
         }
     }
@@ -309,7 +345,15 @@ fn spawn_servers(url: &str, pki_dir: &std::path::Path) -> anyhow::Result<Servers
         "servers on {registry} and {echo} ({})",
         if pinned { "pinned to core 1" } else { "not pinned" }
     );
-    Ok(Servers { child, registry, secured, policed, echo, pki })
+    let suite_pki = concord_platform::pki::DemoPki {
+        dir: pki_dir.with_file_name("suite").join("pki"),
+        created: false,
+    };
+    Ok(Servers { child, registry, secured, policed, echo, pki, suite_registry, gateway, suite_pki })
+}
+
+fn port(addr: &str) -> anyhow::Result<u16> {
+    Ok(addr.parse::<std::net::SocketAddr>()?.port())
 }
 
 /// Trusted metadata (plaintext registry) or a purpose only (mutual TLS names the caller).
@@ -516,6 +560,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
             other => anyhow::bail!("unknown backend {other}"),
         };
         let servers = spawn_servers(&url, &dir.path().join("pki"))?;
+        if args.gateway_only {
+            gateway::cost(&servers, &args).await?;
+            return Ok(());
+        }
         let mut c = client(&servers.registry).await?;
         let rate = import(&mut c, args.people).await?;
         println!("[{backend}] import of {} people: {rate:.0} people/s", args.people);
@@ -543,6 +591,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
         get_vs_echo(&servers, &args).await?;
         println!("[{backend}] cost of security:");
         security_cost(&servers, &args).await?;
+        if backend == "sqlite" {
+            gateway::cost(&servers, &args).await?;
+        }
     }
     Ok(())
 }
@@ -655,3 +706,304 @@ async fn security_cost(s: &Servers, args: &Args) -> anyhow::Result<()> {
 }
 
 type BoxCall = Pin<Box<dyn std::future::Future<Output = anyhow::Result<()>>>>;
+
+/// The gateway's figures.
+mod gateway {
+    use super::*;
+    use concord_proto::facilities::v1 as fac;
+    use concord_proto::facilities::v1::facilities_service_client::FacilitiesServiceClient;
+    use concord_proto::gateway::v1 as gw;
+    use concord_proto::gateway::v1::gateway_service_client::GatewayServiceClient;
+    use concord_proto::requests::v1 as rq;
+    use concord_proto::requests::v1::requests_service_client::RequestsServiceClient;
+    use tonic::service::interceptor::InterceptedService;
+
+    type With = InterceptedService<Channel, Purpose>;
+
+    /// Families seeded (a mother and a child each); every tenth is named in a request.
+    const FAMILIES: usize = 100;
+
+    async fn channel(s: &Servers, uri: &str, agency: &str) -> anyhow::Result<Channel> {
+        let tls = s.suite_pki.agency(agency).client_config("localhost")?;
+        Ok(Channel::from_shared(uri.to_string())?.tls_config(tls)?.connect().await?)
+    }
+
+    fn purpose() -> Purpose {
+        Purpose(PURPOSE.into())
+    }
+
+    fn person(name: &str, year: i32, child: bool) -> pb::Person {
+        pb::Person {
+            names: vec![pb::PersonName {
+                full_name: name.into(),
+                kind: pb::NameKind::Primary as i32,
+                script: "Latn".into(),
+            }],
+            sex: pb::Sex::Female as i32,
+            birth_date: Some(concord_proto::r#type::v1::ApproximateDate {
+                year,
+                precision: concord_proto::r#type::v1::DatePrecision::Year as i32,
+                ..Default::default()
+            }),
+            nationalities: vec![pb::Nationality {
+                state: "FR".into(),
+                basis: pb::NationalityBasis::Claimed as i32,
+                ..Default::default()
+            }],
+            category: if child {
+                pb::PersonCategory::Child as i32
+            } else {
+                pb::PersonCategory::AdultFemale as i32
+            },
+            identity_confidence: pb::IdentityConfidence::Medium as i32,
+            ..Default::default()
+        }
+    }
+
+    /// Mothers of French families held at al-hol, with their children and some requests,
+    /// made through the gateway.
+    async fn seed(s: &Servers) -> anyhow::Result<Vec<String>> {
+        let mut camp = FacilitiesServiceClient::with_interceptor(
+            channel(s, &s.gateway, "custodial-authority").await?,
+            purpose(),
+        );
+        camp.create_facility(fac::CreateFacilityRequest {
+            facility_id: "al-hol".into(),
+            facility: Some(fac::Facility {
+                display_name: "al-Hol".into(),
+                kind: fac::FacilityKind::Camp as i32,
+                location: Some(fac::Location {
+                    latitude: 36.37,
+                    longitude: 40.99,
+                    region: String::new(),
+                }),
+                sections: vec![fac::Section {
+                    section_id: "annex".into(),
+                    display_name: "Annex".into(),
+                    capacities: vec![fac::Capacity {
+                        sex: fac::PlaceSex::Female as i32,
+                        age_band: fac::AgeBand::Adult as i32,
+                        places: 10_000,
+                    }],
+                }],
+                ..Default::default()
+            }),
+            custodian_agency: "custodial-authority".into(),
+            request_id: "bench-al-hol".into(),
+        })
+        .await?;
+        let mut cell: RegistryServiceClient<With> = RegistryServiceClient::with_interceptor(
+            channel(s, &s.gateway, "coalition-coordinator").await?,
+            purpose(),
+        );
+        let mut fr = RequestsServiceClient::with_interceptor(
+            channel(s, &s.gateway, "fr-mfa").await?,
+            purpose(),
+        );
+        let mut mothers = Vec::with_capacity(FAMILIES);
+        for i in 0..FAMILIES {
+            let mut admitted = Vec::new();
+            for (name, year, child) in [
+                (format!("Amina Haddad {i}"), 1990, false),
+                (format!("Maryam Haddad {i}"), 2017, true),
+            ] {
+                let p = cell
+                    .create_person(pb::CreatePersonRequest {
+                        person: Some(person(&name, year, child)),
+                        request_id: String::new(),
+                    })
+                    .await?
+                    .into_inner();
+                cell.admit_person(pb::AdmitPersonRequest {
+                    name: p.name.clone(),
+                    facility_id: "al-hol".into(),
+                    section_id: "annex".into(),
+                    transition: Some(pb::CustodyTransition {
+                        reason: "intake".into(),
+                        source: "camp registration".into(),
+                        ..Default::default()
+                    }),
+                })
+                .await?;
+                admitted.push(p.name);
+            }
+            cell.create_relationship(pb::CreateRelationshipRequest {
+                relationship: Some(pb::Relationship {
+                    person: admitted[1].clone(),
+                    related_person: admitted[0].clone(),
+                    kind: pb::RelationshipKind::Parent as i32,
+                    ..Default::default()
+                }),
+                request_id: String::new(),
+            })
+            .await?;
+            if i % 10 == 0 {
+                let subjects = admitted
+                    .iter()
+                    .map(|p| rq::Subject { person: p.clone(), ..Default::default() });
+                fr.create_request(rq::CreateRequestRequest {
+                    request: Some(rq::Request {
+                        r#type: rq::RequestType::Repatriation as i32,
+                        requested_state: "IQ".into(),
+                        custodial_authority: "custodial-authority".into(),
+                        receiving_state: "FR".into(),
+                        subjects: subjects.collect(),
+                        summary: "Repatriation of a mother and her daughter".into(),
+                        ..Default::default()
+                    }),
+                    request_id: String::new(),
+                })
+                .await?;
+            }
+            mothers.push(admitted.swap_remove(0));
+        }
+        Ok(mothers)
+    }
+
+    /// Latencies of calls made with `concurrency` in flight for `secs`.
+    async fn latencies<F, Fut>(
+        concurrency: usize,
+        secs: u64,
+        call: F,
+    ) -> anyhow::Result<Vec<Duration>>
+    where
+        F: Fn(usize) -> Fut,
+        Fut: std::future::Future<Output = anyhow::Result<()>>,
+    {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        let workers = (0..concurrency).map(|w| {
+            let call = &call;
+            async move {
+                let mut lat = Vec::new();
+                let mut i = w;
+                while Instant::now() < deadline {
+                    let started = Instant::now();
+                    call(i).await?;
+                    lat.push(started.elapsed());
+                    i += concurrency;
+                }
+                anyhow::Ok(lat)
+            }
+        });
+        let mut all: Vec<Duration> =
+            futures::future::try_join_all(workers).await?.into_iter().flatten().collect();
+        all.sort();
+        Ok(all)
+    }
+
+    fn median(v: &mut [f64]) -> (f64, f64, f64) {
+        v.sort_by(f64::total_cmp);
+        (v[v.len() / 2], v[0], v[v.len() - 1])
+    }
+
+    /// GetPerson through the gateway against the same call to the registry, and the case
+    /// file against the bare echo, interleaved over the rounds.
+    pub async fn cost(s: &Servers, args: &Args) -> anyhow::Result<()> {
+        let mothers = seed(s).await?;
+        let direct: RegistryServiceClient<With> = RegistryServiceClient::with_interceptor(
+            channel(s, &s.suite_registry, "fr-mfa").await?,
+            purpose(),
+        );
+        let via: RegistryServiceClient<With> = RegistryServiceClient::with_interceptor(
+            channel(s, &s.gateway, "fr-mfa").await?,
+            purpose(),
+        );
+        let files = GatewayServiceClient::with_interceptor(
+            channel(s, &s.gateway, "fr-mfa").await?,
+            purpose(),
+        );
+        let sample =
+            direct.clone().get_person(pb::GetPersonRequest { name: mothers[0].clone() }).await?;
+        let echo_ch = Channel::from_shared(s.echo.clone())?.connect().await?;
+        let mut echo = tonic::client::Grpc::new(echo_ch.clone());
+        echo.ready().await?;
+        echo.unary::<pb::Person, pb::Person, _>(
+            tonic::Request::new(sample.into_inner()),
+            PathAndQuery::from_static("/concord.bench.Echo/Set"),
+            tonic_prost::ProstCodec::default(),
+        )
+        .await?;
+        let check = files
+            .clone()
+            .get_case_file(gw::GetCaseFileRequest { person: mothers[0].clone() })
+            .await?
+            .into_inner();
+        anyhow::ensure!(
+            check.parts.iter().all(|p| p.code == "OK") && !check.requests.is_empty(),
+            "an incomplete case file: {:?}",
+            check.parts
+        );
+        let get = |c: &RegistryServiceClient<With>, i: usize| {
+            let mut c = c.clone();
+            let name = mothers[i % mothers.len()].clone();
+            async move {
+                c.get_person(pb::GetPersonRequest { name }).await?;
+                anyhow::Ok(())
+            }
+        };
+        let (mut pass, mut file_vs_echo, mut added) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut p90_direct, mut p90_via) = (Vec::new(), Vec::new());
+        for round in 0..args.rounds {
+            let echo_rps = throughput(args.concurrency, args.seconds, |i| {
+                let mut g = tonic::client::Grpc::new(echo_ch.clone());
+                let name = mothers[i % mothers.len()].clone();
+                async move {
+                    g.ready().await?;
+                    g.unary::<pb::GetPersonRequest, pb::Person, _>(
+                        tonic::Request::new(pb::GetPersonRequest { name }),
+                        PathAndQuery::from_static("/concord.bench.Echo/Get"),
+                        tonic_prost::ProstCodec::default(),
+                    )
+                    .await?;
+                    Ok(())
+                }
+            })
+            .await?;
+            let direct_rps =
+                throughput(args.concurrency, args.seconds, |i| get(&direct, i)).await?;
+            let via_rps = throughput(args.concurrency, args.seconds, |i| get(&via, i)).await?;
+            let file_rps = throughput(args.concurrency, args.seconds, |i| {
+                let mut c = files.clone();
+                let person = mothers[i % mothers.len()].clone();
+                async move {
+                    c.get_case_file(gw::GetCaseFileRequest { person }).await?;
+                    Ok(())
+                }
+            })
+            .await?;
+            let lat_direct =
+                latencies(args.latency_concurrency, args.seconds, |i| get(&direct, i)).await?;
+            let lat_via =
+                latencies(args.latency_concurrency, args.seconds, |i| get(&via, i)).await?;
+            let (d90, v90) = (percentile(&lat_direct, 0.9), percentile(&lat_via, 0.9));
+            eprintln!(
+                "round {round}: echo {echo_rps:.0}/s, GetPerson direct {direct_rps:.0}/s, through the gateway {via_rps:.0}/s, case file {file_rps:.0}/s; p90 at {} in flight: direct {:.3} ms, gateway {:.3} ms",
+                args.latency_concurrency,
+                d90.as_secs_f64() * 1e3,
+                v90.as_secs_f64() * 1e3
+            );
+            pass.push(via_rps / direct_rps);
+            file_vs_echo.push(file_rps / echo_rps);
+            added.push((v90.as_secs_f64() - d90.as_secs_f64()) * 1e3);
+            p90_direct.push(d90.as_secs_f64() * 1e3);
+            p90_via.push(v90.as_secs_f64() * 1e3);
+        }
+        let (m, lo, hi) = median(&mut pass);
+        println!(
+            "[gateway] GetPerson through the gateway vs direct (mTLS, policy, audit; {} in flight, {} rounds): median {m:.2}x, range {lo:.2}-{hi:.2}",
+            args.concurrency, args.rounds
+        );
+        let (m, lo, hi) = median(&mut added);
+        let (d, _, _) = median(&mut p90_direct);
+        let (v, _, _) = median(&mut p90_via);
+        println!(
+            "[gateway] p90 latency at {} in flight: direct {d:.3} ms, through the gateway {v:.3} ms, added median {m:.3} ms (range {lo:.3}-{hi:.3})",
+            args.latency_concurrency
+        );
+        let (m, lo, hi) = median(&mut file_vs_echo);
+        println!(
+            "[gateway] case file (5 parts from 3 services) vs bare tonic echo: median {m:.2}x, range {lo:.2}-{hi:.2}"
+        );
+        Ok(())
+    }
+}
