@@ -214,10 +214,24 @@ impl Recorder {
         if entries.is_empty() {
             return Ok(());
         }
-        let (done, wait) = tokio::sync::oneshot::channel();
-        let gone = || Error::Unavailable("the audit recorder has stopped".into());
-        self.tx.send((entries, done)).await.map_err(|_| gone())?;
-        wait.await.map_err(|_| gone())?
+        use tracing::Instrument;
+        // The call's wait for its durable audit entry, in the call's trace.
+        let span = tracing::info_span!(
+            "db.audit",
+            otel.name = "audit.record",
+            otel.kind = "client",
+            db.operation = "INSERT",
+            db.sql.table = "audit_log",
+            concord.entries = entries.len(),
+        );
+        async move {
+            let (done, wait) = tokio::sync::oneshot::channel();
+            let gone = || Error::Unavailable("the audit recorder has stopped".into());
+            self.tx.send((entries, done)).await.map_err(|_| gone())?;
+            wait.await.map_err(|_| gone())?
+        }
+        .instrument(span)
+        .await
     }
 }
 

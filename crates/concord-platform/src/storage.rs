@@ -219,7 +219,17 @@ impl Tx {
     }
     /// Commits, then wakes watch streams if the transaction wrote to the outbox.
     pub async fn commit(self) -> Result<()> {
-        self.tx.commit().await.map_err(map_sqlx)?;
+        use tracing::Instrument;
+        let span = tracing::info_span!(
+            "db.commit",
+            otel.name = "db.commit",
+            otel.kind = "client",
+            db.system = match self.dialect() {
+                Dialect::Sqlite => "sqlite",
+                Dialect::Postgres => "postgresql",
+            },
+        );
+        self.tx.commit().instrument(span).await.map_err(map_sqlx)?;
         if let Some(seq) = self.outbox_seq {
             self.db.changes.send_if_modified(|cur| {
                 if seq > *cur {
