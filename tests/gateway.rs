@@ -51,7 +51,9 @@ fn parts(file: &gw::CaseFile) -> Vec<(i32, String)> {
 #[tokio::test]
 async fn partners_reach_every_service_through_the_gateway_as_themselves_and_get_case_files() {
     let dir = tempfile::tempdir().unwrap();
-    let all = start(&config(dir.path(), concord::Target::All)).await;
+    let mut cfg = config(dir.path(), concord::Target::All);
+    cfg.metrics_addr = Some("127.0.0.1:0".parse().unwrap());
+    let all = start(&cfg).await;
     let pki = DemoPki { dir: dir.path().join("pki"), created: false };
     let gateway = all.running.gateway.unwrap();
     let mut cell = partner(&pki, gateway, "coalition-coordinator").await;
@@ -151,7 +153,29 @@ async fn partners_reach_every_service_through_the_gateway_as_themselves_and_get_
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+
+    // RPC metrics, as Prometheus scrapes them: the gateway's calls and the services' behind.
+    let metrics = scrape(all.running.metrics.unwrap()).await;
+    for line in [
+        "grpc_server_handled_total{grpc_service=\"concord.gateway.v1.GatewayService\",grpc_method=\"GetCaseFile\",grpc_code=\"OK\"}",
+        "grpc_server_handled_total{grpc_service=\"concord.gateway.v1.GatewayService\",grpc_method=\"GetCaseFile\",grpc_code=\"NotFound\"} 1",
+        "grpc_server_handled_total{grpc_service=\"concord.registry.v1.RegistryService\",grpc_method=\"GetPerson\",grpc_code=\"OK\"}",
+        "grpc_server_handling_seconds_count{grpc_service=\"concord.facilities.v1.FacilitiesService\",grpc_method=\"GetFacility\"}",
+    ] {
+        assert!(metrics.contains(line), "{line} in\n{metrics}");
+    }
     all.stop().await;
+}
+
+/// `GET /metrics` over plain HTTP/1.1.
+async fn scrape(addr: std::net::SocketAddr) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+    conn.write_all(b"GET /metrics HTTP/1.1\r\nhost: concord\r\n\r\n").await.unwrap();
+    let mut out = String::new();
+    conn.read_to_string(&mut out).await.unwrap();
+    assert!(out.starts_with("HTTP/1.1 200 OK"), "{out}");
+    out
 }
 
 #[tokio::test]

@@ -89,6 +89,8 @@ where
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let started = Instant::now();
+        let (svc, m) = (service.to_string(), method.to_string());
+        crate::metrics::RPC.started(&svc, &m);
         Box::pin(
             async move {
                 let res = inner.call(req).await;
@@ -102,6 +104,12 @@ where
                         .unwrap_or("0")
                         .to_string();
                     tracing::Span::current().record("rpc.grpc.status_code", code.as_str());
+                    crate::metrics::RPC.handled(
+                        &svc,
+                        &m,
+                        crate::metrics::code_name(&code),
+                        started.elapsed(),
+                    );
                     tracing::debug!(elapsed_us = started.elapsed().as_micros() as u64, grpc_status = %code, "request served");
                 }
                 res
@@ -232,9 +240,11 @@ where
             match self.authenticator.authenticate(&presented) {
                 Ok(principal) => {
                     tracing::Span::current().record("concord.agency", principal.agency.as_str());
-                    if let Some(wait) =
-                        self.limiter.as_ref().and_then(|l| l.check(&principal.agency).err())
-                    {
+                    // A partner is limited where it enters: a call forwarded by the gateway
+                    // (or made on its behalf by a service) was counted there, and one call
+                    // there may take several here (a case file).
+                    let limiter = self.limiter.as_ref().filter(|_| principal.via.is_none());
+                    if let Some(wait) = limiter.and_then(|l| l.check(&principal.agency).err()) {
                         let status = rate_limited(&principal.agency, wait);
                         return Box::pin(async move { Ok(status.into_http()) });
                     }

@@ -34,6 +34,7 @@ pub mod filter;
 pub mod idempotency;
 pub mod layers;
 pub mod link;
+pub mod metrics;
 pub mod named_enum;
 pub mod oidc;
 pub mod outbox;

@@ -47,6 +47,10 @@ pub struct Config {
     /// Address of the registry's gRPC server.
     #[arg(long, env = "CONCORD_REGISTRY_ADDR", default_value = "127.0.0.1:50051")]
     pub registry_addr: SocketAddr,
+    /// Plaintext HTTP address serving RPC metrics at `/metrics` in the Prometheus format
+    /// (calls, codes and handling time per service and method); unset: none.
+    #[arg(long, env = "CONCORD_METRICS_ADDR")]
+    pub metrics_addr: Option<SocketAddr>,
     /// Plaintext address answering only the gRPC health protocol, for Kubernetes probes (which
     /// cannot speak TLS); unset: health is served on the TLS port only.
     #[arg(long, env = "CONCORD_HEALTH_ADDR")]
@@ -276,6 +280,8 @@ pub struct Running {
     pub gateway: Option<SocketAddr>,
     /// The plaintext health address, if any.
     pub health: Option<SocketAddr>,
+    /// The metrics address, if any.
+    pub metrics: Option<SocketAddr>,
 }
 
 /// Starts the targets on their listeners and returns their addresses and a future that
@@ -294,8 +300,14 @@ pub async fn start(
         health: None,
         tasks: Vec::new(),
     };
-    let mut running =
-        Running { registry: None, facilities: None, requests: None, gateway: None, health: None };
+    let mut running = Running {
+        registry: None,
+        facilities: None,
+        requests: None,
+        gateway: None,
+        health: None,
+        metrics: None,
+    };
     if matches!(cfg.target, Target::All | Target::Registry) {
         let (svc, db) = concord_registry::build(
             &cfg.registry_database_url(),
@@ -356,6 +368,11 @@ pub async fn start(
         running.gateway = Some(launcher.launch(cfg.gateway_addr, services, None).await?);
     }
     running.health = launcher.health;
+    if let Some(addr) = cfg.metrics_addr {
+        let listener = server::bind(addr).await?;
+        running.metrics = Some(listener.local_addr()?);
+        tokio::spawn(concord_platform::metrics::serve(listener, shutdown.clone()));
+    }
     let mut tasks = launcher.tasks;
     // Every server runs until shutdown; the first to fail ends the process with its error
     // (the others are not left serving a half-working suite).
