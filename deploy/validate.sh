@@ -8,16 +8,18 @@
 #   - every YAML file parses (duplicate keys are errors)
 #   - each kustomization.yaml's resources / patches / generator files exist
 #   - every manifest has apiVersion, kind, metadata.name; JSON 6902 patches are well formed
-#   - per kustomization, for every workload (one per service: registry, facilities, requests):
+#   - per kustomization, for every workload (one per service: registry, facilities, requests,
+#     gateway):
 #     container ports match the Services' targetPorts; each container has a `grpc` port
 #     (mutual TLS) and a separate `health` port, and its startup/readiness/liveness probes are
 #     native gRPC probes on the `health` port by number (the kubelet's gRPC probe cannot speak
 #     TLS: it calls the plaintext health-only CONCORD_HEALTH_ADDR); the `serve --target` of
 #     the container picks the service(s) it runs, whose listen variable (CONCORD_REGISTRY_ADDR,
-#     CONCORD_FACILITIES_ADDR, CONCORD_REQUESTS_ADDR) must listen on 0.0.0.0 on the `grpc`
+#     CONCORD_FACILITIES_ADDR, CONCORD_REQUESTS_ADDR, CONCORD_GATEWAY_ADDR) must listen on
+#     0.0.0.0 on the `grpc`
 #     port, as CONCORD_HEALTH_ADDR on the `health` port; the component label names that target;
 #     a service on SQLite (no *_DATABASE_URL) has its database on a volume claim of a single
-#     replica, and no two services share a database URL source;
+#     replica (the gateway has no database), and no two services share a database URL source;
 #     CONCORD_TLS_CERT/_KEY/_CLIENT_CA come together with CONCORD_AGENCIES and point into
 #     volume mounts, and without them (demo PKI) CONCORD_DATA_DIR is on a volume claim of a
 #     single replica and CONCORD_DEMO_SERVER_NAMES lists the workload's Services;
@@ -154,8 +156,9 @@ NAMESPACED_EXEMPT = {"Namespace", "ClusterRole", "ClusterRoleBinding", "Persiste
 JSON_PATCH_OPS = {"add", "remove", "replace", "move", "copy", "test"}
 
 # The services of `concord serve`: the variable each listens on, its database URL variable, and
-# the SQLite file it uses under CONCORD_DATA_DIR when that is unset. `--target` picks one, or
-# `all` (the default) runs every one in one process. Add a line here when a service lands.
+# the SQLite file it uses under CONCORD_DATA_DIR when that is unset (None for both: no
+# database). `--target` picks one, or `all` (the default) runs every one in one process. Add a
+# line here when a service lands.
 SERVICES = {
     "registry": {"addr": "CONCORD_REGISTRY_ADDR", "db": "CONCORD_REGISTRY_DATABASE_URL",
                  "sqlite": "registry.db"},
@@ -163,6 +166,8 @@ SERVICES = {
                    "sqlite": "facilities.db"},
     "requests": {"addr": "CONCORD_REQUESTS_ADDR", "db": "CONCORD_REQUESTS_DATABASE_URL",
                  "sqlite": "requests.db"},
+    # The partners' address: no database of its own (it calls the services above).
+    "gateway": {"addr": "CONCORD_GATEWAY_ADDR", "db": None, "sqlite": None},
 }
 TARGETS = {"all": list(SERVICES), **{name: [name] for name in SERVICES}}
 # The binary's default, used when CONCORD_DEMO_SERVER_NAMES is unset.
@@ -426,6 +431,8 @@ def check_set(where, objs, namespace=None):
             # replica). With PostgreSQL the pods are stateless.
             for svc in served:
                 dbvar = SERVICES[svc]["db"]
+                if dbvar is None:  # no database (the gateway)
+                    continue
                 if dbvar in env_from_ref:
                     src = env_from_ref[dbvar]
                     ref = src.get("secretKeyRef") or src.get("configMapKeyRef") or {}

@@ -128,7 +128,10 @@ async fn partners_reach_every_service_through_the_gateway_as_themselves_and_get_
     assert!(file.parts.iter().all(|p| p.code == "OK"), "{:?}", file.parts);
     assert_eq!(file.parts.len(), 5);
     assert_eq!(file.person.as_ref().unwrap().name, mother);
-    assert_eq!(file.family.iter().map(|p| p.name.clone()).collect::<Vec<_>>(), vec![daughter]);
+    assert_eq!(
+        file.family.iter().map(|p| p.name.clone()).collect::<Vec<_>>(),
+        vec![daughter.clone()]
+    );
     assert!(!file.custody_events.is_empty(), "the admission");
     let facility = file.facility.as_ref().expect("the camp");
     assert_eq!(facility.name, "facilities/al-hol");
@@ -154,6 +157,72 @@ async fn partners_reach_every_service_through_the_gateway_as_themselves_and_get_
         .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
 
+    // The JSON edge, as curl calls it (the agency's certificate, the protobuf JSON mapping), under the same identity and scope.
+    let get_mother = format!(r#"{{"name": "{mother}"}}"#);
+    let path = "/v1/concord.registry.v1.RegistryService/GetPerson";
+    let (code, body) = curl(&pki, gateway, Some("fr-mfa"), path, Some(&get_mother)).await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["name"], mother.as_str());
+    assert_eq!(body["custodyStatus"], "CUSTODY_STATUS_IN_CUSTODY");
+    assert_eq!(body["nationalities"][0]["state"], "FR");
+    let (code, body) = curl(&pki, gateway, Some("nl-mfa"), path, Some(&get_mother)).await;
+    assert_eq!((code, body["status"].as_str()), (404, Some("NOT_FOUND")), "{body}");
+    let (code, body) = curl(&pki, gateway, None, path, Some(&get_mother)).await;
+    assert_eq!((code, body["status"].as_str()), (401, Some("UNAUTHENTICATED")), "{body}");
+    let (code, body) = curl(&pki, gateway, Some("fr-mfa"), path, Some(r#"{"nmae": "x"}"#)).await;
+    assert_eq!(code, 400, "{body}");
+    assert!(body["message"].as_str().unwrap().contains("nmae"), "{body}");
+    let (code, body) = curl(
+        &pki,
+        gateway,
+        Some("fr-mfa"),
+        "/v1/concord.requests.v1.RequestsService/CreateRequest",
+        Some(r#"{"request": {"type": "REQUEST_TYPE_REPATRIATION"}}"#),
+    )
+    .await;
+    assert_eq!((code, body["status"].as_str()), (400, Some("INVALID_ARGUMENT")), "{body}");
+    let violations = &body["details"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["@type"] == "type.googleapis.com/google.rpc.BadRequest")
+        .unwrap()["fieldViolations"];
+    assert!(
+        violations.as_array().unwrap().iter().any(|v| v["field"] == "request.summary"),
+        "{body}"
+    );
+    let (code, body) = curl(
+        &pki,
+        gateway,
+        Some("fr-mfa"),
+        "/v1/concord.gateway.v1.GatewayService/GetCaseFile",
+        Some(&format!(r#"{{"person": "{mother}"}}"#)),
+    )
+    .await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["parts"].as_array().unwrap().len(), 5, "{body}");
+    assert_eq!(body["family"][0]["name"], daughter.as_str());
+    let (code, body) = curl(&pki, gateway, Some("fr-mfa"), "/v1/openapi.json", None).await;
+    assert_eq!((code, body["openapi"].as_str()), (200, Some("3.1.0")));
+    assert!(body["paths"]["/v1/concord.gateway.v1.GatewayService/GetCaseFile"]["post"].is_object());
+    // gRPC-Web, as a browser sends it (framed protobuf, trailers in the body).
+    let framed = {
+        use prost::Message;
+        let m = reg::GetPersonRequest { name: mother.clone() }.encode_to_vec();
+        let mut f = vec![0u8];
+        f.extend((m.len() as u32).to_be_bytes());
+        f.extend(m);
+        f
+    };
+    let answer =
+        grpc_web(&pki, gateway, "fr-mfa", "/concord.registry.v1.RegistryService/GetPerson", framed)
+            .await;
+    let len = u32::from_be_bytes(answer[1..5].try_into().unwrap()) as usize;
+    let person = <reg::Person as prost::Message>::decode(&answer[5..5 + len]).unwrap();
+    assert_eq!(person.name, mother);
+    let trailer = String::from_utf8_lossy(&answer[5 + len + 5..]).to_string();
+    assert!(answer[5 + len] == 0x80 && trailer.contains("grpc-status:0"), "{trailer}");
+
     // RPC metrics, as Prometheus scrapes them: the gateway's calls and the services' behind.
     let metrics = scrape(all.running.metrics.unwrap()).await;
     for line in [
@@ -165,6 +234,90 @@ async fn partners_reach_every_service_through_the_gateway_as_themselves_and_get_
         assert!(metrics.contains(line), "{line} in\n{metrics}");
     }
     all.stop().await;
+}
+
+/// `curl` (as `agency` or with no certificate; over TLS the gateway speaks HTTP/2 only) of the JSON edge: the HTTP status and
+/// the JSON body. POST with `body`, else GET.
+async fn curl(
+    pki: &DemoPki,
+    gateway: std::net::SocketAddr,
+    agency: Option<&str>,
+    path: &str,
+    body: Option<&str>,
+) -> (u16, serde_json::Value) {
+    let mut args: Vec<String> = vec![
+        "-sS".into(),
+        "--http2".into(),
+        "--cacert".into(),
+        pki.dir.join("ca.pem").display().to_string(),
+        "-H".into(),
+        "x-concord-purpose: consular case review".into(),
+        "-H".into(),
+        "content-type: application/json".into(),
+        "-w".into(),
+        "\n%{http_code}".into(),
+    ];
+    if let Some(a) = agency {
+        let files = pki.agency(a);
+        args.extend(["--cert".into(), files.cert.display().to_string()]);
+        args.extend(["--key".into(), files.key.display().to_string()]);
+    }
+    if let Some(b) = body {
+        args.extend(["-d".into(), b.to_string()]);
+    }
+    args.push(format!("https://localhost:{}{path}", gateway.port()));
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("curl").args(&args).output()
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let (json, code) = text.rsplit_once('\n').unwrap_or_else(|| panic!("curl: {text} {out:?}"));
+    (
+        code.trim().parse().unwrap(),
+        serde_json::from_str(json).unwrap_or_else(|e| panic!("{e}: {text} {out:?}")),
+    )
+}
+
+/// A gRPC-Web call with curl, as a browser makes it: the raw answer body.
+async fn grpc_web(
+    pki: &DemoPki,
+    gateway: std::net::SocketAddr,
+    agency: &str,
+    path: &str,
+    framed: Vec<u8>,
+) -> Vec<u8> {
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), framed).unwrap();
+    let files = pki.agency(agency);
+    let args: Vec<String> = vec![
+        "-sS".into(),
+        "--http2".into(),
+        "--cacert".into(),
+        pki.dir.join("ca.pem").display().to_string(),
+        "--cert".into(),
+        files.cert.display().to_string(),
+        "--key".into(),
+        files.key.display().to_string(),
+        "-H".into(),
+        "content-type: application/grpc-web+proto".into(),
+        "-H".into(),
+        "x-grpc-web: 1".into(),
+        "-H".into(),
+        "x-concord-purpose: consular case review".into(),
+        "--data-binary".into(),
+        format!("@{}", file.path().display()),
+        format!("https://localhost:{}{path}", gateway.port()),
+    ];
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("curl").args(&args).output()
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    out.stdout
 }
 
 /// `GET /metrics` over plain HTTP/1.1.

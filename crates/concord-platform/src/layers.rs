@@ -168,7 +168,8 @@ where
             let status = tonic::Status::unavailable(
                 "server is at its concurrency limit; retry with backoff",
             );
-            return Box::pin(async move { Ok(status.into_http()) });
+            let res = crate::http_json::respond(req.headers(), status);
+            return Box::pin(async move { Ok(res) });
         };
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
@@ -246,13 +247,15 @@ where
                     let limiter = self.limiter.as_ref().filter(|_| principal.via.is_none());
                     if let Some(wait) = limiter.and_then(|l| l.check(&principal.agency).err()) {
                         let status = rate_limited(&principal.agency, wait);
-                        return Box::pin(async move { Ok(status.into_http()) });
+                        let res = crate::http_json::respond(req.headers(), status);
+                        return Box::pin(async move { Ok(res) });
                     }
                     req.extensions_mut().insert(principal);
                 }
                 Err(e) => {
                     let status = e.into_status("auth.concord");
-                    return Box::pin(async move { Ok(status.into_http()) });
+                    let res = crate::http_json::respond(req.headers(), status);
+                    return Box::pin(async move { Ok(res) });
                 }
             }
         }

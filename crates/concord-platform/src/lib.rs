@@ -31,6 +31,7 @@ pub mod config;
 pub mod error;
 pub mod fields;
 pub mod filter;
+pub mod http_json;
 pub mod idempotency;
 pub mod layers;
 pub mod link;

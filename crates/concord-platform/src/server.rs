@@ -87,6 +87,7 @@ pub struct Services {
     names: Vec<&'static str>,
     plain_health: Option<TcpListener>,
     health_hook: Option<HealthHook>,
+    http1_and_grpc_web: bool,
 }
 
 impl Services {
@@ -120,6 +121,13 @@ impl Services {
         hook: impl FnOnce(tonic_health::server::HealthReporter) + Send + 'static,
     ) -> Self {
         self.health_hook = Some(Box::new(hook));
+        self
+    }
+
+    /// Also accepts HTTP/1.1 (for the JSON edge) and gRPC-Web (for browsers), both on the
+    /// same port and behind the same layers.
+    pub fn with_http1_and_grpc_web(mut self) -> Self {
+        self.http1_and_grpc_web = true;
         self
     }
 
@@ -243,7 +251,9 @@ pub async fn serve(
     if let Some(tls) = security.tls {
         builder = builder.tls_config(tls)?;
     }
+    let web = services.http1_and_grpc_web;
     let server = builder
+        .accept_http1(web)
         .timeout(cfg.request_timeout)
         .tcp_nodelay(true)
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
@@ -252,6 +262,7 @@ pub async fn serve(
         .initial_stream_window_size(Some(1024 * 1024))
         .initial_connection_window_size(Some(4 * 1024 * 1024))
         .layer(layers)
+        .layer(tower::util::option_layer(web.then(tonic_web::GrpcWebLayer::new)))
         .add_routes(routes)
         .serve_with_incoming_shutdown(incoming(listener), signal);
     // Watch streams end on the same signal; anything still running after the grace and the

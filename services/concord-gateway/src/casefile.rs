@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use concord_platform::auth::{HeaderCredentials, Principal};
 use concord_platform::client::TracedChannel;
+use concord_platform::http_json::code_name;
 use concord_proto::facilities::v1 as fac;
 use concord_proto::facilities::v1::facilities_service_client::FacilitiesServiceClient;
 use concord_proto::gateway::v1 as pb;
@@ -70,29 +71,6 @@ async fn until<T>(
     match tokio::time::timeout_at(deadline, call).await {
         Ok(r) => r.map(tonic::Response::into_inner),
         Err(_) => Err(Status::deadline_exceeded("no answer within the call's deadline")),
-    }
-}
-
-/// The upper-case name of a gRPC code, as in the contract.
-pub fn code_name(code: Code) -> &'static str {
-    match code {
-        Code::Ok => "OK",
-        Code::Cancelled => "CANCELLED",
-        Code::Unknown => "UNKNOWN",
-        Code::InvalidArgument => "INVALID_ARGUMENT",
-        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
-        Code::NotFound => "NOT_FOUND",
-        Code::AlreadyExists => "ALREADY_EXISTS",
-        Code::PermissionDenied => "PERMISSION_DENIED",
-        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
-        Code::FailedPrecondition => "FAILED_PRECONDITION",
-        Code::Aborted => "ABORTED",
-        Code::OutOfRange => "OUT_OF_RANGE",
-        Code::Unimplemented => "UNIMPLEMENTED",
-        Code::Internal => "INTERNAL",
-        Code::Unavailable => "UNAVAILABLE",
-        Code::DataLoss => "DATA_LOSS",
-        Code::Unauthenticated => "UNAUTHENTICATED",
     }
 }
 
@@ -215,16 +193,4 @@ pub async fn case_file(
         requests: named_in.map(|r| r.requests).unwrap_or_default(),
         parts,
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn code_names_are_the_contracts() {
-        assert_eq!(code_name(Code::DeadlineExceeded), "DEADLINE_EXCEEDED");
-        assert_eq!(code_name(Code::Unavailable), "UNAVAILABLE");
-        assert_eq!(code_name(Code::Ok), "OK");
-    }
 }

@@ -13,6 +13,9 @@ use tonic::{Request, Response, Status};
 
 use crate::casefile::{self, Backends, Caller};
 
+/// The gateway service's gRPC name.
+pub const NAME: &str = "concord.gateway.v1.GatewayService";
+
 /// Error domain of the gateway (google.rpc.ErrorInfo.domain).
 pub const DOMAIN: &str = "gateway.concord";
 

@@ -6,6 +6,8 @@
 //! - [`casefile`]: the case file of a person, composed in parallel under one deadline.
 //! - [`grpc`]: the gateway's own RPCs (`concord.gateway.v1`).
 //! - [`health`]: the health of each service behind, as the gateway sees it.
+//! - [`json`] and [`openapi`]: every unary RPC over HTTP/JSON, and its OpenAPI document;
+//!   gRPC-Web is served on the same port for browsers.
 //!
 //! The gateway keeps no data and decides no authorization: each service behind it decides
 //! for every call what the partner may see and do, and audits it.
@@ -13,6 +15,8 @@
 pub mod casefile;
 pub mod grpc;
 pub mod health;
+pub mod json;
+pub mod openapi;
 pub mod proxy;
 
 use concord_platform::config::ServerConfig;
@@ -51,12 +55,23 @@ pub fn services(links: &Links, cfg: &ServerConfig, shutdown: Shutdown) -> anyhow
         (proxy::Facilities::NAME, backends.facilities.clone()),
         (proxy::Requests::NAME, backends.requests.clone()),
     ];
+    let registry = proxy::Proxy::<proxy::Registry>::new(backends.registry);
+    let facilities = proxy::Proxy::<proxy::Facilities>::new(backends.facilities);
+    let requests = proxy::Proxy::<proxy::Requests>::new(backends.requests);
+    let edge = json::JsonEdge::new(vec![
+        (grpc::NAME, json::Inner::new(gateway.clone())),
+        (proxy::Registry::NAME, json::Inner::new(registry.clone())),
+        (proxy::Facilities::NAME, json::Inner::new(facilities.clone())),
+        (proxy::Requests::NAME, json::Inner::new(requests.clone())),
+    ])?;
     Ok(Services::new()
         .with_health_hook(move |reporter| {
             tokio::spawn(health::follow(upstreams, reporter, shutdown));
         })
+        .with_http1_and_grpc_web()
         .with(gateway)
-        .with(proxy::Proxy::<proxy::Registry>::new(backends.registry))
-        .with(proxy::Proxy::<proxy::Facilities>::new(backends.facilities))
-        .with(proxy::Proxy::<proxy::Requests>::new(backends.requests)))
+        .with(registry)
+        .with(facilities)
+        .with(requests)
+        .with(edge))
 }

@@ -1,0 +1,136 @@
+//! Errors for callers that speak HTTP/JSON rather than gRPC (the gateway's JSON edge): the
+//! HTTP status of each gRPC code, and google.rpc.Status in the protobuf JSON mapping. The
+//! layers answer such callers this way when they refuse a call before any service sees it
+//! (no credentials, overload, rate limit).
+
+use bytes::Bytes;
+use tonic::body::Body;
+
+/// The upper-case name of a gRPC code, as in google.rpc.Code.
+pub fn code_name(code: tonic::Code) -> &'static str {
+    use tonic::Code::*;
+    match code {
+        Ok => "OK",
+        Cancelled => "CANCELLED",
+        Unknown => "UNKNOWN",
+        InvalidArgument => "INVALID_ARGUMENT",
+        DeadlineExceeded => "DEADLINE_EXCEEDED",
+        NotFound => "NOT_FOUND",
+        AlreadyExists => "ALREADY_EXISTS",
+        PermissionDenied => "PERMISSION_DENIED",
+        ResourceExhausted => "RESOURCE_EXHAUSTED",
+        FailedPrecondition => "FAILED_PRECONDITION",
+        Aborted => "ABORTED",
+        OutOfRange => "OUT_OF_RANGE",
+        Unimplemented => "UNIMPLEMENTED",
+        Internal => "INTERNAL",
+        Unavailable => "UNAVAILABLE",
+        DataLoss => "DATA_LOSS",
+        Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+/// The HTTP status of a gRPC code (google.rpc.Code's documented mapping).
+pub fn http_status(code: tonic::Code) -> http::StatusCode {
+    use http::StatusCode as H;
+    use tonic::Code::*;
+    match code {
+        Ok => H::OK,
+        Cancelled => H::from_u16(499).unwrap_or(H::BAD_REQUEST),
+        InvalidArgument | FailedPrecondition | OutOfRange => H::BAD_REQUEST,
+        DeadlineExceeded => H::GATEWAY_TIMEOUT,
+        NotFound => H::NOT_FOUND,
+        AlreadyExists | Aborted => H::CONFLICT,
+        PermissionDenied => H::FORBIDDEN,
+        Unauthenticated => H::UNAUTHORIZED,
+        ResourceExhausted => H::TOO_MANY_REQUESTS,
+        Unimplemented => H::NOT_IMPLEMENTED,
+        Unavailable => H::SERVICE_UNAVAILABLE,
+        Unknown | Internal | DataLoss => H::INTERNAL_SERVER_ERROR,
+    }
+}
+
+/// A JSON response with `status`.
+pub fn json(status: http::StatusCode, body: Vec<u8>) -> http::Response<Body> {
+    let mut r = http::Response::new(Body::new(http_body_util::Full::new(Bytes::from(body))));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+    r
+}
+
+/// Whether the caller speaks gRPC (or gRPC-Web), by its content type.
+pub fn is_grpc(headers: &http::HeaderMap) -> bool {
+    headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|t| t.starts_with("application/grpc"))
+}
+
+/// `status` as the caller expects it: gRPC trailers, or JSON for HTTP/JSON callers.
+pub fn respond(request_headers: &http::HeaderMap, status: tonic::Status) -> http::Response<Body> {
+    if is_grpc(request_headers) {
+        status.into_http()
+    } else {
+        error(&status)
+    }
+}
+
+/// google.rpc.Status in JSON, with the HTTP status of its code and the details Concord sends
+/// (ErrorInfo, BadRequest field violations, RetryInfo).
+pub fn error(status: &tonic::Status) -> http::Response<Body> {
+    use tonic_types::StatusExt;
+    let d = status.get_error_details();
+    let mut details = Vec::new();
+    if let Some(i) = d.error_info() {
+        details.push(serde_json::json!({
+            "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+            "reason": i.reason, "domain": i.domain, "metadata": i.metadata,
+        }));
+    }
+    if let Some(b) = d.bad_request() {
+        let v: Vec<_> = b
+            .field_violations
+            .iter()
+            .map(|v| serde_json::json!({"field": v.field, "description": v.description}))
+            .collect();
+        details.push(serde_json::json!({
+            "@type": "type.googleapis.com/google.rpc.BadRequest", "fieldViolations": v,
+        }));
+    }
+    if let Some(r) = d.retry_info() {
+        let delay = r.retry_delay.map(|d| format!("{:.3}s", d.as_secs_f64()));
+        details.push(serde_json::json!({
+            "@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": delay,
+        }));
+    }
+    let body = serde_json::json!({
+        "code": status.code() as i32,
+        "status": code_name(status.code()),
+        "message": status.message(),
+        "details": details,
+    });
+    json(http_status(status.code()), serde_json::to_vec(&body).unwrap_or_default())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_map_to_their_http_statuses_and_names() {
+        assert_eq!(http_status(tonic::Code::NotFound), http::StatusCode::NOT_FOUND);
+        assert_eq!(
+            http_status(tonic::Code::ResourceExhausted),
+            http::StatusCode::TOO_MANY_REQUESTS
+        );
+        assert_eq!(code_name(tonic::Code::DeadlineExceeded), "DEADLINE_EXCEEDED");
+        let mut h = http::HeaderMap::new();
+        assert!(!is_grpc(&h));
+        h.insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/grpc-web+proto"),
+        );
+        assert!(is_grpc(&h));
+    }
+}

@@ -1,0 +1,195 @@
+//! The JSON edge, for partners without gRPC: every unary RPC of the gateway and of the
+//! services it passes through, as `POST /v1/{package.Service}/{Method}` with the request
+//! message as JSON in the standard protobuf JSON mapping (lowerCamelCase names, 64-bit
+//! integers as strings, enums by name, RFC 3339 timestamps), answered the same way. The call
+//! is made as the gRPC call it maps to, under the same identity (client certificate or bearer
+//! token), purpose (`x-concord-purpose`) and deadline (`grpc-timeout`), so each service
+//! decides and audits it as any other. Errors come back with the HTTP status of their gRPC
+//! code and a body `{"code", "status", "message", "details"}` (google.rpc.Status in JSON,
+//! with the field violations of bad input). `GET /v1/openapi.json` describes it all.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::task::{Context, Poll};
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use concord_platform::http_json::{error, json};
+use futures::future::BoxFuture;
+use http_body_util::BodyExt;
+use prost::Message;
+use prost_reflect::{DescriptorPool, DynamicMessage, MethodDescriptor, SerializeOptions};
+use tonic::body::Body;
+use tonic::server::NamedService;
+use tower::util::BoxCloneSyncService;
+use tower::{Service, ServiceExt};
+
+/// A gRPC service the edge calls in process.
+pub type Inner = BoxCloneSyncService<http::Request<Body>, http::Response<Body>, Infallible>;
+
+/// Largest JSON request body accepted.
+const MAX_BODY: usize = 4 * 1024 * 1024;
+
+/// The JSON edge over the gateway's gRPC services.
+#[derive(Clone)]
+pub struct JsonEdge {
+    pool: DescriptorPool,
+    services: BTreeMap<&'static str, Inner>,
+    openapi: Bytes,
+}
+
+impl JsonEdge {
+    /// Serves the unary methods of `services` (gRPC name and service).
+    pub fn new(services: Vec<(&'static str, Inner)>) -> anyhow::Result<Self> {
+        let pool = DescriptorPool::decode(concord_proto::FILE_DESCRIPTOR_SET)?;
+        let names: Vec<&str> = services.iter().map(|(n, _)| *n).collect();
+        let openapi =
+            Bytes::from(serde_json::to_vec_pretty(&crate::openapi::document(&pool, &names)?)?);
+        Ok(Self { pool, services: services.into_iter().collect(), openapi })
+    }
+}
+
+impl NamedService for JsonEdge {
+    // Routes `/v1/*`.
+    const NAME: &'static str = "v1";
+}
+
+impl Service<http::Request<Body>> for JsonEdge {
+    type Response = http::Response<Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<'static, Result<Self::Response, Infallible>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: http::Request<Body>) -> Self::Future {
+        let edge = self.clone();
+        Box::pin(async move { Ok(edge.handle(req).await) })
+    }
+}
+
+impl JsonEdge {
+    async fn handle(&self, req: http::Request<Body>) -> http::Response<Body> {
+        let path = req.uri().path().to_string();
+        if path == "/v1/openapi.json" && req.method() == http::Method::GET {
+            return json(http::StatusCode::OK, self.openapi.to_vec());
+        }
+        let Some(rest) = path.strip_prefix("/v1/") else {
+            return error(&tonic::Status::not_found(format!("no such path {path}")));
+        };
+        let Some((service, method)) = rest.split_once('/') else {
+            return error(&tonic::Status::not_found(format!(
+                "{path} is not /v1/{{package.Service}}/{{Method}}"
+            )));
+        };
+        let Some(method) = self.method(service, method) else {
+            return error(&tonic::Status::not_found(format!("no such method {service}/{method}")));
+        };
+        if method.is_client_streaming() || method.is_server_streaming() {
+            return error(&tonic::Status::unimplemented(format!(
+                "{}/{} streams: call it over gRPC or gRPC-Web",
+                service,
+                method.name()
+            )));
+        }
+        if req.method() != http::Method::POST {
+            return error(&tonic::Status::unimplemented("methods are called with POST"));
+        }
+        match self.call(service, &method, req).await {
+            Ok(r) => r,
+            Err(s) => error(&s),
+        }
+    }
+
+    fn method(&self, service: &str, method: &str) -> Option<MethodDescriptor> {
+        if !self.services.contains_key(service) {
+            return None;
+        }
+        self.pool.get_service_by_name(service)?.methods().find(|m| m.name() == method)
+    }
+
+    async fn call(
+        &self,
+        service: &str,
+        method: &MethodDescriptor,
+        req: http::Request<Body>,
+    ) -> Result<http::Response<Body>, tonic::Status> {
+        let (parts, body) = req.into_parts();
+        let bytes = http_body_util::Limited::new(body, MAX_BODY)
+            .collect()
+            .await
+            .map_err(|e| tonic::Status::invalid_argument(format!("the request body: {e}")))?
+            .to_bytes();
+        let raw: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) { b"{}" } else { &bytes };
+        let mut de = serde_json::Deserializer::from_slice(raw);
+        let message = DynamicMessage::deserialize(method.input(), &mut de)
+            .and_then(|m| de.end().map(|()| m))
+            .map_err(|e| {
+                tonic::Status::invalid_argument(format!(
+                    "the request body is not a {} in JSON: {e}",
+                    method.input().full_name()
+                ))
+            })?;
+        let encoded = message.encode_to_vec();
+        let mut framed = BytesMut::with_capacity(encoded.len() + 5);
+        framed.put_u8(0);
+        framed.put_u32(encoded.len() as u32);
+        framed.put_slice(&encoded);
+
+        // The gRPC call it maps to, with the caller's headers and identity.
+        let mut call = http::Request::new(Body::new(http_body_util::Full::new(framed.freeze())));
+        *call.uri_mut() = format!("/{service}/{}", method.name())
+            .parse()
+            .map_err(|e| tonic::Status::internal(format!("{e}")))?;
+        *call.method_mut() = http::Method::POST;
+        *call.extensions_mut() = parts.extensions;
+        let headers = call.headers_mut();
+        for (k, v) in &parts.headers {
+            if k.as_str().starts_with("x-concord-")
+                || k == "grpc-timeout"
+                || k == "traceparent"
+                || k == "tracestate"
+            {
+                headers.append(k.clone(), v.clone());
+            }
+        }
+        headers
+            .insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/grpc"));
+        headers.insert("te", http::HeaderValue::from_static("trailers"));
+        let inner = self
+            .services
+            .get(service)
+            .cloned()
+            .ok_or_else(|| tonic::Status::not_found(service.to_string()))?;
+        let res = inner.oneshot(call).await.unwrap_or_else(|e| match e {});
+        let (head, body) = res.into_parts();
+        let collected = body
+            .collect()
+            .await
+            .map_err(|e| tonic::Status::unavailable(format!("the answer was cut: {e}")))?;
+        let trailers = collected.trailers().cloned().unwrap_or_default();
+        let mut data = collected.to_bytes();
+        // The status: trailers-only answers carry it in the headers.
+        let from = if trailers.contains_key("grpc-status") { &trailers } else { &head.headers };
+        if let Some(status) = tonic::Status::from_header_map(from) {
+            if status.code() != tonic::Code::Ok {
+                return Err(status);
+            }
+        }
+        if data.remaining() < 5 {
+            return Err(tonic::Status::internal("the service answered no message"));
+        }
+        let compressed = data.get_u8();
+        let len = data.get_u32() as usize;
+        if compressed != 0 || data.remaining() < len {
+            return Err(tonic::Status::internal("the service answered an unreadable message"));
+        }
+        let out = DynamicMessage::decode(method.output(), data.slice(..len))
+            .map_err(|e| tonic::Status::internal(format!("the answer: {e}")))?;
+        let mut buf = Vec::new();
+        let mut ser = serde_json::Serializer::new(&mut buf);
+        out.serialize_with_options(&mut ser, &SerializeOptions::new())
+            .map_err(|e| tonic::Status::internal(format!("the answer in JSON: {e}")))?;
+        Ok(json(http::StatusCode::OK, buf))
+    }
+}
