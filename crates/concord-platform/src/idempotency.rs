@@ -46,6 +46,21 @@ pub fn validate(field: &str, request_id: &str) -> Result<()> {
     Ok(())
 }
 
+/// Whether `request_id` of `agency` was already applied (outside any transaction): for a
+/// retry to skip work done before the write, such as checks against another service; the
+/// write's own [`claim`] still decides.
+pub async fn applied(db: &crate::storage::Db, agency: &str, request_id: &str) -> Result<bool> {
+    let found: Option<String> = sqlx::query_scalar(
+        "SELECT resource_name FROM idempotency_keys WHERE agency = $1 AND request_id = $2",
+    )
+    .bind(agency)
+    .bind(request_id)
+    .fetch_optional(db.reader())
+    .await
+    .db()?;
+    Ok(found.is_some_and(|r| !r.is_empty()))
+}
+
 /// Claims `request_id` of `agency` for `method` inside `tx`.
 pub async fn claim(
     tx: &mut Tx,

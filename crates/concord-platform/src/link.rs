@@ -255,9 +255,9 @@ pub fn etag_version(etag: &str) -> i64 {
 
 /// Relays retry a failed call: when the other side could not be reached or was busy, however
 /// long; when it refused in a way that may pass (credentials or policy being fixed, an
-/// internal error), this many times, then the refusal is recorded, so one bad row cannot
-/// hold up the rest.
-pub const MAX_ATTEMPTS: i64 = 5;
+/// internal error), this many times (with the backoff of [`retry_forever`], about seven
+/// minutes), then the refusal is recorded, so one bad row cannot hold up the rest for ever.
+pub const MAX_ATTEMPTS: i64 = 20;
 
 /// The other side could not be reached or was busy: retry however long.
 pub fn is_unreachable(s: &tonic::Status) -> bool {

@@ -95,6 +95,9 @@ async fn relay(db: &Db, client: &mut RegistryClient, e: &ChangeEvent) -> anyhow:
     .buffer_unordered(CONCURRENCY)
     .collect::<Vec<_>>()
     .await;
+    // Rows written in one order (the person's), as every writer of them does.
+    let mut results = results;
+    results.sort_by(|a, b| a.0.cmp(&b.0));
     let mut transient = None;
     let mut tx = db.begin().await?;
     for (person, r) in results {

@@ -523,8 +523,22 @@ impl RequestsService for Requests {
         let rid = idempotency::key(&m.request_id, "request_id", &m).map_err(st)?;
         let r = new_request(m.request.as_ref(), &state).map_err(st)?;
         // The registry says, as the caller, whether each subject is someone its state may
-        // ask about and is held.
-        self.registry.check_subjects(&a, r.kind, &state, &r.subjects).await.map_err(st)?;
+        // ask about and is held (not again for a retry of a request made already, which the
+        // store answers with it).
+        let retry = match &rid {
+            Some((id, _)) => {
+                idempotency::applied(self.store.db(), &a.principal.agency, id).await.map_err(st)?
+            }
+            None => false,
+        };
+        if !retry {
+            self.registry
+                .check_subjects(&a, r.kind, &state, &r.subjects, |i| {
+                    format!("request.subjects[{i}].person")
+                })
+                .await
+                .map_err(st)?;
+        }
         // Stored and shown in person order (errors above name the caller's positions).
         let mut r = r;
         r.subjects.sort_by(|a, b| a.person_id.cmp(&b.person_id));
@@ -610,7 +624,9 @@ impl RequestsService for Requests {
             if let Ok(r) = self.store.get(&a, &id).await {
                 if r.state == State::Draft && r.roles(&a).contains(&Role::Requester) {
                     self.registry
-                        .check_subjects(&a, r.kind, &r.requesting_state, &r.subjects)
+                        .check_subjects(&a, r.kind, &r.requesting_state, &r.subjects, |_| {
+                            "state".to_string()
+                        })
                         .await
                         .map_err(st)?;
                 }

@@ -26,12 +26,16 @@ const CONSUMER: &str = "registry.persons";
 /// Purpose of the projection's stream (recorded in the registry's audit log).
 pub const PURPOSE: &str = "statistics of nationals held, for diplomatic requests";
 
-/// Custody statuses in which a person is held.
+/// Custody statuses in which a person is held (moved between facilities included).
 const HELD: &[reg::CustodyStatus] = &[
     reg::CustodyStatus::InCustody,
     reg::CustodyStatus::Hospitalised,
     reg::CustodyStatus::InRehabilitation,
+    reg::CustodyStatus::InTransfer,
 ];
+
+/// How long one subject's check may take.
+const CHECK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Registry lookups made at once for one request.
 const CONCURRENCY: usize = 8;
@@ -63,13 +67,16 @@ impl Registry {
     }
 
     /// Checks each of `subjects` as the caller: INVALID_ARGUMENT naming every subject at
-    /// fault; UNAVAILABLE when the registry cannot answer (nothing is stored then).
+    /// fault (in the field `field(i)`); UNAVAILABLE when the registry cannot answer in time,
+    /// INTERNAL when it refuses the service itself (a configuration to fix); nothing is
+    /// stored in either case.
     pub async fn check_subjects(
         &self,
         access: &Access,
         kind: RequestType,
         state: &str,
         subjects: &[Subject],
+        field: impl Fn(usize) -> String,
     ) -> Result<()> {
         let names: Vec<(usize, String)> = subjects
             .iter()
@@ -83,8 +90,13 @@ impl Registry {
                 &access.purpose,
             );
             async move {
-                let r = client.get_person(reg::GetPersonRequest { name: name.clone() }).await;
-                (i, name, r.map(tonic::Response::into_inner))
+                let mut req = tonic::Request::new(reg::GetPersonRequest { name: name.clone() });
+                req.set_timeout(CHECK_TIMEOUT);
+                let r = match tokio::time::timeout(CHECK_TIMEOUT, client.get_person(req)).await {
+                    Ok(r) => r.map(tonic::Response::into_inner),
+                    Err(_) => Err(tonic::Status::deadline_exceeded("no answer in time")),
+                };
+                (i, name, r)
             }
         }))
         .buffered(CONCURRENCY)
@@ -92,7 +104,7 @@ impl Registry {
         .await;
         let mut v = Violations::new();
         for (i, name, r) in answers {
-            let field = format!("request.subjects[{i}].person");
+            let field = field(i);
             match r {
                 Ok(p) if !p.merged_into.is_empty() => v.add(
                     &field,
@@ -101,7 +113,15 @@ impl Registry {
                 Ok(p) if needs_custody(kind) => {
                     let status = reg::CustodyStatus::try_from(p.custody_status)
                         .unwrap_or(reg::CustodyStatus::Unspecified);
-                    if !HELD.contains(&status) {
+                    if p.redacted_fields.iter().any(|f| f == "custody_status") {
+                        v.add(
+                            &field,
+                            format!(
+                                "{name}: {state} may not see where the person is held, so a {kind} \
+                                 request cannot be checked"
+                            ),
+                        );
+                    } else if !HELD.contains(&status) {
                         v.add(
                             &field,
                             format!(
@@ -120,11 +140,18 @@ impl Registry {
                          national, and not shared with it by an agreement (or no such person)"
                     ),
                 ),
-                Err(s) => {
+                Err(s) if link::is_unreachable(&s) => {
                     return Err(Error::Unavailable(format!(
                         "the registry could not check {name}: {}; nothing was stored, retry",
                         s.message()
                     )))
+                }
+                Err(s) => {
+                    tracing::error!(person = %name, code = ?s.code(), error = %s.message(), "the registry refused a subject check");
+                    return Err(Error::internal(anyhow::anyhow!(
+                        "the registry refused to check {name} for this service ({:?}); nothing was stored",
+                        s.code()
+                    )));
                 }
             }
         }

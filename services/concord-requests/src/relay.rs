@@ -86,12 +86,17 @@ async fn relay(db: &Db, client: &mut RegistryClient, e: &ChangeEvent) -> anyhow:
     let name = e.resource_name.clone();
     let results = futures::stream::iter(pending.into_iter().map(|p| {
         let mut client = client.clone();
+        // The registry takes a short source (200 characters): the protocol's reference,
+        // up to 200 itself, goes in the reason.
         let transition = reg::CustodyTransition {
-            reason: format!("handed over to {receiving} under {name}"),
-            source: format!(
-                "concord-requests, {name}{}",
-                signed.as_ref().map(|s| format!(", protocol {}", s.document)).unwrap_or_default()
+            reason: format!(
+                "handed over to {receiving} under {name}{}",
+                signed
+                    .as_ref()
+                    .map(|s| format!(", signed protocol {}", s.document))
+                    .unwrap_or_default()
             ),
+            source: format!("concord-requests, {name}"),
             occur_time: signed.as_ref().map(|s| to_timestamp(s.sign_time)),
             etag: String::new(),
             request_id: request_id(&name, &p.person),
@@ -108,7 +113,11 @@ async fn relay(db: &Db, client: &mut RegistryClient, e: &ChangeEvent) -> anyhow:
     .buffer_unordered(CONCURRENCY)
     .collect::<Vec<_>>()
     .await;
+    // Rows written in one order (the person's), as every writer of subjects does.
+    let mut results = results;
+    results.sort_by(|a, b| a.0.cmp(&b.0));
     let mut retry = None;
+    let mut recorded = false;
     let mut tx = db.begin().await?;
     for (person, r) in results {
         let (status, error) = match r {
@@ -131,11 +140,15 @@ async fn relay(db: &Db, client: &mut RegistryClient, e: &ChangeEvent) -> anyhow:
                     retry = Some(s);
                     continue;
                 }
-                let why = format!("gave up after {attempts} attempts: {}", s.message());
-                (RegistryRecord::Refused, why.chars().take(1000).collect())
+                tracing::error!(request = %name, %person, code = ?s.code(), error = %s.message(), attempts, "registry relay: giving up");
+                (RegistryRecord::Refused, refused(&s))
             }
-            Err(s) => (RegistryRecord::Refused, s.message().chars().take(1000).collect()),
+            Err(s) => {
+                tracing::warn!(request = %name, %person, code = ?s.code(), error = %s.message(), "registry relay: refused");
+                (RegistryRecord::Refused, refused(&s))
+            }
         };
+        recorded = true;
         sqlx::query(
             "UPDATE subjects SET registry_status = $1, registry_error = $2 \
              WHERE request_id = $3 AND person_id = $4 AND registry_status = 'PENDING'",
@@ -148,6 +161,9 @@ async fn relay(db: &Db, client: &mut RegistryClient, e: &ChangeEvent) -> anyhow:
         .await
         .db()?;
     }
+    if recorded {
+        crate::store::Store::new(db.clone()).registry_recorded(&mut tx, &id).await?;
+    }
     if let Some(s) = retry {
         // What was recorded stays recorded; the event is read again after the backoff.
         tx.commit().await?;
@@ -156,6 +172,16 @@ async fn relay(db: &Db, client: &mut RegistryClient, e: &ChangeEvent) -> anyhow:
     link::save_cursor(&mut tx, CONSUMER, &e.cursor).await?;
     tx.commit().await?;
     Ok(())
+}
+
+/// What the parties see of a refusal: its code, not the registry's message, which was written
+/// for this service's own (see-all) identity and may say more about the person than a party
+/// may know. The message is in the service's log.
+fn refused(s: &tonic::Status) -> String {
+    format!(
+        "{}: the registry did not record the hand-over; the custodial authority can read why in the registry's custody timeline",
+        concord_platform::http_json::code_name(s.code())
+    )
 }
 
 fn disposition(d: Option<Disposition>) -> reg::Disposition {

@@ -95,7 +95,8 @@ async fn occupancy(f: &mut Facilities) -> i64 {
 
 async fn to(c: &mut Requests, name: &str, state: pb::RequestState) -> pb::Request {
     let protocol = (state == pb::RequestState::HandedOver).then(|| pb::HandoverProtocol {
-        document: "DMS-2026-4411".into(),
+        // As long as a document reference may be: the registry's record takes it whole.
+        document: format!("DMS-2026-4411/{}", "7".repeat(186)),
         signed_for_custodian: "camp director".into(),
         signed_for_receiver: "consul of France".into(),
         sign_time: None,
@@ -281,6 +282,7 @@ async fn a_mother_and_two_children_are_repatriated_across_the_suite_once_whateve
     })
     .await;
     assert!(done.subjects.iter().all(|s| s.registry_error.is_empty()));
+    assert_ne!(done.etag, handed.etag, "what the registry recorded changed the request");
 
     // The registry: each HANDED_OVER to France with their disposition, exactly once.
     for (p, d) in [

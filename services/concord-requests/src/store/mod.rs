@@ -461,6 +461,38 @@ pub(crate) fn parties(sql: &mut Sql, access: &Access) {
     sql.push(")");
 }
 
+impl Store {
+    /// After the relay recorded in `tx` what the registry did with subjects of request `id`:
+    /// the request's new version (its etag changes) and the event saying so, in `tx`.
+    pub(crate) async fn registry_recorded(&self, tx: &mut Tx, id: &str) -> Result<()> {
+        let mut r = self
+            .load(tx.conn(), id)
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("requests/{id}")))?;
+        r.subjects = self
+            .subjects(tx.conn(), std::slice::from_ref(&r.id))
+            .await?
+            .into_iter()
+            .map(|(_, s)| s)
+            .collect();
+        r.update_time = now_micros();
+        let updated = sqlx::query(
+            "UPDATE requests SET version = version + 1, update_time = $1 WHERE id = $2 AND version = $3",
+        )
+        .bind(r.update_time)
+        .bind(&r.id)
+        .bind(r.version)
+        .execute(tx.conn())
+        .await
+        .db()?
+        .rows_affected();
+        expect_one_row(updated, &r.name())?;
+        r.version += 1;
+        outbox::append(tx, event("request.registry_recorded", &r)).await?;
+        Ok(())
+    }
+}
+
 /// Writes the request row (inserting it when `new`, else compare-and-set on its version) and
 /// every subject.
 async fn save(tx: &mut Tx, r: &Request, new: bool) -> Result<()> {

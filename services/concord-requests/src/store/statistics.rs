@@ -65,6 +65,7 @@ impl Store {
         for q in [
             "SELECT DISTINCT requesting_state FROM requests WHERE submit_time <> 0",
             "SELECT DISTINCT requested_state FROM requests WHERE submit_time <> 0",
+            "SELECT DISTINCT receiving_state FROM requests WHERE submit_time <> 0 AND receiving_state <> ''",
             "SELECT DISTINCT state FROM held_nationals",
         ] {
             let states: Vec<String> =
@@ -92,13 +93,13 @@ impl Store {
              WHERE r.receiving_state = $1 AND s.registry_status = 'APPLIED'",
         )
         .await?;
-        // A decision is the first APPROVED_IN_PRINCIPLE or REJECTED of the request's
-        // timeline (decide_time); which one it was, the timeline says.
+        // Accepted: approved in principle at some point; declined: rejected at some point
+        // (also after an approval, which is possible until the logistics are planned). Days
+        // to decision run to the first of the two (decide_time).
         let decided = sqlx::query(
             "SELECT r.submit_time, r.decide_time, \
-             (SELECT t.to_state FROM request_transitions t WHERE t.request_id = r.id \
-              AND t.to_state IN ($2, $3) \
-              ORDER BY t.id LIMIT 1) AS decision \
+             (SELECT COUNT(*) FROM request_transitions t WHERE t.request_id = r.id AND t.to_state = $2) AS approved, \
+             (SELECT COUNT(*) FROM request_transitions t WHERE t.request_id = r.id AND t.to_state = $3) AS rejected \
              FROM requests r WHERE r.requested_state = $1 AND r.decide_time <> 0",
         )
         .bind(state)
@@ -112,12 +113,8 @@ impl Store {
         for row in &decided {
             let submit: i64 = row.try_get("submit_time").db()?;
             let decide: i64 = row.try_get("decide_time").db()?;
-            let decision: Option<String> = row.try_get("decision").db()?;
-            match decision.as_deref().and_then(State::parse) {
-                Some(State::ApprovedInPrinciple) => accepted += 1,
-                Some(State::Rejected) => declined += 1,
-                _ => {}
-            }
+            accepted += i64::from(row.try_get::<i64, _>("approved").db()? > 0);
+            declined += i64::from(row.try_get::<i64, _>("rejected").db()? > 0);
             days.push((decide - submit).max(0) as f64 / DAY_MICROS);
         }
         let open: Vec<&str> = State::ALL
