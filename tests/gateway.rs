@@ -157,6 +157,67 @@ async fn partners_reach_every_service_through_the_gateway_as_themselves_and_get_
         .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
 
+    // Dashboards. France's: its nationals counted by the registry in France's scope, its
+    // figures of requests, overdue tasks.
+    let fr = france
+        .gateway
+        .get_state_dashboard(gw::GetStateDashboardRequest { name: "dashboards/states/FR".into() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(fr.parts.iter().all(|p| p.code == "OK"), "{:?}", fr.parts);
+    assert_eq!(fr.nationals, 2);
+    let counts =
+        |v: &[reg::PersonCount]| v.iter().map(|c| (c.key.clone(), c.count)).collect::<Vec<_>>();
+    assert_eq!(counts(&fr.by_custody_status), vec![("CUSTODY_STATUS_IN_CUSTODY".into(), 2)]);
+    assert_eq!(counts(&fr.by_facility), vec![("al-hol".into(), 2)]);
+    assert_eq!(
+        counts(&fr.by_category),
+        vec![("PERSON_CATEGORY_ADULT_FEMALE".into(), 1), ("PERSON_CATEGORY_CHILD".into(), 1)]
+    );
+    assert_eq!(fr.requests.as_ref().unwrap().state, "FR");
+    // The Netherlands counts no French national, and may not read France's figures.
+    let nl = netherlands
+        .gateway
+        .get_state_dashboard(gw::GetStateDashboardRequest { name: "dashboards/states/FR".into() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(nl.nationals, 0);
+    let figures = nl.parts.iter().find(|p| p.part == gw::Part::RequestStatistics as i32).unwrap();
+    assert_eq!(figures.code, "PERMISSION_DENIED");
+    assert!(nl.requests.is_none());
+    // The camp's: capacity, security state, occupancy, nothing open.
+    let camp_board = camp
+        .gateway
+        .get_facility_dashboard(gw::GetFacilityDashboardRequest {
+            name: "dashboards/facilities/al-hol".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(camp_board.parts.iter().all(|p| p.code == "OK"), "{:?}", camp_board.parts);
+    assert_eq!(camp_board.capacity, 10);
+    assert!(camp_board.facility.as_ref().unwrap().security_status != 0);
+    assert!(camp_board.occupancy.is_some());
+    assert!(camp_board.open_incidents.is_empty() && camp_board.pending_movements.is_empty());
+    for bad in ["dashboards/facilities/", "facilities/al-hol"] {
+        let err = camp
+            .gateway
+            .get_facility_dashboard(gw::GetFacilityDashboardRequest { name: bad.into() })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{bad}");
+    }
+    let err = camp
+        .gateway
+        .get_facility_dashboard(gw::GetFacilityDashboardRequest {
+            name: "dashboards/facilities/nowhere".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+
     // The JSON edge, as curl calls it (the agency's certificate, the protobuf JSON mapping), under the same identity and scope.
     let get_mother = format!(r#"{{"name": "{mother}"}}"#);
     let path = "/v1/concord.registry.v1.RegistryService/GetPerson";

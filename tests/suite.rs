@@ -39,6 +39,7 @@ async fn suite_with(drain_grace: Duration, tweak: impl FnOnce(&mut concord::Conf
     cfg.registry_addr = "127.0.0.1:0".parse().unwrap();
     cfg.facilities_addr = "127.0.0.1:0".parse().unwrap();
     cfg.requests_addr = "127.0.0.1:0".parse().unwrap();
+    cfg.gateway_addr = "127.0.0.1:0".parse().unwrap();
     cfg.registry_database_url = Some(db.url.clone());
     cfg.server.drain_grace = drain_grace;
     tweak(&mut cfg);

@@ -50,21 +50,21 @@ pub struct Caller {
 }
 
 impl Caller {
-    fn credentials(&self) -> HeaderCredentials {
+    pub(crate) fn credentials(&self) -> HeaderCredentials {
         HeaderCredentials::new(self.principal.clone()).with_purpose(self.purpose.clone())
     }
 }
 
 /// A request carrying the time left before `deadline` (`grpc-timeout`), so each service
 /// stops work the caller will not wait for.
-fn within<T>(message: T, deadline: Instant) -> tonic::Request<T> {
+pub(crate) fn within<T>(message: T, deadline: Instant) -> tonic::Request<T> {
     let mut r = tonic::Request::new(message);
     r.set_timeout(deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1)));
     r
 }
 
 /// Awaits `call` until `deadline`: DEADLINE_EXCEEDED after it, whatever the service does.
-async fn until<T>(
+pub(crate) async fn until<T>(
     deadline: Instant,
     call: impl Future<Output = Result<tonic::Response<T>, Status>>,
 ) -> Result<T, Status> {
@@ -74,7 +74,7 @@ async fn until<T>(
     }
 }
 
-fn part(part: pb::Part, service: &str, r: Result<(), &Status>) -> pb::PartStatus {
+pub(crate) fn part(part: pb::Part, service: &str, r: Result<(), &Status>) -> pb::PartStatus {
     let (code, message) = match r {
         Ok(()) => ("OK".to_string(), String::new()),
         Err(s) => (code_name(s.code()).to_string(), s.message().to_string()),

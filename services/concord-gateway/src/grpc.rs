@@ -12,6 +12,7 @@ use tokio::time::Instant;
 use tonic::{Request, Response, Status};
 
 use crate::casefile::{self, Backends, Caller};
+use crate::dashboards;
 
 /// The gateway service's gRPC name.
 pub const NAME: &str = "concord.gateway.v1.GatewayService";
@@ -65,5 +66,41 @@ impl GatewayService for Gateway {
         let file = casefile::case_file(&self.backends, &caller, &format!("persons/{id}"), deadline)
             .await?;
         Ok(Response::new(file))
+    }
+
+    async fn get_state_dashboard(
+        &self,
+        req: Request<pb::GetStateDashboardRequest>,
+    ) -> Result<Response<pb::StateDashboard>, Status> {
+        let (caller, deadline) = self.caller(&req)?;
+        let name = req.into_inner().name;
+        let state = match name.strip_prefix("dashboards/states/") {
+            Some(s) if concord_platform::auth::is_state_code(s) => s.to_string(),
+            _ => {
+                return Err(Error::invalid("name", "is not a name like \"dashboards/states/FR\"")
+                    .into_status(DOMAIN))
+            }
+        };
+        Ok(Response::new(dashboards::state(&self.backends, &caller, &state, deadline).await))
+    }
+
+    async fn get_facility_dashboard(
+        &self,
+        req: Request<pb::GetFacilityDashboardRequest>,
+    ) -> Result<Response<pb::FacilityDashboard>, Status> {
+        let (caller, deadline) = self.caller(&req)?;
+        let name = req.into_inner().name;
+        let facility = match name.strip_prefix("dashboards/facilities/") {
+            Some(f) if concord_platform::auth::is_tag_safe(f) && !f.is_empty() => f.to_string(),
+            _ => {
+                return Err(Error::invalid(
+                    "name",
+                    "is not a name like \"dashboards/facilities/al-hol\"",
+                )
+                .into_status(DOMAIN))
+            }
+        };
+        let d = dashboards::facility(&self.backends, &caller, &facility, deadline).await?;
+        Ok(Response::new(d))
     }
 }

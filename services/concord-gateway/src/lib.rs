@@ -4,6 +4,7 @@
 //! - [`proxy`]: the services' own APIs passed through, undecoded, under the partner's
 //!   identity.
 //! - [`casefile`]: the case file of a person, composed in parallel under one deadline.
+//! - [`dashboards`]: a state's and a facility's dashboards, composed the same way.
 //! - [`grpc`]: the gateway's own RPCs (`concord.gateway.v1`).
 //! - [`health`]: the health of each service behind, as the gateway sees it.
 //! - [`json`] and [`openapi`]: every unary RPC over HTTP/JSON, and its OpenAPI document;
@@ -13,6 +14,7 @@
 //! for every call what the partner may see and do, and audits it.
 
 pub mod casefile;
+pub mod dashboards;
 pub mod grpc;
 pub mod health;
 pub mod json;

@@ -36,6 +36,7 @@ const RPCS: &[(&str, Action, Option<FieldClass>)] = &[
     ("CreatePerson", Action::PersonsCreate, None),
     ("GetPerson", Action::PersonsRead, None),
     ("ListPersons", Action::PersonsRead, None),
+    ("SummarizePersons", Action::PersonsRead, Some(FieldClass::Custody)),
     ("UpdatePerson", Action::PersonsUpdate, Some(FieldClass::Identity)),
     ("SearchPersons", Action::PersonsRead, None),
     ("ImportPersons", Action::PersonsImport, None),
@@ -263,6 +264,12 @@ async fn call(c: &mut Client, rpc: &str, t: &Side) -> Result<String, tonic::Stat
             .await?),
         "GetPerson" => d(&c.get_person(pb::GetPersonRequest { name: p }).await?),
         "ListPersons" => d(&c.list_persons(pb::ListPersonsRequest::default()).await?),
+        "SummarizePersons" => d(&c
+            .summarize_persons(pb::SummarizePersonsRequest {
+                filter: String::new(),
+                group_by: pb::PersonGrouping::CustodyStatus as i32,
+            })
+            .await?),
         "UpdatePerson" => {
             let mut x = t.person.clone();
             x.etag = String::new();
@@ -606,6 +613,7 @@ async fn every_rpc_for_every_kind_of_principal_leaks_nothing() {
                 let names_object = !matches!(
                     *rpc,
                     "ListPersons"
+                        | "SummarizePersons"
                         | "SearchPersons"
                         | "ListDuplicateCandidates"
                         | "ListSharingAgreements"

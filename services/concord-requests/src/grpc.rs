@@ -370,6 +370,15 @@ fn figures_out(f: &StateFigures) -> pb::StateStatistics {
         median_days_to_decision: f.median_days_to_decision,
         nationals_held: f.nationals_held,
         handed_over: f.handed_over,
+        pending_by_type_and_age: f
+            .pending_by_type_and_age
+            .iter()
+            .map(|(k, age, count)| pb::PendingCount {
+                r#type: enum_out!(pb::RequestType, *k),
+                age: age.to_string(),
+                count: *count,
+            })
+            .collect(),
     }
 }
 

@@ -306,6 +306,58 @@ impl RegistryService for Registry {
         }))
     }
 
+    async fn summarize_persons(
+        &self,
+        req: Request<pb::SummarizePersonsRequest>,
+    ) -> Result<Response<pb::SummarizePersonsResponse>, Status> {
+        let a = self.access(&req, Action::PersonsRead, "SummarizePersons").await?;
+        let msg = req.into_inner();
+        let (column, class, prefix) = match pb::PersonGrouping::try_from(msg.group_by) {
+            Ok(pb::PersonGrouping::CustodyStatus) => {
+                ("custody_status", FieldClass::Custody, "CUSTODY_STATUS_")
+            }
+            Ok(pb::PersonGrouping::Facility) => ("facility_id", FieldClass::Custody, ""),
+            Ok(pb::PersonGrouping::Category) => {
+                ("category", FieldClass::Identity, "PERSON_CATEGORY_")
+            }
+            _ => {
+                return Err(st(Error::invalid(
+                    "group_by",
+                    "is required; use one of CUSTODY_STATUS, FACILITY, CATEGORY",
+                )))
+            }
+        };
+        // Counting by a field says something about it: the caller must read that class.
+        if !a.grant.fields.contains(class) {
+            let e = concord_platform::Error::PermissionDenied(format!(
+                "counting by {column} reads {} data, which this caller may not read",
+                class.as_str()
+            ));
+            self.audit(&a, "persons (summary)", column, e.refusal().unwrap_or("")).await?;
+            return Err(st(e));
+        }
+        let filter = parse_filter(&msg.filter, PERSON_FILTER).map_err(st)?;
+        let rows = self.store.summarize(&a.scope, filter.as_ref(), column).await.map_err(st)?;
+        self.audit(
+            &a,
+            &format!("persons (summary by {column}, filter: {})", msg.filter),
+            column,
+            "OK",
+        )
+        .await?;
+        let total = rows.iter().map(|(_, n)| n).sum();
+        Ok(Response::new(pb::SummarizePersonsResponse {
+            total,
+            counts: rows
+                .into_iter()
+                .map(|(k, count)| pb::PersonCount {
+                    key: if prefix.is_empty() || k.is_empty() { k } else { format!("{prefix}{k}") },
+                    count,
+                })
+                .collect(),
+        }))
+    }
+
     async fn update_person(
         &self,
         req: Request<pb::UpdatePersonRequest>,

@@ -182,6 +182,27 @@ impl Store {
         rows.iter().map(person_from_row).collect()
     }
 
+    /// How many people in scope matching `filter` have each value of `column` (a column of
+    /// `persons`), merged records aside, by value.
+    pub async fn summarize(
+        &self,
+        scope: &Scope,
+        filter: Option<&Sql>,
+        column: &'static str,
+    ) -> Result<Vec<(String, i64)>> {
+        let mut sql =
+            Sql::new(format!("SELECT p.{column} AS k, COUNT(*) AS n FROM persons p WHERE "));
+        sql.append(&scope_sql(scope, "p"));
+        sql.push(" AND p.merged_into = ''");
+        if let Some(f) = filter {
+            sql.push(" AND ").append(f);
+        }
+        sql.push(&format!(" GROUP BY p.{column} ORDER BY p.{column}"));
+        let rows = sql.query(self.db.dialect()).fetch_all(self.db.reader()).await.db()?;
+        use sqlx::Row;
+        rows.iter().map(|r| Ok((r.try_get("k").db()?, r.try_get("n").db()?))).collect()
+    }
+
     /// Applies `change` to the current fields of a person in scope, if `expected_version`
     /// matches, and re-runs duplicate detection.
     pub async fn update_person<F>(

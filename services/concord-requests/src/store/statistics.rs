@@ -55,6 +55,18 @@ pub struct StateFigures {
     pub nationals_held: i64,
     /// People handed over to it, as the registry recorded.
     pub handed_over: i64,
+    /// Pending, by type and age band ([`age_band`]).
+    pub pending_by_type_and_age: Vec<(RequestType, &'static str, i64)>,
+}
+
+/// The age band of a request pending for `days`.
+pub fn age_band(days: i64) -> &'static str {
+    match days {
+        ..=30 => "0-30",
+        31..=90 => "31-90",
+        91..=365 => "91-365",
+        _ => "over-365",
+    }
 }
 
 impl Store {
@@ -133,6 +145,16 @@ impl Store {
         .await
         .db()?;
         let now = now_micros();
+        let mut bands: std::collections::BTreeMap<(RequestType, &'static str), i64> =
+            Default::default();
+        for row in &pending_rows {
+            let kind: String = row.try_get("type").db()?;
+            let submit: i64 = row.try_get("submit_time").db()?;
+            if let Some(kind) = RequestType::parse(&kind) {
+                let days = (now - submit).max(0) / DAY_MICROS as i64;
+                *bands.entry((kind, age_band(days))).or_default() += 1;
+            }
+        }
         let mut oldest_pending = Vec::new();
         for row in pending_rows.iter().take(OLDEST_PENDING) {
             let kind: String = row.try_get("type").db()?;
@@ -160,6 +182,21 @@ impl Store {
             median_days_to_decision: median(&mut days),
             nationals_held,
             handed_over,
+            pending_by_type_and_age: bands.into_iter().map(|((k, a), n)| (k, a, n)).collect(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ages_fall_in_their_bands() {
+        assert_eq!(age_band(0), "0-30");
+        assert_eq!(age_band(30), "0-30");
+        assert_eq!(age_band(31), "31-90");
+        assert_eq!(age_band(365), "91-365");
+        assert_eq!(age_band(366), "over-365");
     }
 }
