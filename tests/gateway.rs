@@ -138,7 +138,7 @@ async fn partners_reach_every_service_through_the_gateway_as_themselves_and_get_
     assert_ne!(facility.security_status, 0);
     assert_eq!(
         file.requests.iter().map(|r| r.name.clone()).collect::<Vec<_>>(),
-        vec![request.name]
+        vec![request.name.clone()]
     );
     // The Dutch see no such person; nor does anyone without a purpose get anything.
     let err = netherlands
@@ -157,6 +157,53 @@ async fn partners_reach_every_service_through_the_gateway_as_themselves_and_get_
         .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
 
+    // A subscription: France's changes from the registry and the requests service, in one
+    // stream, scoped by each service, resumable from a cursor.
+    let mut sub =
+        france.gateway.subscribe(gw::SubscribeRequest::default()).await.unwrap().into_inner();
+    let (seen, cursor) = drain(&mut sub).await;
+    drop(sub);
+    let about = |events: &[gw::SubscribeResponse], name: &str| {
+        events.iter().filter(|e| e.event.as_ref().unwrap().resource_name == name).count()
+    };
+    assert!(about(&seen, &mother) > 0 && about(&seen, &daughter) > 0, "{seen:?}");
+    assert_eq!(about(&seen, &dutch), 0, "not France's national");
+    assert!(seen.iter().all(|e| e.service == "registry"), "a draft is no one's news yet");
+    // Two new changes, one in each service; the resumed stream has them and nothing older.
+    france
+        .requests
+        .transition_request(rq::TransitionRequestRequest {
+            name: request.name.clone(),
+            state: rq::RequestState::Submitted as i32,
+            reason: "sent by note verbale".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let sister = admit(&mut cell, person("Leila Haddad", "FR", 1990, false)).await;
+    let mut sub = france
+        .gateway
+        .subscribe(gw::SubscribeRequest { cursor: cursor.clone(), ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner();
+    let (resumed, _) = drain(&mut sub).await;
+    drop(sub);
+    assert!(about(&resumed, &sister) > 0, "{resumed:?}");
+    assert_eq!(about(&resumed, &mother), 0, "nothing already seen: {resumed:?}");
+    let submitted: Vec<_> = resumed
+        .iter()
+        .filter(|e| e.service == "requests")
+        .map(|e| e.event.as_ref().unwrap().event_type.clone())
+        .collect();
+    assert_eq!(submitted, vec!["request.submitted".to_string()]);
+    let err = france
+        .gateway
+        .subscribe(gw::SubscribeRequest { cursor: "not-ours".into(), ..Default::default() })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+
     // Dashboards. France's: its nationals counted by the registry in France's scope, its
     // figures of requests, overdue tasks.
     let fr = france
@@ -166,14 +213,14 @@ async fn partners_reach_every_service_through_the_gateway_as_themselves_and_get_
         .unwrap()
         .into_inner();
     assert!(fr.parts.iter().all(|p| p.code == "OK"), "{:?}", fr.parts);
-    assert_eq!(fr.nationals, 2);
+    assert_eq!(fr.nationals, 3, "the mother, her daughter and her sister");
     let counts =
         |v: &[reg::PersonCount]| v.iter().map(|c| (c.key.clone(), c.count)).collect::<Vec<_>>();
-    assert_eq!(counts(&fr.by_custody_status), vec![("CUSTODY_STATUS_IN_CUSTODY".into(), 2)]);
-    assert_eq!(counts(&fr.by_facility), vec![("al-hol".into(), 2)]);
+    assert_eq!(counts(&fr.by_custody_status), vec![("CUSTODY_STATUS_IN_CUSTODY".into(), 3)]);
+    assert_eq!(counts(&fr.by_facility), vec![("al-hol".into(), 3)]);
     assert_eq!(
         counts(&fr.by_category),
-        vec![("PERSON_CATEGORY_ADULT_FEMALE".into(), 1), ("PERSON_CATEGORY_CHILD".into(), 1)]
+        vec![("PERSON_CATEGORY_ADULT_FEMALE".into(), 2), ("PERSON_CATEGORY_CHILD".into(), 1)]
     );
     assert_eq!(fr.requests.as_ref().unwrap().state, "FR");
     // The Netherlands counts no French national, and may not read France's figures.
@@ -379,6 +426,25 @@ async fn grpc_web(
     .unwrap();
     assert!(out.status.success(), "{out:?}");
     out.stdout
+}
+
+/// The events of a subscription until it is quiet for a moment (bookmarks aside), and the
+/// cursor to resume after the last message.
+async fn drain(
+    sub: &mut tonic::Streaming<gw::SubscribeResponse>,
+) -> (Vec<gw::SubscribeResponse>, String) {
+    let mut events = Vec::new();
+    let mut cursor = String::new();
+    while let Ok(Ok(Some(m))) =
+        tokio::time::timeout(Duration::from_millis(700), sub.message()).await
+    {
+        let e = m.event.as_ref().unwrap();
+        cursor = e.cursor.clone();
+        if !e.bookmark {
+            events.push(m);
+        }
+    }
+    (events, cursor)
 }
 
 /// `GET /metrics` over plain HTTP/1.1.

@@ -13,6 +13,8 @@ use tonic::{Request, Response, Status};
 
 use crate::casefile::{self, Backends, Caller};
 use crate::dashboards;
+use crate::subscribe;
+use concord_platform::server::Shutdown;
 
 /// The gateway service's gRPC name.
 pub const NAME: &str = "concord.gateway.v1.GatewayService";
@@ -31,12 +33,14 @@ const MARGIN: Duration = Duration::from_millis(10);
 pub struct Gateway {
     backends: Backends,
     max_deadline: Duration,
+    shutdown: Shutdown,
 }
 
 impl Gateway {
-    /// Over `backends`; no call's deadline is longer than `max_deadline`.
-    pub fn new(backends: Backends, max_deadline: Duration) -> Self {
-        Self { backends, max_deadline }
+    /// Over `backends`; no call's deadline is longer than `max_deadline`; subscriptions end
+    /// when `shutdown` begins.
+    pub fn new(backends: Backends, max_deadline: Duration, shutdown: Shutdown) -> Self {
+        Self { backends, max_deadline, shutdown }
     }
 
     /// The caller and the instant by which it wants its answer.
@@ -52,8 +56,27 @@ impl Gateway {
     }
 }
 
+type Subscription =
+    std::pin::Pin<Box<dyn futures::Stream<Item = Result<pb::SubscribeResponse, Status>> + Send>>;
+
 #[tonic::async_trait]
 impl GatewayService for Gateway {
+    type SubscribeStream = Subscription;
+
+    async fn subscribe(
+        &self,
+        req: Request<pb::SubscribeRequest>,
+    ) -> Result<Response<Self::SubscribeStream>, Status> {
+        let st = |e: Error| e.into_status(DOMAIN);
+        let principal = auth::principal(&req).map_err(st)?;
+        let purpose = access::purpose(req.metadata()).map_err(st)?;
+        let caller = Caller { principal, purpose };
+        let s =
+            subscribe::subscribe(&self.backends, &caller, req.into_inner(), self.shutdown.clone())
+                .await?;
+        Ok(Response::new(Box::pin(s)))
+    }
+
     async fn get_case_file(
         &self,
         req: Request<pb::GetCaseFileRequest>,

@@ -7,6 +7,8 @@
 //! - [`dashboards`]: a state's and a facility's dashboards, composed the same way.
 //! - [`grpc`]: the gateway's own RPCs (`concord.gateway.v1`).
 //! - [`health`]: the health of each service behind, as the gateway sees it.
+//! - [`subscribe`]: a partner's changes from the registry and the requests service, as one
+//!   resumable stream.
 //! - [`json`] and [`openapi`]: every unary RPC over HTTP/JSON, and its OpenAPI document;
 //!   gRPC-Web is served on the same port for browsers.
 //!
@@ -20,6 +22,7 @@ pub mod health;
 pub mod json;
 pub mod openapi;
 pub mod proxy;
+pub mod subscribe;
 
 use concord_platform::config::ServerConfig;
 use concord_platform::link::ServiceLink;
@@ -49,9 +52,13 @@ pub fn services(links: &Links, cfg: &ServerConfig, shutdown: Shutdown) -> anyhow
         facilities: links.facilities.channel()?,
         requests: links.requests.channel()?,
     };
-    let gateway = GatewayServiceServer::new(Gateway::new(backends.clone(), cfg.request_timeout))
-        .max_decoding_message_size(cfg.max_message_bytes)
-        .max_encoding_message_size(cfg.max_message_bytes);
+    let gateway = GatewayServiceServer::new(Gateway::new(
+        backends.clone(),
+        cfg.request_timeout,
+        shutdown.clone(),
+    ))
+    .max_decoding_message_size(cfg.max_message_bytes)
+    .max_encoding_message_size(cfg.max_message_bytes);
     let upstreams = vec![
         (proxy::Registry::NAME, backends.registry.clone()),
         (proxy::Facilities::NAME, backends.facilities.clone()),
