@@ -11,10 +11,13 @@ use std::time::{Duration, Instant};
 
 use concord_platform::pki::DemoPki;
 use concord_proto::facilities::v1 as fac;
+use concord_proto::facilities::v1::facilities_service_client::FacilitiesServiceClient;
 use concord_proto::gateway::v1 as gw;
 use concord_proto::gateway::v1::gateway_service_client::GatewayServiceClient;
 use concord_proto::registry::v1 as reg;
+use concord_proto::registry::v1::registry_service_client::RegistryServiceClient;
 use concord_proto::requests::v1 as rq;
+use concord_proto::requests::v1::requests_service_client::RequestsServiceClient;
 use tonic::transport::Channel;
 use tonic::Code;
 use tonic_health::pb::health_check_response::ServingStatus::{self, NotServing, Serving};
@@ -535,4 +538,214 @@ async fn a_case_file_keeps_its_deadline_and_says_which_parts_are_missing() {
     assert_eq!(err.code(), Code::Unavailable, "{err:?}");
     gateway.stop().await;
     held.abort();
+}
+
+/// `Ok(message)` as its debug text, or the error's code: what the matrix compares.
+fn outcome<T: std::fmt::Debug>(
+    r: Result<tonic::Response<T>, tonic::Status>,
+) -> Result<String, Code> {
+    r.map(|r| format!("{:?}", r.into_inner())).map_err(|s| s.code())
+}
+
+#[tokio::test]
+async fn every_kind_of_partner_gets_through_the_gateway_what_it_gets_directly() {
+    // The gateway's own RPCs join the matrix (their expectations are below).
+    let fds = <prost_types::FileDescriptorSet as prost::Message>::decode(
+        concord_proto::FILE_DESCRIPTOR_SET,
+    )
+    .unwrap();
+    let declared: std::collections::BTreeSet<String> = fds
+        .file
+        .iter()
+        .flat_map(|f| f.service.iter())
+        .filter(|s| s.name() == "GatewayService")
+        .flat_map(|s| s.method.iter().map(|m| m.name().to_string()))
+        .collect();
+    let covered: std::collections::BTreeSet<String> =
+        ["GetCaseFile", "GetStateDashboard", "GetFacilityDashboard", "Subscribe"]
+            .into_iter()
+            .map(String::from)
+            .collect();
+    assert_eq!(declared, covered, "every gateway RPC joins the matrix");
+
+    let dir = tempfile::tempdir().unwrap();
+    let all = start(&config(dir.path(), concord::Target::All)).await;
+    let pki = DemoPki { dir: dir.path().join("pki"), created: false };
+    let run = &all.running;
+    let gateway = run.gateway.unwrap();
+    let mut camp = partner(&pki, gateway, "custodial-authority").await;
+    common::camp(&mut camp).await;
+    let mut cell = partner(&pki, gateway, "coalition-coordinator").await;
+    let mother = admit(&mut cell, person("Amina Haddad", "FR", 1994, false)).await;
+    let dutch = admit(&mut cell, person("Eva de Vries", "NL", 1992, false)).await;
+    let mut france = partner(&pki, gateway, "fr-mfa").await;
+    let request = france
+        .requests
+        .create_request(rq::CreateRequestRequest {
+            request: Some(rq::Request {
+                r#type: rq::RequestType::ConsularAccess as i32,
+                requested_state: "IQ".into(),
+                custodial_authority: "custodial-authority".into(),
+                subjects: vec![rq::Subject { person: mother.clone(), ..Default::default() }],
+                summary: "Consular visit".into(),
+                ..Default::default()
+            }),
+            request_id: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .name;
+    france
+        .requests
+        .transition_request(rq::TransitionRequestRequest {
+            name: request.clone(),
+            state: rq::RequestState::Submitted as i32,
+            reason: "sent".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+
+    let agencies = [
+        "coalition-coordinator",
+        "fr-mfa",
+        "nl-mfa",
+        "fr-prosecutor",
+        "custodial-authority",
+        "humanitarian-monitor",
+    ];
+    let mut compared = 0;
+    for agency in agencies {
+        let via = partner(&pki, gateway, agency).await;
+        let direct = Partner {
+            registry: RegistryServiceClient::with_interceptor(
+                channel(&pki, run.registry.unwrap(), agency).await,
+                common::purpose(),
+            ),
+            facilities: FacilitiesServiceClient::with_interceptor(
+                channel(&pki, run.facilities.unwrap(), agency).await,
+                common::purpose(),
+            ),
+            requests: RequestsServiceClient::with_interceptor(
+                channel(&pki, run.requests.unwrap(), agency).await,
+                common::purpose(),
+            ),
+            gateway: via.gateway.clone(),
+        };
+        // The same call both ways; the same answer.
+        macro_rules! same {
+            ($label:expr, $client:ident . $svc:ident . $rpc:ident ($msg:expr)) => {{
+                let d = outcome(direct.$svc.clone().$rpc($msg).await);
+                let v = outcome(via.$svc.clone().$rpc($msg).await);
+                assert_eq!(d, v, "{agency} {}: direct vs through the gateway", $label);
+                compared += 1;
+                d
+            }};
+        }
+        let person_of = |n: &str| reg::GetPersonRequest { name: n.to_string() };
+        let get_mother = same!("GetPerson own", c.registry.get_person(person_of(&mother)));
+        let _ = same!("GetPerson other", c.registry.get_person(person_of(&dutch)));
+        let _ = same!("ListPersons", c.registry.list_persons(reg::ListPersonsRequest::default()));
+        let _ = same!(
+            "SummarizePersons",
+            c.registry.summarize_persons(reg::SummarizePersonsRequest {
+                filter: String::new(),
+                group_by: reg::PersonGrouping::CustodyStatus as i32,
+            })
+        );
+        let _ = same!(
+            "ListCustodyEvents",
+            c.registry.list_custody_events(reg::ListCustodyEventsRequest {
+                parent: mother.clone(),
+                ..Default::default()
+            })
+        );
+        let facility = same!(
+            "GetFacility",
+            c.facilities.get_facility(fac::GetFacilityRequest { name: "facilities/al-hol".into() })
+        );
+        let _ = same!(
+            "GetOccupancy",
+            c.facilities
+                .get_occupancy(fac::GetOccupancyRequest { name: "facilities/al-hol".into() })
+        );
+        let _ = same!("ListRequests", c.requests.list_requests(rq::ListRequestsRequest::default()));
+        let _ = same!(
+            "GetRequest",
+            c.requests.get_request(rq::GetRequestRequest { name: request.clone() })
+        );
+        let figures = same!(
+            "GetStateStatistics",
+            c.requests.get_state_statistics(rq::GetStateStatisticsRequest {
+                name: "statistics/FR".into()
+            })
+        );
+        // A write: the same outcome (its result differs only by its new id).
+        let note = rq::CreateNoteRequest {
+            parent: request.clone(),
+            note: Some(rq::Note {
+                reference: "2026/77".into(),
+                addressee: "IQ".into(),
+                subject: "Visit".into(),
+                body: "Dates proposed.".into(),
+                send_time: Some(prost_types::Timestamp { seconds: 1_780_000_000, nanos: 0 }),
+                ..Default::default()
+            }),
+            request_id: String::new(),
+        };
+        let d = direct
+            .requests
+            .clone()
+            .create_note(note.clone())
+            .await
+            .map(|_| ())
+            .map_err(|s| s.code());
+        let v = via.requests.clone().create_note(note).await.map(|_| ()).map_err(|s| s.code());
+        assert_eq!(d, v, "{agency} CreateNote");
+
+        // The gateway's own RPCs answer as the services behind them decide.
+        let mut g = via.gateway.clone();
+        let file = g.get_case_file(case_file(&mother, Duration::from_secs(5))).await;
+        assert_eq!(
+            file.as_ref().map(|_| ()).map_err(|s| s.code()),
+            get_mother.map(|_| ()),
+            "{agency} GetCaseFile"
+        );
+        let board = g
+            .get_state_dashboard(gw::GetStateDashboardRequest {
+                name: "dashboards/states/FR".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let part =
+            board.parts.iter().find(|p| p.part == gw::Part::RequestStatistics as i32).unwrap();
+        let expected = figures.as_ref().map_or_else(
+            |c| concord_platform::http_json::code_name(*c).to_string(),
+            |_| "OK".into(),
+        );
+        assert_eq!(part.code, expected, "{agency} GetStateDashboard");
+        let board = g
+            .get_facility_dashboard(gw::GetFacilityDashboardRequest {
+                name: "dashboards/facilities/al-hol".into(),
+            })
+            .await;
+        assert_eq!(
+            board.map(|_| ()).map_err(|s| s.code()),
+            facility.map(|_| ()),
+            "{agency} GetFacilityDashboard"
+        );
+        let direct_watch = {
+            let r =
+                direct.registry.clone().watch_changes(reg::WatchChangesRequest::default()).await;
+            let q = direct.requests.clone().watch_changes(rq::WatchChangesRequest::default()).await;
+            r.and(q.map(|_| ())).map(|_| ()).map_err(|s| s.code())
+        };
+        let sub =
+            g.subscribe(gw::SubscribeRequest::default()).await.map(|_| ()).map_err(|s| s.code());
+        assert_eq!(sub, direct_watch, "{agency} Subscribe");
+    }
+    assert_eq!(compared, agencies.len() * 10);
+    all.stop().await;
 }
