@@ -64,7 +64,7 @@ pub(crate) fn within<T>(message: T, deadline: Instant) -> tonic::Request<T> {
 }
 
 /// Awaits `call` until `deadline`: DEADLINE_EXCEEDED after it, whatever the service does.
-pub(crate) async fn until<T>(
+async fn until<T>(
     deadline: Instant,
     call: impl Future<Output = Result<tonic::Response<T>, Status>>,
 ) -> Result<T, Status> {
@@ -73,6 +73,36 @@ pub(crate) async fn until<T>(
         Err(_) => Err(Status::deadline_exceeded("no answer within the call's deadline")),
     }
 }
+
+/// A read of `message` with `call` (a client method) by `deadline`, tried once more if the
+/// service could not be reached (a read is safe to repeat) and time is left.
+pub(crate) async fn read<C, M, T, F, Fut>(
+    deadline: Instant,
+    client: C,
+    message: M,
+    call: F,
+) -> Result<T, Status>
+where
+    C: Clone,
+    M: Clone,
+    F: Fn(C, tonic::Request<M>) -> Fut,
+    Fut: Future<Output = Result<tonic::Response<T>, Status>>,
+{
+    let first = until(deadline, call(client.clone(), within(message.clone(), deadline))).await;
+    match first {
+        Err(s)
+            if s.code() == Code::Unavailable
+                && deadline.saturating_duration_since(Instant::now()) > RETRY_AFTER * 4 =>
+        {
+            tokio::time::sleep(RETRY_AFTER).await;
+            until(deadline, call(client, within(message, deadline))).await
+        }
+        r => r,
+    }
+}
+
+/// The pause before a read is tried again.
+const RETRY_AFTER: Duration = Duration::from_millis(25);
 
 pub(crate) fn part(part: pb::Part, service: &str, r: Result<(), &Status>) -> pb::PartStatus {
     let (code, message) = match r {
@@ -91,43 +121,42 @@ pub async fn case_file(
 ) -> Result<pb::CaseFile, Status> {
     let reg_client =
         || RegistryServiceClient::with_interceptor(b.registry.clone(), caller.credentials());
-    let (mut r1, mut r2, mut r3) = (reg_client(), reg_client(), reg_client());
-    let mut requests =
+    let (r1, r2, r3) = (reg_client(), reg_client(), reg_client());
+    let requests =
         RequestsServiceClient::with_interceptor(b.requests.clone(), caller.credentials());
     let name = person.to_string();
     let (found, relationships, events, named_in) = tokio::join!(
-        until(
+        read(
             deadline,
-            r1.get_person(within(reg::GetPersonRequest { name: name.clone() }, deadline))
+            r1.clone(),
+            reg::GetPersonRequest { name: name.clone() },
+            |mut c, m| async move { c.get_person(m).await }
         ),
-        until(
+        read(
             deadline,
-            r2.list_relationships(within(
-                reg::ListRelationshipsRequest { parent: name.clone() },
-                deadline
-            ))
+            r2.clone(),
+            reg::ListRelationshipsRequest { parent: name.clone() },
+            |mut c, m| async move { c.list_relationships(m).await }
         ),
-        until(
+        read(
             deadline,
-            r3.list_custody_events(within(
-                reg::ListCustodyEventsRequest {
-                    parent: name.clone(),
-                    page_size: MAX_EVENTS,
-                    page_token: String::new()
-                },
-                deadline
-            ))
+            r3.clone(),
+            reg::ListCustodyEventsRequest {
+                parent: name.clone(),
+                page_size: MAX_EVENTS,
+                page_token: String::new()
+            },
+            |mut c, m| async move { c.list_custody_events(m).await }
         ),
-        until(
+        read(
             deadline,
-            requests.list_requests(within(
-                req::ListRequestsRequest {
-                    person: name.clone(),
-                    page_size: MAX_REQUESTS,
-                    ..Default::default()
-                },
-                deadline
-            ))
+            requests.clone(),
+            req::ListRequestsRequest {
+                person: name.clone(),
+                page_size: MAX_REQUESTS,
+                ..Default::default()
+            },
+            |mut c, m| async move { c.list_requests(m).await }
         ),
     );
     // Without the person there is no case file: the registry's answer is the call's.
@@ -147,21 +176,26 @@ pub async fn case_file(
         Err(_) => Vec::new(),
     };
     let family = futures::future::join_all(related.into_iter().map(|p| {
-        let mut c = reg_client();
+        let c = reg_client();
         async move {
-            until(deadline, c.get_person(within(reg::GetPersonRequest { name: p }, deadline))).await
+            read(deadline, c.clone(), reg::GetPersonRequest { name: p }, |mut c, m| async move {
+                c.get_person(m).await
+            })
+            .await
         }
     }));
     let facility = async {
         if found.facility_id.is_empty() {
             return Ok(None);
         }
-        let mut c =
+        let c =
             FacilitiesServiceClient::with_interceptor(b.facilities.clone(), caller.credentials());
         let name = format!("facilities/{}", found.facility_id);
-        until(deadline, c.get_facility(within(fac::GetFacilityRequest { name }, deadline)))
-            .await
-            .map(Some)
+        read(deadline, c.clone(), fac::GetFacilityRequest { name }, |mut c, m| async move {
+            c.get_facility(m).await
+        })
+        .await
+        .map(Some)
     };
     let (family, facility) = tokio::join!(family, facility);
 
@@ -193,4 +227,46 @@ pub async fn case_file(
         requests: named_in.map(|r| r.requests).unwrap_or_default(),
         parts,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    async fn calls(first: Code) -> (Result<u32, Status>, usize) {
+        let n = Arc::new(AtomicUsize::new(0));
+        let deadline = Instant::now() + Duration::from_secs(1);
+        let r = read(deadline, n.clone(), 7u32, move |n, m: tonic::Request<u32>| async move {
+            if n.fetch_add(1, Ordering::SeqCst) == 0 {
+                Err(Status::new(first, "first"))
+            } else {
+                Ok(tonic::Response::new(m.into_inner()))
+            }
+        })
+        .await;
+        (r, n.load(Ordering::SeqCst))
+    }
+
+    #[tokio::test]
+    async fn a_read_is_tried_again_only_when_the_service_was_unreachable() {
+        let (r, n) = calls(Code::Unavailable).await;
+        assert_eq!((r.unwrap(), n), (7, 2));
+        let (r, n) = calls(Code::NotFound).await;
+        assert_eq!((r.unwrap_err().code(), n), (Code::NotFound, 1));
+    }
+
+    #[tokio::test]
+    async fn a_late_answer_is_deadline_exceeded_at_the_deadline() {
+        let deadline = Instant::now() + Duration::from_millis(50);
+        let started = Instant::now();
+        let r: Result<u32, Status> = read(deadline, (), 1u32, |(), _m| async {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            Ok(tonic::Response::new(1u32))
+        })
+        .await;
+        assert_eq!(r.unwrap_err().code(), Code::DeadlineExceeded);
+        assert!(started.elapsed() < Duration::from_millis(500));
+    }
 }

@@ -12,7 +12,7 @@ use concord_proto::requests::v1::requests_service_client::RequestsServiceClient;
 use tokio::time::Instant;
 use tonic::Status;
 
-use crate::casefile::{part, until, within, Backends, Caller};
+use crate::casefile::{part, read, Backends, Caller};
 
 /// Overdue tasks counted at most.
 pub const MAX_OVERDUE: i32 = 1000;
@@ -35,36 +35,35 @@ pub async fn state(
     let req_client =
         || RequestsServiceClient::with_interceptor(b.requests.clone(), caller.credentials());
     let summary = |group: reg::PersonGrouping| {
-        let mut c = reg_client();
+        let c = reg_client();
         let filter = format!("nationality = \"{state}\"");
         async move {
             let m = reg::SummarizePersonsRequest { filter, group_by: group as i32 };
-            until(deadline, c.summarize_persons(within(m, deadline))).await
+            read(deadline, c.clone(), m, |mut c, m| async move { c.summarize_persons(m).await })
+                .await
         }
     };
-    let (mut r1, mut r2) = (req_client(), req_client());
+    let (r1, r2) = (req_client(), req_client());
     let (status, facility, category, figures, overdue) = tokio::join!(
         summary(reg::PersonGrouping::CustodyStatus),
         summary(reg::PersonGrouping::Facility),
         summary(reg::PersonGrouping::Category),
-        until(
+        read(
             deadline,
-            r1.get_state_statistics(within(
-                req::GetStateStatisticsRequest { name: format!("statistics/{state}") },
-                deadline
-            ))
+            r1.clone(),
+            req::GetStateStatisticsRequest { name: format!("statistics/{state}") },
+            |mut c, m| async move { c.get_state_statistics(m).await }
         ),
-        until(
+        read(
             deadline,
-            r2.list_tasks(within(
-                req::ListTasksRequest {
-                    parent: "requests/-".into(),
-                    page_size: MAX_OVERDUE,
-                    overdue_only: true,
-                    ..Default::default()
-                },
-                deadline
-            ))
+            r2.clone(),
+            req::ListTasksRequest {
+                parent: "requests/-".into(),
+                page_size: MAX_OVERDUE,
+                overdue_only: true,
+                ..Default::default()
+            },
+            |mut c, m| async move { c.list_tasks(m).await }
         ),
     );
     // The nationals' part is whole only if all three counts came.
@@ -109,8 +108,7 @@ pub async fn facility(
 ) -> Result<pb::FacilityDashboard, Status> {
     let client =
         || FacilitiesServiceClient::with_interceptor(b.facilities.clone(), caller.credentials());
-    let (mut c1, mut c2, mut c3, mut c4, mut c5) =
-        (client(), client(), client(), client(), client());
+    let (c1, c2, c3, c4, c5) = (client(), client(), client(), client(), client());
     let name = format!("facilities/{facility}");
     let moves = |filter: String| fac::ListMovementsRequest {
         page_size: RECENT,
@@ -118,35 +116,39 @@ pub async fn facility(
         ..Default::default()
     };
     let (found, occupancy, incidents, inbound, outbound) = tokio::join!(
-        until(
+        read(
             deadline,
-            c1.get_facility(within(fac::GetFacilityRequest { name: name.clone() }, deadline))
+            c1.clone(),
+            fac::GetFacilityRequest { name: name.clone() },
+            |mut c, m| async move { c.get_facility(m).await }
         ),
-        until(
+        read(
             deadline,
-            c2.get_occupancy(within(fac::GetOccupancyRequest { name: name.clone() }, deadline))
+            c2.clone(),
+            fac::GetOccupancyRequest { name: name.clone() },
+            |mut c, m| async move { c.get_occupancy(m).await }
         ),
-        until(
+        read(
             deadline,
-            c3.list_incidents(within(
-                fac::ListIncidentsRequest {
-                    parent: name.clone(),
-                    page_size: RECENT,
-                    ..Default::default()
-                },
-                deadline
-            ))
+            c3.clone(),
+            fac::ListIncidentsRequest {
+                parent: name.clone(),
+                page_size: RECENT,
+                ..Default::default()
+            },
+            |mut c, m| async move { c.list_incidents(m).await }
         ),
-        until(
+        read(
             deadline,
-            c4.list_movements(within(
-                moves(format!("destination_facility = \"{facility}\"")),
-                deadline
-            ))
+            c4.clone(),
+            moves(format!("destination_facility = \"{facility}\"")),
+            |mut c, m| async move { c.list_movements(m).await }
         ),
-        until(
+        read(
             deadline,
-            c5.list_movements(within(moves(format!("source_facility = \"{facility}\"")), deadline))
+            c5.clone(),
+            moves(format!("source_facility = \"{facility}\"")),
+            |mut c, m| async move { c.list_movements(m).await }
         ),
     );
     let found = found?;
