@@ -316,6 +316,23 @@ async fn partners_reach_every_service_through_the_gateway_as_themselves_and_get_
     let (code, body) = curl(&pki, gateway, Some("fr-mfa"), "/v1/openapi.json", None).await;
     assert_eq!((code, body["openapi"].as_str()), (200, Some("3.1.0")));
     assert!(body["paths"]["/v1/concord.gateway.v1.GatewayService/GetCaseFile"]["post"].is_object());
+    // A stream over HTTP/JSON: JSON lines, read for two seconds.
+    let lines = curl_lines(
+        &pki,
+        gateway,
+        "fr-mfa",
+        "/v1/concord.gateway.v1.GatewayService/Subscribe",
+        r#"{"eventTypes": ["person.created"]}"#,
+    )
+    .await;
+    let created: Vec<&str> = lines
+        .iter()
+        .filter(|l| l["event"]["bookmark"] != true)
+        .map(|l| l["event"]["resourceName"].as_str().unwrap())
+        .collect();
+    assert!(created.contains(&mother.as_str()) && !created.contains(&dutch.as_str()), "{lines:?}");
+    assert!(lines.iter().all(|l| l["service"] == "registry" || l["service"] == "requests"));
+
     // gRPC-Web, as a browser sends it (framed protobuf, trailers in the body).
     let framed = {
         use prost::Message;
@@ -390,6 +407,46 @@ async fn curl(
         code.trim().parse().unwrap(),
         serde_json::from_str(json).unwrap_or_else(|e| panic!("{e}: {text} {out:?}")),
     )
+}
+
+/// The JSON lines a streaming call answers within two seconds, with curl.
+async fn curl_lines(
+    pki: &DemoPki,
+    gateway: std::net::SocketAddr,
+    agency: &str,
+    path: &str,
+    body: &str,
+) -> Vec<serde_json::Value> {
+    let files = pki.agency(agency);
+    let args: Vec<String> = vec![
+        "-sS".into(),
+        "-N".into(),
+        "--max-time".into(),
+        "2".into(),
+        "--cacert".into(),
+        pki.dir.join("ca.pem").display().to_string(),
+        "--cert".into(),
+        files.cert.display().to_string(),
+        "--key".into(),
+        files.key.display().to_string(),
+        "-H".into(),
+        "x-concord-purpose: consular case review".into(),
+        "-H".into(),
+        "content-type: application/json".into(),
+        "-d".into(),
+        body.to_string(),
+        format!("https://localhost:{}{path}", gateway.port()),
+    ];
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("curl").args(&args).output()
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect()
 }
 
 /// A gRPC-Web call with curl, as a browser makes it: the raw answer body.

@@ -1,4 +1,4 @@
-//! The JSON edge, for partners without gRPC: every unary RPC of the gateway and of the
+//! The JSON edge, for partners without gRPC: every RPC of the gateway and of the
 //! services it passes through, as `POST /v1/{package.Service}/{Method}` with the request
 //! message as JSON in the standard protobuf JSON mapping (lowerCamelCase names, 64-bit
 //! integers as strings, enums by name, RFC 3339 timestamps), answered the same way. The call
@@ -6,7 +6,9 @@
 //! token), purpose (`x-concord-purpose`) and deadline (`grpc-timeout`), so each service
 //! decides and audits it as any other. Errors come back with the HTTP status of their gRPC
 //! code and a body `{"code", "status", "message", "details"}` (google.rpc.Status in JSON,
-//! with the field violations of bad input). `GET /v1/openapi.json` describes it all.
+//! with the field violations of bad input). Server streams (Subscribe, WatchChanges) answer
+//! JSON lines (`application/x-ndjson`), one message per line and, if the stream ends with an
+//! error, a last line `{"error": ...}`. `GET /v1/openapi.json` describes it all.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -85,9 +87,9 @@ impl JsonEdge {
         let Some(method) = self.method(service, method) else {
             return error(&tonic::Status::not_found(format!("no such method {service}/{method}")));
         };
-        if method.is_client_streaming() || method.is_server_streaming() {
+        if method.is_client_streaming() {
             return error(&tonic::Status::unimplemented(format!(
-                "{}/{} streams: call it over gRPC or gRPC-Web",
+                "{}/{} takes a stream of messages: call it over gRPC",
                 service,
                 method.name()
             )));
@@ -95,10 +97,16 @@ impl JsonEdge {
         if req.method() != http::Method::POST {
             return error(&tonic::Status::unimplemented("methods are called with POST"));
         }
-        match self.call(service, &method, req).await {
-            Ok(r) => r,
-            Err(s) => error(&s),
-        }
+        let answer = match self.forward(service, &method, req).await {
+            Ok(a) => a,
+            Err(s) => return error(&s),
+        };
+        let r = if method.is_server_streaming() {
+            stream(&method, answer)
+        } else {
+            unary(&method, answer).await
+        };
+        r.unwrap_or_else(|s| error(&s))
     }
 
     fn method(&self, service: &str, method: &str) -> Option<MethodDescriptor> {
@@ -108,7 +116,8 @@ impl JsonEdge {
         self.pool.get_service_by_name(service)?.methods().find(|m| m.name() == method)
     }
 
-    async fn call(
+    /// Makes the gRPC call `req` maps to and returns the service's answer as it comes.
+    async fn forward(
         &self,
         service: &str,
         method: &MethodDescriptor,
@@ -161,8 +170,113 @@ impl JsonEdge {
             .get(service)
             .cloned()
             .ok_or_else(|| tonic::Status::not_found(service.to_string()))?;
-        let res = inner.oneshot(call).await.unwrap_or_else(|e| match e {});
-        let (head, body) = res.into_parts();
+        Ok(inner.oneshot(call).await.unwrap_or_else(|e| match e {}))
+    }
+}
+
+/// A message in JSON.
+fn to_json(message: &DynamicMessage) -> Result<Vec<u8>, tonic::Status> {
+    let mut buf = Vec::new();
+    let mut ser = serde_json::Serializer::new(&mut buf);
+    message
+        .serialize_with_options(&mut ser, &SerializeOptions::new())
+        .map_err(|e| tonic::Status::internal(format!("the answer in JSON: {e}")))?;
+    Ok(buf)
+}
+
+/// The next whole gRPC message framed in `buf`, taken out of it.
+fn next_message(buf: &mut BytesMut) -> Result<Option<Bytes>, tonic::Status> {
+    if buf.len() < 5 {
+        return Ok(None);
+    }
+    let len = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
+    if buf[0] != 0 {
+        return Err(tonic::Status::internal("the service answered a compressed message"));
+    }
+    if buf.len() < 5 + len {
+        return Ok(None);
+    }
+    buf.advance(5);
+    Ok(Some(buf.split_to(len).freeze()))
+}
+
+/// A server stream as JSON lines (`application/x-ndjson`): one message per line, and a last
+/// line `{"error": {...}}` (google.rpc.Status) when the stream ends with an error.
+fn stream(
+    method: &MethodDescriptor,
+    answer: http::Response<Body>,
+) -> Result<http::Response<Body>, tonic::Status> {
+    let (head, mut body) = answer.into_parts();
+    if let Some(status) = tonic::Status::from_header_map(&head.headers) {
+        if status.code() != tonic::Code::Ok {
+            return Err(status);
+        }
+    }
+    let output = method.output();
+    let error_line = |s: &tonic::Status| {
+        let code = s.code() as i32;
+        let line = serde_json::json!({
+            "error": {"code": code, "status": concord_platform::http_json::code_name(s.code()), "message": s.message()},
+        });
+        let mut v = serde_json::to_vec(&line).unwrap_or_default();
+        v.push(b'\n');
+        Bytes::from(v)
+    };
+    let lines = async_stream::stream! {
+        let mut buf = BytesMut::new();
+        while let Some(frame) = body.frame().await {
+            let frame = match frame {
+                Ok(f) => f,
+                Err(e) => {
+                    yield Ok::<_, Infallible>(http_body::Frame::data(error_line(&tonic::Status::unavailable(format!("the stream was cut: {e}")))));
+                    break;
+                }
+            };
+            if let Some(data) = frame.data_ref() {
+                buf.extend_from_slice(data);
+                loop {
+                    match next_message(&mut buf) {
+                        Ok(Some(m)) => {
+                            let line = DynamicMessage::decode(output.clone(), m)
+                                .map_err(|e| tonic::Status::internal(format!("the answer: {e}")))
+                                .and_then(|m| to_json(&m));
+                            match line {
+                                Ok(mut l) => {
+                                    l.push(b'\n');
+                                    yield Ok(http_body::Frame::data(Bytes::from(l)));
+                                }
+                                Err(s) => yield Ok(http_body::Frame::data(error_line(&s))),
+                            }
+                        }
+                        Ok(None) => break,
+                        Err(s) => {
+                            yield Ok(http_body::Frame::data(error_line(&s)));
+                            return;
+                        }
+                    }
+                }
+            } else if let Some(trailers) = frame.trailers_ref() {
+                if let Some(s) = tonic::Status::from_header_map(trailers) {
+                    if s.code() != tonic::Code::Ok {
+                        yield Ok(http_body::Frame::data(error_line(&s)));
+                    }
+                }
+            }
+        }
+    };
+    let mut r = http::Response::new(Body::new(http_body_util::StreamBody::new(lines)));
+    r.headers_mut()
+        .insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/x-ndjson"));
+    Ok(r)
+}
+
+/// A unary answer as JSON.
+async fn unary(
+    method: &MethodDescriptor,
+    answer: http::Response<Body>,
+) -> Result<http::Response<Body>, tonic::Status> {
+    {
+        let (head, body) = answer.into_parts();
         let collected = body
             .collect()
             .await
@@ -186,10 +300,6 @@ impl JsonEdge {
         }
         let out = DynamicMessage::decode(method.output(), data.slice(..len))
             .map_err(|e| tonic::Status::internal(format!("the answer: {e}")))?;
-        let mut buf = Vec::new();
-        let mut ser = serde_json::Serializer::new(&mut buf);
-        out.serialize_with_options(&mut ser, &SerializeOptions::new())
-            .map_err(|e| tonic::Status::internal(format!("the answer in JSON: {e}")))?;
-        Ok(json(http::StatusCode::OK, buf))
+        Ok(json(http::StatusCode::OK, to_json(&out)?))
     }
 }

@@ -1,5 +1,6 @@
 //! The OpenAPI document of the JSON edge, made from the contracts' descriptors: one `POST`
-//! operation per unary RPC, and a schema per message in the protobuf JSON mapping.
+//! operation per RPC (client streams aside; server streams answer JSON lines), and a schema
+//! per message in the protobuf JSON mapping.
 
 use std::collections::BTreeMap;
 
@@ -94,9 +95,20 @@ pub fn document(pool: &DescriptorPool, services: &[&str]) -> anyhow::Result<Valu
             .get_service_by_name(name)
             .ok_or_else(|| anyhow::anyhow!("no descriptor of {name}"))?;
         for m in svc.methods() {
-            if m.is_client_streaming() || m.is_server_streaming() {
+            if m.is_client_streaming() {
                 continue;
             }
+            let answer = if m.is_server_streaming() {
+                json!({
+                    "description": "A stream: one message per line (JSON lines); a last line {\"error\": google.rpc.Status} if it ends with an error.",
+                    "content": {"application/x-ndjson": {"schema": reference(m.output().full_name())}}
+                })
+            } else {
+                json!({
+                    "description": "OK",
+                    "content": {"application/json": {"schema": reference(m.output().full_name())}}
+                })
+            };
             todo.push(m.input());
             todo.push(m.output());
             paths.insert(
@@ -118,10 +130,7 @@ pub fn document(pool: &DescriptorPool, services: &[&str]) -> anyhow::Result<Valu
                         "content": {"application/json": {"schema": reference(m.input().full_name())}}
                     },
                     "responses": {
-                        "200": {
-                            "description": "OK",
-                            "content": {"application/json": {"schema": reference(m.output().full_name())}}
-                        },
+                        "200": answer,
                         "default": {
                             "description": "An error: google.rpc.Status, with the HTTP status of its code.",
                             "content": {"application/json": {"schema": reference("google.rpc.Status")}}
@@ -210,8 +219,7 @@ mod tests {
         for s in services {
             for m in pool.get_service_by_name(s).unwrap().methods() {
                 let path = format!("/v1/{s}/{}", m.name());
-                let unary = !m.is_client_streaming() && !m.is_server_streaming();
-                assert_eq!(paths.contains_key(&path), unary, "{path}");
+                assert_eq!(paths.contains_key(&path), !m.is_client_streaming(), "{path}");
             }
         }
         let schemas = doc["components"]["schemas"].as_object().unwrap();
