@@ -17,6 +17,11 @@ use crate::server::Shutdown;
 const BUCKETS: [f64; 14] =
     [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
 
+/// Distinct (service, method) pairs kept; calls of any other are counted under
+/// `("other", "other")`, so paths sent by anyone (before authentication) cannot grow the
+/// metrics without bound.
+pub const MAX_METHODS: usize = 512;
+
 /// The process's metrics.
 pub static RPC: LazyLock<Rpc> = LazyLock::new(Rpc::default);
 
@@ -35,11 +40,25 @@ pub struct Rpc {
     methods: Mutex<BTreeMap<(String, String), Method>>,
 }
 
+/// The entry of `service`/`method`, or the shared one past [`MAX_METHODS`].
+fn entry<'a>(
+    m: &'a mut BTreeMap<(String, String), Method>,
+    service: &str,
+    method: &str,
+) -> &'a mut Method {
+    let key = (service.to_string(), method.to_string());
+    if m.contains_key(&key) || m.len() < MAX_METHODS {
+        m.entry(key).or_default()
+    } else {
+        m.entry(("other".into(), "other".into())).or_default()
+    }
+}
+
 impl Rpc {
     /// A call of `service`/`method` started.
     pub fn started(&self, service: &str, method: &str) {
         if let Ok(mut m) = self.methods.lock() {
-            m.entry((service.to_string(), method.to_string())).or_default().started += 1;
+            entry(&mut m, service, method).started += 1;
         }
     }
 
@@ -47,7 +66,7 @@ impl Rpc {
     pub fn handled(&self, service: &str, method: &str, code: &str, took: Duration) {
         let secs = took.as_secs_f64();
         if let Ok(mut m) = self.methods.lock() {
-            let e = m.entry((service.to_string(), method.to_string())).or_default();
+            let e = entry(&mut m, service, method);
             *e.handled.entry(code.to_string()).or_default() += 1;
             for (i, le) in BUCKETS.iter().enumerate() {
                 if secs <= *le {
@@ -187,5 +206,16 @@ mod tests {
             text.contains(&format!("grpc_server_handling_seconds_bucket{{{l},le=\"0.005\"}} 1"))
         );
         assert!(text.contains(&format!("grpc_server_handling_seconds_count{{{l}}} 1")));
+    }
+
+    #[test]
+    fn paths_sent_by_anyone_cannot_grow_the_metrics_without_bound() {
+        let rpc = Rpc::default();
+        for i in 0..MAX_METHODS + 100 {
+            rpc.started("scanner", &format!("probe{i}"));
+        }
+        let kept = rpc.methods.lock().unwrap().len();
+        assert_eq!(kept, MAX_METHODS + 1, "the pairs kept, and the shared one");
+        assert!(rpc.render().contains("grpc_service=\"other\",grpc_method=\"other\"} 100"));
     }
 }
