@@ -205,6 +205,20 @@ impl std::fmt::Debug for Tx {
     }
 }
 
+/// Takes the write locks of rows `ids` of `table` (its `id` column) in `tx`, in id order, so
+/// writers that lock the same rows first wait for each other instead of failing a
+/// compare-and-set or deadlocking (on SQLite the one writer serializes them anyway).
+pub async fn lock_rows(tx: &mut Tx, table: &'static str, ids: &[&str]) -> Result<()> {
+    let mut ids = ids.to_vec();
+    ids.sort_unstable();
+    ids.dedup();
+    let sql = format!("UPDATE {table} SET id = id WHERE id = $1");
+    for id in ids {
+        sqlx::query(&sql).bind(id).execute(tx.conn()).await.db()?;
+    }
+    Ok(())
+}
+
 impl Tx {
     /// The connection, for queries inside the transaction.
     pub fn conn(&mut self) -> &mut AnyConnection {

@@ -119,6 +119,8 @@ async fn relay(db: &Db, client: &mut RegistryClient, e: &ChangeEvent) -> anyhow:
     let mut retry = None;
     let mut recorded = false;
     let mut tx = db.begin().await?;
+    // The request's row first, as every change of it takes it.
+    concord_platform::storage::lock_rows(&mut tx, "requests", &[&id]).await?;
     for (person, r) in results {
         let (status, error) = match r {
             Ok(_) => (RegistryRecord::Applied, String::new()),

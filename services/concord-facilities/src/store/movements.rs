@@ -279,17 +279,7 @@ pub(crate) fn check_runs(access: &Access, f: &Facility) -> Result<()> {
 /// cycle) until commit: on PostgreSQL a concurrent writer of the same facility waits, and
 /// reads what this one committed. SQLite has one writer anyway.
 pub(crate) async fn lock(tx: &mut Tx, ids: &[&str]) -> Result<()> {
-    let mut ids = ids.to_vec();
-    ids.sort_unstable();
-    ids.dedup();
-    for id in ids {
-        sqlx::query("UPDATE facilities SET update_time = update_time WHERE id = $1")
-            .bind(id)
-            .execute(tx.conn())
-            .await
-            .db()?;
-    }
-    Ok(())
+    concord_platform::storage::lock_rows(tx, "facilities", ids).await
 }
 
 impl Store {

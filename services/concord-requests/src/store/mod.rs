@@ -395,6 +395,9 @@ impl Store {
                 return self.get(access, id).await;
             }
         }
+        // The row's lock first, as the relay takes it: a concurrent write waits instead of
+        // failing this change's compare-and-set.
+        concord_platform::storage::lock_rows(&mut tx, "requests", &[id]).await?;
         let (mut r, roles) = self.party(tx.conn(), access, id).await?;
         check_etag(&r.name(), r.version, expected_version)?;
         r.subjects = self
@@ -462,8 +465,9 @@ pub(crate) fn parties(sql: &mut Sql, access: &Access) {
 }
 
 impl Store {
-    /// After the relay recorded in `tx` what the registry did with subjects of request `id`:
-    /// the request's new version (its etag changes) and the event saying so, in `tx`.
+    /// After the relay recorded in `tx` what the registry did with subjects of request `id`
+    /// (having locked its row first, [`concord_platform::storage::lock_rows`]): the
+    /// request's new version (its etag changes) and the event saying so, in `tx`.
     pub(crate) async fn registry_recorded(&self, tx: &mut Tx, id: &str) -> Result<()> {
         let mut r = self
             .load(tx.conn(), id)
