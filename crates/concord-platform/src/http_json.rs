@@ -77,8 +77,17 @@ pub fn respond(request_headers: &http::HeaderMap, status: tonic::Status) -> http
 }
 
 /// google.rpc.Status in JSON, with the HTTP status of its code and the details Concord sends
-/// (ErrorInfo, BadRequest field violations, RetryInfo).
+/// (ErrorInfo, BadRequest field violations, RetryInfo). The gRPC code also goes in a
+/// `grpc-status` header, which the trace layer's metrics read.
 pub fn error(status: &tonic::Status) -> http::Response<Body> {
+    let body = serde_json::to_vec(&status_json(status)).unwrap_or_default();
+    let mut r = json(http_status(status.code()), body);
+    r.headers_mut().insert("grpc-status", http::HeaderValue::from(status.code() as i32));
+    r
+}
+
+/// google.rpc.Status in the JSON mapping.
+pub fn status_json(status: &tonic::Status) -> serde_json::Value {
     use tonic_types::StatusExt;
     let d = status.get_error_details();
     let mut details = Vec::new();
@@ -104,13 +113,12 @@ pub fn error(status: &tonic::Status) -> http::Response<Body> {
             "@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": delay,
         }));
     }
-    let body = serde_json::json!({
+    serde_json::json!({
         "code": status.code() as i32,
         "status": code_name(status.code()),
         "message": status.message(),
         "details": details,
-    });
-    json(http_status(status.code()), serde_json::to_vec(&body).unwrap_or_default())
+    })
 }
 
 #[cfg(test)]

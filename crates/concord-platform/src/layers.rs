@@ -36,7 +36,10 @@ type BoxFuture<T, E> = Pin<Box<dyn Future<Output = Result<T, E>> + Send>>;
 /// Paths that answer without credentials: the health protocol, for probes and load balancers,
 /// and reflection, which only describes the public contracts.
 fn is_public(path: &str) -> bool {
-    path.starts_with("/grpc.health.v1.Health/") || path.starts_with("/grpc.reflection.")
+    // Health, the contracts (reflection) and the JSON edge's description of them: no data.
+    path.starts_with("/grpc.health.v1.Health/")
+        || path.starts_with("/grpc.reflection.")
+        || path == "/v1/openapi.json"
 }
 
 /// One span per call, child of the caller's span when it sent W3C tracecontext.
@@ -262,5 +265,56 @@ where
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         Box::pin(async move { inner.call(req).await })
+    }
+}
+
+/// gRPC-Web for the calls that are gRPC-Web (by content type), and nothing else: HTTP/JSON
+/// and gRPC pass untouched (tonic-web alone answers any other HTTP/1.1 call with 400).
+#[derive(Debug, Clone, Default)]
+pub struct GrpcWebOnlyLayer;
+
+impl<S: Clone> Layer<S> for GrpcWebOnlyLayer {
+    type Service = GrpcWebOnly<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        GrpcWebOnly { web: tonic_web::GrpcWebLayer::new().layer(inner.clone()), plain: inner }
+    }
+}
+
+/// See [`GrpcWebOnlyLayer`].
+#[derive(Debug, Clone)]
+pub struct GrpcWebOnly<S> {
+    web: tonic_web::GrpcWebService<S>,
+    plain: S,
+}
+
+impl<S> Service<http::Request<Body>> for GrpcWebOnly<S>
+where
+    S: Service<http::Request<Body>, Response = http::Response<Body>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+{
+    type Response = http::Response<Body>;
+    type Error = S::Error;
+    type Future = BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.plain.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<Body>) -> Self::Future {
+        use tower::ServiceExt;
+        let web = req
+            .headers()
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|t| t.starts_with("application/grpc-web"));
+        if web {
+            let svc = self.web.clone();
+            Box::pin(async move { svc.oneshot(req).await })
+        } else {
+            let clone = self.plain.clone();
+            let mut inner = std::mem::replace(&mut self.plain, clone);
+            Box::pin(async move { inner.call(req).await })
+        }
     }
 }

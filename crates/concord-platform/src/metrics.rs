@@ -38,15 +38,33 @@ struct Method {
 #[derive(Debug, Default)]
 pub struct Rpc {
     methods: Mutex<BTreeMap<(String, String), Method>>,
+    /// The services served: any other path is counted as `unknown`.
+    known: Mutex<std::collections::BTreeSet<String>>,
 }
 
-/// The entry of `service`/`method`, or the shared one past [`MAX_METHODS`].
+/// A method name as a label: its characters limited to those of gRPC method names (and the
+/// JSON edge's `Service/Method`), at most 128.
+fn method_label(method: &str) -> String {
+    method
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '/' | '-'))
+        .take(128)
+        .collect()
+}
+
+/// The entry of `service`/`method` (`unknown` for a service not served), or the shared one
+/// past [`MAX_METHODS`].
 fn entry<'a>(
     m: &'a mut BTreeMap<(String, String), Method>,
+    known: bool,
     service: &str,
     method: &str,
 ) -> &'a mut Method {
-    let key = (service.to_string(), method.to_string());
+    let key = if known {
+        (service.to_string(), method_label(method))
+    } else {
+        ("unknown".to_string(), "unknown".to_string())
+    };
     if m.contains_key(&key) || m.len() < MAX_METHODS {
         m.entry(key).or_default()
     } else {
@@ -55,18 +73,31 @@ fn entry<'a>(
 }
 
 impl Rpc {
+    /// Services served (their gRPC names): only their paths get labels of their own.
+    pub fn serve(&self, services: &[&str]) {
+        if let Ok(mut k) = self.known.lock() {
+            k.extend(services.iter().map(|s| s.to_string()));
+        }
+    }
+
+    fn is_known(&self, service: &str) -> bool {
+        self.known.lock().map(|k| k.contains(service)).unwrap_or(false)
+    }
+
     /// A call of `service`/`method` started.
     pub fn started(&self, service: &str, method: &str) {
+        let known = self.is_known(service);
         if let Ok(mut m) = self.methods.lock() {
-            entry(&mut m, service, method).started += 1;
+            entry(&mut m, known, service, method).started += 1;
         }
     }
 
     /// A call of `service`/`method` answered `code` (a gRPC code name) after `took`.
     pub fn handled(&self, service: &str, method: &str, code: &str, took: Duration) {
         let secs = took.as_secs_f64();
+        let known = self.is_known(service);
         if let Ok(mut m) = self.methods.lock() {
-            let e = entry(&mut m, service, method);
+            let e = entry(&mut m, known, service, method);
             *e.handled.entry(code.to_string()).or_default() += 1;
             for (i, le) in BUCKETS.iter().enumerate() {
                 if secs <= *le {
@@ -186,6 +217,7 @@ mod tests {
     #[test]
     fn calls_are_counted_by_code_and_timed_in_buckets() {
         let rpc = Rpc::default();
+        rpc.serve(&["concord.registry.v1.RegistryService"]);
         rpc.started("concord.registry.v1.RegistryService", "GetPerson");
         rpc.handled(
             "concord.registry.v1.RegistryService",
@@ -209,13 +241,21 @@ mod tests {
     }
 
     #[test]
-    fn paths_sent_by_anyone_cannot_grow_the_metrics_without_bound() {
+    fn paths_sent_by_anyone_cannot_grow_or_break_the_metrics() {
         let rpc = Rpc::default();
-        for i in 0..MAX_METHODS + 100 {
+        rpc.serve(&["svc"]);
+        for i in 0..1000 {
             rpc.started("scanner", &format!("probe{i}"));
         }
-        let kept = rpc.methods.lock().unwrap().len();
-        assert_eq!(kept, MAX_METHODS + 1, "the pairs kept, and the shared one");
-        assert!(rpc.render().contains("grpc_service=\"other\",grpc_method=\"other\"} 100"));
+        rpc.started("x\\\"", "y");
+        assert_eq!(rpc.methods.lock().unwrap().len(), 1, "one shared label for the unknown");
+        assert!(rpc.render().contains("grpc_service=\"unknown\",grpc_method=\"unknown\"} 1001"));
+        for i in 0..MAX_METHODS + 100 {
+            rpc.started("svc", &format!("M{i}"));
+        }
+        rpc.started("svc", "Bad\"Name\\");
+        let text = rpc.render();
+        assert!(text.contains("grpc_service=\"other\",grpc_method=\"other\"}"), "past the cap");
+        assert!(!text.contains("Bad\""), "labels keep to method-name characters");
     }
 }

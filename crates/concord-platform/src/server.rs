@@ -170,6 +170,12 @@ pub async fn serve(
     mut shutdown: Shutdown,
 ) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
+    crate::metrics::RPC.serve(&services.names);
+    crate::metrics::RPC.serve(&[
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1.ServerReflection",
+        "grpc.reflection.v1alpha.ServerReflection",
+    ]);
     let (health, health_service) = tonic_health::server::health_reporter();
     for name in &services.names {
         health.set_service_status(*name, ServingStatus::Serving).await;
@@ -262,7 +268,7 @@ pub async fn serve(
         .initial_stream_window_size(Some(1024 * 1024))
         .initial_connection_window_size(Some(4 * 1024 * 1024))
         .layer(layers)
-        .layer(tower::util::option_layer(web.then(tonic_web::GrpcWebLayer::new)))
+        .layer(tower::util::option_layer(web.then_some(crate::layers::GrpcWebOnlyLayer)))
         .add_routes(routes)
         .serve_with_incoming_shutdown(incoming(listener), signal);
     // Watch streams end on the same signal; anything still running after the grace and the

@@ -75,7 +75,8 @@ async fn until<T>(
 }
 
 /// A read of `message` with `call` (a client method) by `deadline`, tried once more if the
-/// service could not be reached (a read is safe to repeat) and time is left.
+/// service could not be reached (a read is safe to repeat) and time is left. A service that
+/// answered UNAVAILABLE itself (shedding load) is not asked again.
 pub(crate) async fn read<C, M, T, F, Fut>(
     deadline: Instant,
     client: C,
@@ -92,6 +93,7 @@ where
     match first {
         Err(s)
             if s.code() == Code::Unavailable
+                && std::error::Error::source(&s).is_some()
                 && deadline.saturating_duration_since(Instant::now()) > RETRY_AFTER * 4 =>
         {
             tokio::time::sleep(RETRY_AFTER).await;
@@ -235,12 +237,17 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Arc;
 
-    async fn calls(first: Code) -> (Result<u32, Status>, usize) {
+    /// A read whose first call fails with `first` (from the connection when `transport`).
+    async fn calls(first: Code, transport: bool) -> (Result<u32, Status>, usize) {
         let n = Arc::new(AtomicUsize::new(0));
         let deadline = Instant::now() + Duration::from_secs(1);
         let r = read(deadline, n.clone(), 7u32, move |n, m: tonic::Request<u32>| async move {
             if n.fetch_add(1, Ordering::SeqCst) == 0 {
-                Err(Status::new(first, "first"))
+                let mut s = Status::new(first, "first");
+                if transport {
+                    s.set_source(Arc::new(std::io::Error::other("connection refused")));
+                }
+                Err(s)
             } else {
                 Ok(tonic::Response::new(m.into_inner()))
             }
@@ -251,9 +258,11 @@ mod tests {
 
     #[tokio::test]
     async fn a_read_is_tried_again_only_when_the_service_was_unreachable() {
-        let (r, n) = calls(Code::Unavailable).await;
-        assert_eq!((r.unwrap(), n), (7, 2));
-        let (r, n) = calls(Code::NotFound).await;
+        let (r, n) = calls(Code::Unavailable, true).await;
+        assert_eq!((r.unwrap(), n), (7, 2), "the connection failed");
+        let (r, n) = calls(Code::Unavailable, false).await;
+        assert_eq!((r.unwrap_err().code(), n), (Code::Unavailable, 1), "shed by the service");
+        let (r, n) = calls(Code::NotFound, false).await;
         assert_eq!((r.unwrap_err().code(), n), (Code::NotFound, 1));
     }
 

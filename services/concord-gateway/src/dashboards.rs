@@ -74,7 +74,11 @@ pub async fn state(
         part(pb::Part::RequestStatistics, "requests", figures.as_ref().map(|_| ())),
         part(pb::Part::OverdueTasks, "requests", overdue.as_ref().map(|_| ())),
     ];
-    let nationals = status.as_ref().map_or(0, |s| s.total);
+    // Every summary counts the same people: the total of any that came.
+    let nationals = [&status, &facility, &category]
+        .into_iter()
+        .find_map(|r| r.as_ref().ok().map(|s| s.total))
+        .unwrap_or(0);
     let overdue = overdue.map(|r| r.tasks).unwrap_or_default();
     pb::StateDashboard {
         name: format!("dashboards/states/{state}"),

@@ -45,6 +45,10 @@ pub async fn follow(
             return;
         }
         for (name, up) in results {
+            // Never back to SERVING once the drain has begun (the server set NOT_SERVING).
+            if shutdown.is_triggered() {
+                return;
+            }
             let status = if up { ServingStatus::Serving } else { ServingStatus::NotServing };
             reporter.set_service_status(name, status).await;
         }

@@ -34,19 +34,24 @@ const MAX_BODY: usize = 4 * 1024 * 1024;
 /// The JSON edge over the gateway's gRPC services.
 #[derive(Clone)]
 pub struct JsonEdge {
+    max_deadline: std::time::Duration,
     pool: DescriptorPool,
     services: BTreeMap<&'static str, Inner>,
     openapi: Bytes,
 }
 
 impl JsonEdge {
-    /// Serves the unary methods of `services` (gRPC name and service).
-    pub fn new(services: Vec<(&'static str, Inner)>) -> anyhow::Result<Self> {
+    /// Serves the methods of `services` (gRPC name and service); no call waits longer than
+    /// `max_deadline` (less a margin) for its answer.
+    pub fn new(
+        max_deadline: std::time::Duration,
+        services: Vec<(&'static str, Inner)>,
+    ) -> anyhow::Result<Self> {
         let pool = DescriptorPool::decode(concord_proto::FILE_DESCRIPTOR_SET)?;
         let names: Vec<&str> = services.iter().map(|(n, _)| *n).collect();
         let openapi =
             Bytes::from(serde_json::to_vec_pretty(&crate::openapi::document(&pool, &names)?)?);
-        Ok(Self { pool, services: services.into_iter().collect(), openapi })
+        Ok(Self { max_deadline, pool, services: services.into_iter().collect(), openapi })
     }
 }
 
@@ -97,16 +102,23 @@ impl JsonEdge {
         if req.method() != http::Method::POST {
             return error(&tonic::Status::unimplemented("methods are called with POST"));
         }
-        let answer = match self.forward(service, &method, req).await {
-            Ok(a) => a,
-            Err(s) => return error(&s),
+        // A JSON caller gets DEADLINE_EXCEEDED (504) in JSON when its time is up, before the
+        // gateway's own limit cuts the call.
+        let budget = crate::proxy::pass_on(req.headers(), self.max_deadline);
+        let work = async {
+            let answer = self.forward(service, &method, req).await?;
+            if method.is_server_streaming() {
+                stream(&method, answer)
+            } else {
+                unary(&method, answer).await
+            }
         };
-        let r = if method.is_server_streaming() {
-            stream(&method, answer)
-        } else {
-            unary(&method, answer).await
-        };
-        r.unwrap_or_else(|s| error(&s))
+        match tokio::time::timeout(budget, work).await {
+            Ok(r) => r.unwrap_or_else(|s| error(&s)),
+            Err(_) => error(&tonic::Status::deadline_exceeded(
+                "no answer within the call's deadline (grpc-timeout)",
+            )),
+        }
     }
 
     fn method(&self, service: &str, method: &str) -> Option<MethodDescriptor> {
@@ -214,16 +226,14 @@ fn stream(
     }
     let output = method.output();
     let error_line = |s: &tonic::Status| {
-        let code = s.code() as i32;
-        let line = serde_json::json!({
-            "error": {"code": code, "status": concord_platform::http_json::code_name(s.code()), "message": s.message()},
-        });
+        let line = serde_json::json!({ "error": concord_platform::http_json::status_json(s) });
         let mut v = serde_json::to_vec(&line).unwrap_or_default();
         v.push(b'\n');
         Bytes::from(v)
     };
     let lines = async_stream::stream! {
         let mut buf = BytesMut::new();
+        let mut ended = false;
         while let Some(frame) = body.frame().await {
             let frame = match frame {
                 Ok(f) => f,
@@ -256,12 +266,18 @@ fn stream(
                     }
                 }
             } else if let Some(trailers) = frame.trailers_ref() {
+                ended = true;
                 if let Some(s) = tonic::Status::from_header_map(trailers) {
                     if s.code() != tonic::Code::Ok {
                         yield Ok(http_body::Frame::data(error_line(&s)));
                     }
                 }
             }
+        }
+        // A stream that stops without its trailers, or inside a message, was cut.
+        if !ended || !buf.is_empty() {
+            let s = tonic::Status::unavailable("the stream was cut; resume from the last cursor");
+            yield Ok(http_body::Frame::data(error_line(&s)));
         }
     };
     let mut r = http::Response::new(Body::new(http_body_util::StreamBody::new(lines)));

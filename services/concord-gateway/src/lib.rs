@@ -64,15 +64,19 @@ pub fn services(links: &Links, cfg: &ServerConfig, shutdown: Shutdown) -> anyhow
         (proxy::Facilities::NAME, backends.facilities.clone()),
         (proxy::Requests::NAME, backends.requests.clone()),
     ];
-    let registry = proxy::Proxy::<proxy::Registry>::new(backends.registry);
-    let facilities = proxy::Proxy::<proxy::Facilities>::new(backends.facilities);
-    let requests = proxy::Proxy::<proxy::Requests>::new(backends.requests);
-    let edge = json::JsonEdge::new(vec![
-        (grpc::NAME, json::Inner::new(gateway.clone())),
-        (proxy::Registry::NAME, json::Inner::new(registry.clone())),
-        (proxy::Facilities::NAME, json::Inner::new(facilities.clone())),
-        (proxy::Requests::NAME, json::Inner::new(requests.clone())),
-    ])?;
+    let max = cfg.request_timeout;
+    let registry = proxy::Proxy::<proxy::Registry>::new(backends.registry, max);
+    let facilities = proxy::Proxy::<proxy::Facilities>::new(backends.facilities, max);
+    let requests = proxy::Proxy::<proxy::Requests>::new(backends.requests, max);
+    let edge = json::JsonEdge::new(
+        max,
+        vec![
+            (grpc::NAME, json::Inner::new(gateway.clone())),
+            (proxy::Registry::NAME, json::Inner::new(registry.clone())),
+            (proxy::Facilities::NAME, json::Inner::new(facilities.clone())),
+            (proxy::Requests::NAME, json::Inner::new(requests.clone())),
+        ],
+    )?;
     Ok(Services::new()
         .with_health_hook(move |reporter| {
             tokio::spawn(health::follow(upstreams, reporter, shutdown));

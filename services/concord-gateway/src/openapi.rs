@@ -117,8 +117,8 @@ pub fn document(pool: &DescriptorPool, services: &[&str]) -> anyhow::Result<Valu
                     "operationId": format!("{}_{}", svc.name(), m.name()),
                     "tags": [name],
                     "parameters": [{
-                        "name": "x-concord-purpose", "in": "header", "required": true,
-                        "description": "Why the caller calls (recorded in the audit log).",
+                        "name": "x-concord-purpose", "in": "header", "required": false,
+                        "description": "Why the caller calls (recorded in the audit log); required on every call that touches personal data (INVALID_ARGUMENT without it).",
                         "schema": {"type": "string"}
                     }, {
                         "name": "grpc-timeout", "in": "header", "required": false,

@@ -9,6 +9,7 @@
 use std::convert::Infallible;
 use std::marker::PhantomData;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use concord_platform::auth::{HeaderCredentials, Principal};
 use concord_platform::client::TracedChannel;
@@ -53,14 +54,28 @@ impl Upstream for Requests {
 #[derive(Debug, Clone)]
 pub struct Proxy<U> {
     channel: TracedChannel,
+    max_deadline: Duration,
     _upstream: PhantomData<U>,
 }
 
 impl<U: Upstream> Proxy<U> {
-    /// Over `channel`.
-    pub fn new(channel: TracedChannel) -> Self {
-        Self { channel, _upstream: PhantomData }
+    /// Over `channel`; the service is given at most `max_deadline` (the gateway's own limit
+    /// on a call), less a margin for the answer to come back through the gateway.
+    pub fn new(channel: TracedChannel, max_deadline: Duration) -> Self {
+        Self { channel, max_deadline, _upstream: PhantomData }
     }
+}
+
+/// Kept from a call's deadline for the answer to come back through the gateway.
+pub const MARGIN: Duration = Duration::from_millis(20);
+
+/// The deadline to pass on: the caller's, within `max`, less [`MARGIN`].
+pub fn pass_on(headers: &http::HeaderMap, max: Duration) -> Duration {
+    concord_platform::client::grpc_timeout(headers)
+        .unwrap_or(max)
+        .min(max)
+        .saturating_sub(MARGIN)
+        .max(Duration::from_millis(1))
 }
 
 impl<U: Upstream> NamedService for Proxy<U> {
@@ -84,6 +99,12 @@ impl<U: Upstream> Service<http::Request<Body>> for Proxy<U> {
         };
         // The partner's own identity, never one it wrote: forwarded metadata is replaced.
         HeaderCredentials::new(principal).apply_headers(req.headers_mut());
+        // The service stops before the gateway gives up on it, so the partner gets its
+        // answer (or its DEADLINE_EXCEEDED), not the gateway's timeout.
+        let budget = pass_on(req.headers(), self.max_deadline);
+        if let Ok(v) = http::HeaderValue::from_str(&format!("{}m", budget.as_millis().max(1))) {
+            req.headers_mut().insert("grpc-timeout", v);
+        }
         let mut channel = self.channel.clone();
         Box::pin(async move {
             if let Err(e) = futures::future::poll_fn(|cx| channel.poll_ready(cx)).await {

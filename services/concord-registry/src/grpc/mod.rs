@@ -327,10 +327,19 @@ impl RegistryService for Registry {
                 )))
             }
         };
-        // Counting by a field says something about it: the caller must read that class.
+        // Counting by a field, or filtering on one, says something about it: the caller must
+        // read its class (custody status and facility are custody data).
+        let custody_filter =
+            msg.filter.contains("custody_status") || msg.filter.contains("facility_id");
+        let class = if custody_filter && a.grant.fields.contains(class) {
+            FieldClass::Custody
+        } else {
+            class
+        };
         if !a.grant.fields.contains(class) {
             let e = concord_platform::Error::PermissionDenied(format!(
-                "counting by {column} reads {} data, which this caller may not read",
+                "this summary (by {column}, filter: {:?}) reads {} data, which this caller may not read",
+                msg.filter,
                 class.as_str()
             ));
             self.audit(&a, "persons (summary)", column, e.refusal().unwrap_or("")).await?;
