@@ -82,9 +82,10 @@ async fn create(c: &mut Client, p: pb::Person) -> pb::Person {
         .into_inner()
 }
 
+/// A timestamp exactly `s` seconds from now (not rounded down to a whole second, which would
+/// leave a loaded machine less than the time the test means to give it).
 fn in_secs(s: i64) -> prost_types::Timestamp {
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
-    prost_types::Timestamp { seconds: now.as_secs() as i64 + s, nanos: 0 }
+    prost_types::Timestamp::from(std::time::SystemTime::now() + Duration::from_secs(s as u64))
 }
 
 fn agreement(
@@ -191,11 +192,12 @@ async fn a_state_shares_named_people_and_categories_until_it_revokes_them() {
 
     // An agreement ends by itself at its expiry.
     let brief = agreement("SE", vec![other.name.clone()], vec![]);
-    share(&mut france, pb::SharingAgreement { expire_time: Some(in_secs(1)), ..brief })
+    let expires = tokio::time::Instant::now() + Duration::from_secs(3);
+    share(&mut france, pb::SharingAgreement { expire_time: Some(in_secs(3)), ..brief })
         .await
         .unwrap();
     assert!(get(&mut sweden, &other.name).await.is_ok());
-    tokio::time::sleep(Duration::from_millis(2100)).await;
+    tokio::time::sleep_until(expires + Duration::from_millis(200)).await;
     assert_eq!(get(&mut sweden, &other.name).await.unwrap_err(), Code::NotFound);
 
     // Bad agreements are refused, naming what is wrong, and store nothing.
@@ -324,7 +326,7 @@ async fn break_the_glass_opens_one_person_with_a_reason_and_is_audited() {
             break_glass_grant: Some(pb::BreakGlassGrant {
                 person: p.name.clone(),
                 reason: "transferred to the field hospital for surgery".into(),
-                expire_time: Some(in_secs(2)),
+                expire_time: Some(in_secs(3)),
                 ..Default::default()
             }),
         })

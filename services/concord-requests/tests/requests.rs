@@ -724,9 +724,12 @@ async fn every_rpc_for_every_kind_of_principal_follows_the_policy_and_the_roles(
     assert!(listed > 0, "the listings returned something to check");
 }
 
+/// A timestamp exactly `secs` seconds from now (negative: in the past), not rounded down to a
+/// whole second, which would leave a loaded machine less time than the test means to give it.
 fn in_secs(secs: i64) -> prost_types::Timestamp {
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
-    prost_types::Timestamp { seconds: now.as_secs() as i64 + secs, nanos: 0 }
+    let now = std::time::SystemTime::now();
+    let d = std::time::Duration::from_secs(secs.unsigned_abs());
+    prost_types::Timestamp::from(if secs < 0 { now - d } else { now + d })
 }
 
 #[tokio::test]
@@ -873,15 +876,16 @@ async fn tasks_have_owners_and_deadlines_and_notes_are_kept_with_the_request() {
     let again = fr.create_task(create_task(task(&h.son), "t-1")).await.unwrap().into_inner();
     assert_eq!(week.name, again.name);
     assert_eq!(week.state, pb::TaskState::Open as i32);
-    // One due in a second: overdue after it.
+    // One due in three seconds: overdue after it.
+    let due = tokio::time::Instant::now() + std::time::Duration::from_secs(3);
     let soon = pb::Task {
-        due_time: Some(in_secs(1)),
+        due_time: Some(in_secs(3)),
         title: "DNA test of the son".into(),
         kind: pb::TaskKind::DnaTest as i32,
         ..task(&h.son)
     };
     let soon = fr.create_task(create_task(soon, "")).await.unwrap().into_inner();
-    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    tokio::time::sleep_until(due + std::time::Duration::from_millis(200)).await;
     // The custodial authority (its owner) sees both, and the overdue listing names one.
     let overdue = camp.list_tasks(all(true)).await.unwrap().into_inner().tasks;
     assert_eq!(overdue.iter().map(|t| t.name.clone()).collect::<Vec<_>>(), vec![soon.name.clone()]);
