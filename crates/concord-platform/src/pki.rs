@@ -8,6 +8,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 
@@ -105,12 +106,36 @@ pub fn common_name(der: &[u8]) -> Option<String> {
 #[derive(Debug, Clone)]
 pub struct CertificateAuthenticator {
     directory: Directory,
+    names: Arc<Mutex<Names>>,
 }
+
+/// Common names by the DER certificate they were read from.
+type Names = HashMap<Box<[u8]>, Arc<str>>;
+
+/// Certificates whose common name is remembered at most (then the memory starts again).
+const NAMES_KEPT: usize = 4096;
 
 impl CertificateAuthenticator {
     /// Looks agencies up in `directory`.
     pub fn new(directory: Directory) -> Self {
-        Self { directory }
+        Self { directory, names: Arc::default() }
+    }
+
+    /// The common name of `der`, parsed once per certificate: every call on a connection
+    /// presents the same one, and parsing it is a measurable part of a cheap call. Only the
+    /// name is remembered; the directory is asked on every call, so an agency removed from
+    /// it is refused at once.
+    fn name(&self, der: &[u8]) -> Option<Arc<str>> {
+        let mut names = self.names.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(cn) = names.get(der) {
+            return Some(cn.clone());
+        }
+        let cn: Arc<str> = common_name(der)?.into();
+        if names.len() >= NAMES_KEPT {
+            names.clear();
+        }
+        names.insert(der.into(), cn.clone());
+        Some(cn)
     }
 }
 
@@ -119,7 +144,7 @@ impl Authenticator for CertificateAuthenticator {
         let der = presented
             .peer_certificate
             .ok_or_else(|| Error::Unauthenticated("no client certificate was presented".into()))?;
-        let cn = common_name(der).ok_or_else(|| {
+        let cn = self.name(der).ok_or_else(|| {
             Error::Unauthenticated("the client certificate has no subject common name".into())
         })?;
         self.directory.get(&cn).cloned().ok_or_else(|| {
@@ -328,6 +353,32 @@ mod tests {
             .authenticate(&Presented { headers: &headers, peer_certificate: Some(&der) })
             .expect("known agency");
         assert_eq!((p.kind, p.state.as_deref()), (AgencyKind::StateMinistry, Some("FR")));
+        // The name is remembered per certificate, never across certificates.
+        let nl_pem = std::fs::read(pki.agency("nl-mfa").cert).expect("cert");
+        let nl = x509_parser::pem::parse_x509_pem(&nl_pem).expect("pem").1.contents;
+        for _ in 0..2 {
+            for (der, agency) in [(&der, "fr-mfa"), (&nl, "nl-mfa")] {
+                let p = auth
+                    .authenticate(&Presented { headers: &headers, peer_certificate: Some(der) })
+                    .expect("known agency");
+                assert_eq!(p.agency, agency);
+            }
+        }
+        // An agency removed from the directory is refused at once, its name remembered or not.
+        let without_fr = Directory {
+            by_id: auth
+                .directory
+                .by_id
+                .iter()
+                .filter(|(k, _)| *k != "fr-mfa")
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+        };
+        let auth = CertificateAuthenticator { directory: without_fr, names: auth.names.clone() };
+        let e = auth
+            .authenticate(&Presented { headers: &headers, peer_certificate: Some(&der) })
+            .unwrap_err();
+        assert!(e.to_string().contains("not in the agency directory"), "{e}");
     }
 
     #[test]
