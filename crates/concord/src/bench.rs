@@ -17,7 +17,9 @@
 //! default; `--gateway-only` skips the rest): the whole suite as `concord serve` runs it, with
 //! GetPerson passed through the gateway against the same call made to the registry directly
 //! (throughput, and the p90 latency the gateway adds under moderate load), and the case file
-//! against the bare echo.
+//! against the bare echo. The pass-through is measured with the suite's own gateway, which
+//! shares the services' core, and with a second gateway in its own process on the load
+//! generator's core, as deployed (its own pods, not the services' CPU).
 
 /// mimalloc: the servers allocate per call (headers, spans, messages); it is faster than
 /// the system allocator under this load.
@@ -73,6 +75,9 @@ struct Args {
     /// servers under (`perf record -p <server pid>`).
     #[arg(long, hide = true)]
     profile_pass_through: bool,
+    /// The same for case files.
+    #[arg(long, hide = true)]
+    profile_case_file: bool,
     /// Calls in flight for the gateway's added latency ("moderate load").
     #[arg(long, default_value_t = 4)]
     latency_concurrency: usize,
@@ -82,6 +87,11 @@ struct Args {
     /// Internal: the demo PKI folder the servers use.
     #[arg(long, hide = true)]
     pki: Option<std::path::PathBuf>,
+    /// Internal: run only a gateway in front of the suite's registry, facilities and requests
+    /// services at these comma-separated URLs (the suite's folder is --pki), and print its
+    /// address.
+    #[arg(long, hide = true)]
+    serve_gateway: Option<String>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -89,6 +99,10 @@ fn main() -> anyhow::Result<()> {
     if let Some(url) = &args.serve {
         let pki = args.pki.clone().context("--serve needs --pki")?;
         return tokio::runtime::Runtime::new()?.block_on(serve(url.clone(), pki));
+    }
+    if let Some(urls) = &args.serve_gateway {
+        let suite = args.pki.clone().context("--serve-gateway needs --pki")?;
+        return tokio::runtime::Runtime::new()?.block_on(serve_gateway(urls, suite));
     }
     // The load generator runs on one thread: it is pinned to one core.
     tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(run(args))
@@ -271,6 +285,8 @@ async fn serve(url: String, pki_dir: std::path::PathBuf) -> anyhow::Result<()> {
     suite.server.rate_burst_per_agency = 1e9;
     let (running, served) = concord::start(&suite, suite_shutdown).await?;
     println!("SUITE {}", running.registry.context("suite registry")?);
+    println!("FACILITIES {}", running.facilities.context("suite facilities")?);
+    println!("REQUESTS {}", running.requests.context("suite requests")?);
     println!("GATEWAY {}", running.gateway.context("suite gateway")?);
     tokio::select! {
         r = reg => r??,
@@ -280,6 +296,27 @@ async fn serve(url: String, pki_dir: std::path::PathBuf) -> anyhow::Result<()> {
         r = served => r?,
     }
     Ok(())
+}
+
+/// A gateway alone, as deployed (its own process, in front of the services at `urls`: registry,
+/// facilities, requests), with the suite's PKI under `suite`.
+async fn serve_gateway(urls: &str, suite: std::path::PathBuf) -> anyhow::Result<()> {
+    let log_filter = std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into());
+    let telemetry = concord_platform::config::TelemetryConfig { log_filter, ..Default::default() };
+    let _guard = concord_platform::telemetry::init("concord-bench-gateway", &telemetry)?;
+    let (_trigger, shutdown) = Shutdown::new();
+    let mut cfg = concord::Config::with_data_dir(suite);
+    let mut urls = urls.split(',').map(str::to_string);
+    cfg.registry_url = urls.next();
+    cfg.facilities_url = urls.next();
+    cfg.requests_url = urls.next();
+    cfg.target = concord::Target::Gateway;
+    cfg.gateway_addr = "127.0.0.1:0".parse()?;
+    cfg.server.rate_limit_per_agency = 1e9;
+    cfg.server.rate_burst_per_agency = 1e9;
+    let (running, served) = concord::start(&cfg, shutdown).await?;
+    println!("GATEWAY {}", running.gateway.context("gateway")?);
+    served.await
 }
 
 // ---- load side ------------------------------------------------------------------------------
@@ -298,12 +335,29 @@ struct Servers {
     suite_registry: String,
     gateway: String,
     suite_pki: concord_platform::pki::DemoPki,
+    /// A second gateway in front of the same suite, in its own process on the load
+    /// generator's core (as deployed: the gateway in its own pods, not on the services' CPU).
+    own_gateway: String,
+    own_child: Child,
 }
 
 impl Drop for Servers {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        for c in [&mut self.own_child, &mut self.child] {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// `exe` pinned to `core` where `taskset` exists.
+fn pinned(exe: &std::path::Path, core: u32) -> (Command, bool) {
+    if Command::new("taskset").arg("--version").output().is_ok() {
+        let mut c = Command::new("taskset");
+        c.arg("-c").arg(core.to_string()).arg(exe);
+        (c, true)
+    } else {
+        (Command::new(exe), false)
     }
 }
 
@@ -314,14 +368,7 @@ fn spawn_servers(url: &str, pki_dir: &std::path::Path) -> anyhow::Result<Servers
         &concord_platform::pki::demo_agencies(),
     )?;
     let exe = std::env::current_exe()?;
-    let pinned = Command::new("taskset").arg("--version").output().is_ok();
-    let mut cmd = if pinned {
-        let mut c = Command::new("taskset");
-        c.arg("-c").arg("1").arg(&exe);
-        c
-    } else {
-        Command::new(&exe)
-    };
+    let (mut cmd, is_pinned) = pinned(&exe, 1);
     let mut child = cmd
         .arg("--serve")
         .arg(url)
@@ -338,7 +385,8 @@ fn spawn_servers(url: &str, pki_dir: &std::path::Path) -> anyhow::Result<Servers
     let mut policed = String::new();
     let mut suite_registry = String::new();
     let mut gateway = String::new();
-    for _ in 0..6 {
+    let (mut facilities, mut requests) = (String::new(), String::new());
+    for _ in 0..8 {
         let line = lines.next().context("servers exited before printing their addresses")??;
         match line.split_once(' ') {
             Some(("REGISTRY", a)) => registry = format!("http://{a}"),
@@ -347,18 +395,45 @@ fn spawn_servers(url: &str, pki_dir: &std::path::Path) -> anyhow::Result<Servers
             Some(("POLICED", a)) => policed = format!("http://{a}"),
             Some(("SUITE", a)) => suite_registry = format!("https://localhost:{}", port(a)?),
             Some(("GATEWAY", a)) => gateway = format!("https://localhost:{}", port(a)?),
+            Some(("FACILITIES", a)) => facilities = format!("https://localhost:{}", port(a)?),
+            Some(("REQUESTS", a)) => requests = format!("https://localhost:{}", port(a)?),
             _ => anyhow::bail!("unexpected line from servers: {line}"),
         }
     }
+    let suite_dir = pki_dir.with_file_name("suite");
+    let (mut cmd, _) = pinned(&exe, 0);
+    let mut own_child = cmd
+        .arg("--serve-gateway")
+        .arg(format!("{suite_registry},{facilities},{requests}"))
+        .arg("--pki")
+        .arg(&suite_dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()?;
+    let out = own_child.stdout.take().context("gateway stdout")?;
+    let line = BufReader::new(out).lines().next().context("the gateway exited")??;
+    let own_gateway = match line.split_once(' ') {
+        Some(("GATEWAY", a)) => format!("https://localhost:{}", port(a)?),
+        _ => anyhow::bail!("unexpected line from the gateway: {line}"),
+    };
     eprintln!(
         "servers on {registry} and {echo} ({})",
-        if pinned { "pinned to core 1" } else { "not pinned" }
+        if is_pinned { "pinned to core 1" } else { "not pinned" }
     );
-    let suite_pki = concord_platform::pki::DemoPki {
-        dir: pki_dir.with_file_name("suite").join("pki"),
-        created: false,
-    };
-    Ok(Servers { child, registry, secured, policed, echo, pki, suite_registry, gateway, suite_pki })
+    let suite_pki = concord_platform::pki::DemoPki { dir: suite_dir.join("pki"), created: false };
+    Ok(Servers {
+        child,
+        registry,
+        secured,
+        policed,
+        echo,
+        pki,
+        suite_registry,
+        gateway,
+        suite_pki,
+        own_gateway,
+        own_child,
+    })
 }
 
 fn port(addr: &str) -> anyhow::Result<u16> {
@@ -917,6 +992,10 @@ mod gateway {
             channel(s, &s.gateway, "fr-mfa").await?,
             purpose(),
         );
+        let via_own: RegistryServiceClient<With> = RegistryServiceClient::with_interceptor(
+            channel(s, &s.own_gateway, "fr-mfa").await?,
+            purpose(),
+        );
         let files = GatewayServiceClient::with_interceptor(
             channel(s, &s.gateway, "fr-mfa").await?,
             purpose(),
@@ -950,6 +1029,20 @@ mod gateway {
                 anyhow::Ok(())
             }
         };
+        if args.profile_case_file {
+            eprintln!("servers' pid: {}", s.child.id());
+            let rps = throughput(args.concurrency, args.seconds, |i| {
+                let mut c = files.clone();
+                let person = mothers[i % mothers.len()].clone();
+                async move {
+                    c.get_case_file(gw::GetCaseFileRequest { person }).await?;
+                    Ok(())
+                }
+            })
+            .await?;
+            println!("[gateway] case files: {rps:.0}/s");
+            return Ok(());
+        }
         if args.profile_pass_through {
             eprintln!("servers' pid: {}", s.child.id());
             let rps = throughput(args.concurrency, args.seconds, |i| get(&via, i)).await?;
@@ -958,6 +1051,7 @@ mod gateway {
         }
         let (mut pass, mut file_vs_echo, mut added) = (Vec::new(), Vec::new(), Vec::new());
         let (mut p90_direct, mut p90_via) = (Vec::new(), Vec::new());
+        let (mut pass_own, mut added_own) = (Vec::new(), Vec::new());
         for round in 0..args.rounds {
             let echo_rps = throughput(args.concurrency, args.seconds, |i| {
                 let mut g = tonic::client::Grpc::new(echo_ch.clone());
@@ -977,6 +1071,7 @@ mod gateway {
             let direct_rps =
                 throughput(args.concurrency, args.seconds, |i| get(&direct, i)).await?;
             let via_rps = throughput(args.concurrency, args.seconds, |i| get(&via, i)).await?;
+            let own_rps = throughput(args.concurrency, args.seconds, |i| get(&via_own, i)).await?;
             let file_rps = throughput(args.concurrency, args.seconds, |i| {
                 let mut c = files.clone();
                 let person = mothers[i % mothers.len()].clone();
@@ -990,14 +1085,20 @@ mod gateway {
                 latencies(args.latency_concurrency, args.seconds, |i| get(&direct, i)).await?;
             let lat_via =
                 latencies(args.latency_concurrency, args.seconds, |i| get(&via, i)).await?;
+            let lat_own =
+                latencies(args.latency_concurrency, args.seconds, |i| get(&via_own, i)).await?;
             let (d90, v90) = (percentile(&lat_direct, 0.9), percentile(&lat_via, 0.9));
+            let o90 = percentile(&lat_own, 0.9);
             eprintln!(
-                "round {round}: echo {echo_rps:.0}/s, GetPerson direct {direct_rps:.0}/s, through the gateway {via_rps:.0}/s, case file {file_rps:.0}/s; p90 at {} in flight: direct {:.3} ms, gateway {:.3} ms",
+                "round {round}: echo {echo_rps:.0}/s, GetPerson direct {direct_rps:.0}/s, through the gateway {via_rps:.0}/s (own core {own_rps:.0}/s), case file {file_rps:.0}/s; p90 at {} in flight: direct {:.3} ms, gateway {:.3} ms (own core {:.3} ms)",
                 args.latency_concurrency,
                 d90.as_secs_f64() * 1e3,
-                v90.as_secs_f64() * 1e3
+                v90.as_secs_f64() * 1e3,
+                o90.as_secs_f64() * 1e3
             );
             pass.push(via_rps / direct_rps);
+            pass_own.push(own_rps / direct_rps);
+            added_own.push((o90.as_secs_f64() - d90.as_secs_f64()) * 1e3);
             file_vs_echo.push(file_rps / echo_rps);
             added.push((v90.as_secs_f64() - d90.as_secs_f64()) * 1e3);
             p90_direct.push(d90.as_secs_f64() * 1e3);
@@ -1005,8 +1106,12 @@ mod gateway {
         }
         let (m, lo, hi) = median(&mut pass);
         println!(
-            "[gateway] GetPerson through the gateway vs direct (mTLS, policy, audit; {} in flight, {} rounds): median {m:.2}x, range {lo:.2}-{hi:.2}",
+            "[gateway] GetPerson through the gateway vs direct (mTLS, policy, audit; {} in flight, {} rounds), the gateway on the services' core: median {m:.2}x, range {lo:.2}-{hi:.2}",
             args.concurrency, args.rounds
+        );
+        let (m, lo, hi) = median(&mut pass_own);
+        println!(
+            "[gateway] the same, the gateway in its own process on the load generator's core: median {m:.2}x, range {lo:.2}-{hi:.2}"
         );
         let (m, lo, hi) = median(&mut added);
         let (d, _, _) = median(&mut p90_direct);
@@ -1014,6 +1119,10 @@ mod gateway {
         println!(
             "[gateway] p90 latency at {} in flight: direct {d:.3} ms, through the gateway {v:.3} ms, added median {m:.3} ms (range {lo:.3}-{hi:.3})",
             args.latency_concurrency
+        );
+        let (m, lo, hi) = median(&mut added_own);
+        println!(
+            "[gateway] p90 latency added by the gateway in its own process: median {m:.3} ms (range {lo:.3}-{hi:.3})"
         );
         let (m, lo, hi) = median(&mut file_vs_echo);
         println!(
