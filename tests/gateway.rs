@@ -807,3 +807,103 @@ async fn every_kind_of_partner_gets_through_the_gateway_what_it_gets_directly() 
     assert_eq!(compared, agencies.len() * 10);
     all.stop().await;
 }
+
+/// A TCP relay to `to` that can cut the connections it carries and turn the next ones away:
+/// a service restarting, as the gateway sees it.
+struct Relay {
+    addr: std::net::SocketAddr,
+    turn_away: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    cut: tokio::sync::watch::Sender<u64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Relay {
+    async fn start(to: std::net::SocketAddr) -> Relay {
+        use std::sync::atomic::Ordering;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let turn_away = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (cut, cuts) = tokio::sync::watch::channel(0u64);
+        let away = turn_away.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if away
+                    .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                    .is_ok()
+                {
+                    drop(inbound);
+                    continue;
+                }
+                let mut cuts = cuts.clone();
+                cuts.borrow_and_update();
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = tokio::net::TcpStream::connect(to).await else { return };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = cuts.changed() => {}
+                    }
+                });
+            }
+        });
+        Relay { addr, turn_away, cut, task }
+    }
+
+    /// Cuts every connection, and turns the next `n` away.
+    async fn restart(&self, n: usize) {
+        self.turn_away.store(n, std::sync::atomic::Ordering::SeqCst);
+        self.cut.send_modify(|c| *c += 1);
+        // The gateway's connection sees its end before the next call.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_read_is_sent_again_when_the_service_could_not_be_reached_and_a_write_is_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = start(&config(dir.path(), concord::Target::Registry)).await;
+    let pki = DemoPki { dir: dir.path().join("pki"), created: false };
+    let relay = Relay::start(registry.running.registry.unwrap()).await;
+    let mut cfg = config(dir.path(), concord::Target::Gateway);
+    cfg.registry_url = Some(format!("https://localhost:{}", relay.addr.port()));
+    let gateway = start(&cfg).await;
+    let mut cell = partner(&pki, gateway.running.gateway.unwrap(), "coalition-coordinator").await;
+    let create = |id: &str| reg::CreatePersonRequest {
+        person: Some(person("Amina Haddad", "FR", 1994, false)),
+        request_id: id.into(),
+    };
+    let p = cell.registry.create_person(create("a-1")).await.unwrap().into_inner();
+    let get = || reg::GetPersonRequest { name: p.name.clone() };
+
+    // The registry's connection is cut and its first reconnection turned away: the read
+    // reaches it the second time, within the call.
+    relay.restart(1).await;
+    let again = cell.registry.get_person(get()).await.unwrap().into_inner();
+    assert_eq!(again.name, p.name);
+
+    // Turned away twice: the read is sent twice, not more, and the partner is told which
+    // service could not be reached.
+    relay.restart(2).await;
+    let err = cell.registry.get_person(get()).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    assert!(err.message().contains("registry"), "{err:?}");
+    assert_eq!(relay.turn_away.load(std::sync::atomic::Ordering::SeqCst), 0, "two attempts");
+
+    // A write is sent once: the partner decides whether to send it again, with its request id.
+    relay.restart(1).await;
+    let err = cell.registry.create_person(create("a-2")).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    let listed = cell
+        .registry
+        .list_persons(reg::ListPersonsRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .persons;
+    assert_eq!(listed.len(), 1, "the refused write stored nothing");
+    let second = cell.registry.create_person(create("a-2")).await.unwrap().into_inner();
+    assert_ne!(second.name, p.name);
+
+    gateway.stop().await;
+    relay.task.abort();
+    registry.stop().await;
+}

@@ -20,6 +20,8 @@ use concord_proto::requests::v1::requests_service_client::RequestsServiceClient;
 use tokio::time::Instant;
 use tonic::{Code, Status};
 
+use crate::proxy::RETRY_AFTER;
+
 /// Family members fetched at most.
 pub const MAX_FAMILY: usize = 50;
 
@@ -102,9 +104,6 @@ where
         r => r,
     }
 }
-
-/// The pause before a read is tried again.
-const RETRY_AFTER: Duration = Duration::from_millis(25);
 
 pub(crate) fn part(part: pb::Part, service: &str, r: Result<(), &Status>) -> pb::PartStatus {
     let (code, message) = match r {

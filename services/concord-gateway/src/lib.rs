@@ -64,10 +64,10 @@ pub fn services(links: &Links, cfg: &ServerConfig, shutdown: Shutdown) -> anyhow
         (proxy::Facilities::NAME, backends.facilities.clone()),
         (proxy::Requests::NAME, backends.requests.clone()),
     ];
-    let max = cfg.request_timeout;
-    let registry = proxy::Proxy::<proxy::Registry>::new(backends.registry, max);
-    let facilities = proxy::Proxy::<proxy::Facilities>::new(backends.facilities, max);
-    let requests = proxy::Proxy::<proxy::Requests>::new(backends.requests, max);
+    let (max, bytes) = (cfg.request_timeout, cfg.max_message_bytes);
+    let registry = proxy::Proxy::<proxy::Registry>::new(backends.registry, max, bytes);
+    let facilities = proxy::Proxy::<proxy::Facilities>::new(backends.facilities, max, bytes);
+    let requests = proxy::Proxy::<proxy::Requests>::new(backends.requests, max, bytes);
     let edge = json::JsonEdge::new(
         max,
         vec![

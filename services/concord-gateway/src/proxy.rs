@@ -5,6 +5,12 @@
 //! The deadline (`grpc-timeout`), the purpose, request ids and tracecontext travel with the
 //! call; responses and their trailers (errors with their details) come back unchanged, and
 //! streams stream.
+//!
+//! A read (Get, List, Search, Summarize, Watch) whose service could not be reached is sent
+//! once more after a short pause, if its deadline leaves time: nothing reached the service,
+//! and a read is safe to repeat anyway. A write is never sent twice by the gateway (the
+//! partner retries it with its request id), and an answer from the service, UNAVAILABLE
+//! included, is passed back as it is.
 
 use std::convert::Infallible;
 use std::marker::PhantomData;
@@ -14,6 +20,7 @@ use std::time::Duration;
 use concord_platform::auth::{HeaderCredentials, Principal};
 use concord_platform::client::TracedChannel;
 use futures::future::BoxFuture;
+use http_body_util::BodyExt;
 use tonic::body::Body;
 use tonic::server::NamedService;
 use tower::Service;
@@ -55,15 +62,29 @@ impl Upstream for Requests {
 pub struct Proxy<U> {
     channel: TracedChannel,
     max_deadline: Duration,
+    max_read_bytes: usize,
     _upstream: PhantomData<U>,
 }
 
 impl<U: Upstream> Proxy<U> {
     /// Over `channel`; the service is given at most `max_deadline` (the gateway's own limit
-    /// on a call), less a margin for the answer to come back through the gateway.
-    pub fn new(channel: TracedChannel, max_deadline: Duration) -> Self {
-        Self { channel, max_deadline, _upstream: PhantomData }
+    /// on a call), less a margin for the answer to come back through the gateway. A read's
+    /// request, kept to be sent again, may be at most `max_message_bytes`.
+    pub fn new(channel: TracedChannel, max_deadline: Duration, max_message_bytes: usize) -> Self {
+        Self {
+            channel,
+            max_deadline,
+            // The message and its gRPC frame header.
+            max_read_bytes: max_message_bytes.saturating_add(5),
+            _upstream: PhantomData,
+        }
     }
+}
+
+/// Whether the method at `path` (`/package.Service/Method`) only reads.
+pub fn is_read(path: &str) -> bool {
+    let method = path.rsplit('/').next().unwrap_or_default();
+    ["Get", "List", "Search", "Summarize", "Watch"].iter().any(|p| method.starts_with(p))
 }
 
 /// Kept from a call's deadline for the answer to come back through the gateway.
@@ -102,19 +123,72 @@ impl<U: Upstream> Service<http::Request<Body>> for Proxy<U> {
         // The service stops before the gateway gives up on it, so the partner gets its
         // answer (or its DEADLINE_EXCEEDED), not the gateway's timeout.
         let budget = pass_on(req.headers(), self.max_deadline);
-        if let Ok(v) = http::HeaderValue::from_str(&format!("{}m", budget.as_millis().max(1))) {
-            req.headers_mut().insert("grpc-timeout", v);
+        set_timeout(req.headers_mut(), budget);
+        let channel = self.channel.clone();
+        if !is_read(req.uri().path()) {
+            return Box::pin(async move {
+                Ok(send(channel, req).await.unwrap_or_else(|e| unreachable::<U>(&e)))
+            });
         }
-        let mut channel = self.channel.clone();
+        let limit = self.max_read_bytes;
         Box::pin(async move {
-            if let Err(e) = futures::future::poll_fn(|cx| channel.poll_ready(cx)).await {
-                return Ok(unreachable::<U>(&e));
-            }
-            match channel.call(req).await {
-                Ok(res) => Ok(res.map(Body::new)),
-                Err(e) => Ok(unreachable::<U>(&e)),
+            let deadline = tokio::time::Instant::now() + budget;
+            let (parts, body) = req.into_parts();
+            let body = match http_body_util::Limited::new(body, limit).collect().await {
+                Ok(b) => b.to_bytes(),
+                Err(e) => {
+                    let status = if e.is::<http_body_util::LengthLimitError>() {
+                        tonic::Status::resource_exhausted(format!(
+                            "the request is larger than {limit} bytes"
+                        ))
+                    } else {
+                        tonic::Status::cancelled(format!("the request did not arrive whole: {e}"))
+                    };
+                    return Ok(status.into_http());
+                }
+            };
+            let copy = |timeout: Duration| {
+                let mut r = http::Request::new(Body::new(http_body_util::Full::new(body.clone())));
+                *r.method_mut() = parts.method.clone();
+                *r.uri_mut() = parts.uri.clone();
+                *r.version_mut() = parts.version;
+                *r.headers_mut() = parts.headers.clone();
+                set_timeout(r.headers_mut(), timeout);
+                r
+            };
+            match send(channel.clone(), copy(budget)).await {
+                Ok(res) => Ok(res),
+                Err(e) => {
+                    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                    if left <= RETRY_AFTER * 4 {
+                        return Ok(unreachable::<U>(&e));
+                    }
+                    tracing::debug!(service = U::SHORT, error = %e, "gateway: read sent again");
+                    tokio::time::sleep(RETRY_AFTER).await;
+                    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                    Ok(send(channel, copy(left)).await.unwrap_or_else(|e| unreachable::<U>(&e)))
+                }
             }
         })
+    }
+}
+
+/// The pause before a read whose service could not be reached is sent again.
+pub const RETRY_AFTER: Duration = Duration::from_millis(25);
+
+/// Sends `req` on `channel`: the service's answer, or the error that kept it from the service.
+async fn send(
+    mut channel: TracedChannel,
+    req: http::Request<Body>,
+) -> Result<http::Response<Body>, tonic::transport::Error> {
+    futures::future::poll_fn(|cx| channel.poll_ready(cx)).await?;
+    Ok(channel.call(req).await?.map(Body::new))
+}
+
+fn set_timeout(headers: &mut http::HeaderMap, timeout: Duration) {
+    let ms = timeout.as_millis().max(1);
+    if let Ok(v) = http::HeaderValue::from_str(&format!("{ms}m")) {
+        headers.insert("grpc-timeout", v);
     }
 }
 
@@ -124,4 +198,46 @@ fn unreachable<U: Upstream>(e: &dyn std::fmt::Display) -> http::Response<Body> {
     tracing::warn!(service = U::SHORT, error = %e, "gateway: service unreachable");
     tonic::Status::unavailable(format!("the {} service could not be reached: {e}", U::SHORT))
         .into_http()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_are_told_from_writes_by_their_method() {
+        for read in [
+            "/concord.registry.v1.RegistryService/GetPerson",
+            "/concord.registry.v1.RegistryService/ListCustodyEvents",
+            "/concord.registry.v1.RegistryService/SearchPersons",
+            "/concord.registry.v1.RegistryService/SummarizePersons",
+            "/concord.requests.v1.RequestsService/WatchChanges",
+        ] {
+            assert!(is_read(read), "{read}");
+        }
+        for write in [
+            "/concord.registry.v1.RegistryService/CreatePerson",
+            "/concord.registry.v1.RegistryService/ImportPersons",
+            "/concord.registry.v1.RegistryService/MergeDuplicateCandidate",
+            "/concord.facilities.v1.FacilitiesService/PlanRelocation",
+            "/concord.requests.v1.RequestsService/VerifySubjectIdentity",
+            "/concord.requests.v1.RequestsService/TransitionRequest",
+            "",
+        ] {
+            assert!(!is_read(write), "{write}");
+        }
+    }
+
+    #[test]
+    fn the_deadline_passed_on_keeps_a_margin_within_the_gateways_limit() {
+        let mut h = http::HeaderMap::new();
+        let max = Duration::from_secs(30);
+        assert_eq!(pass_on(&h, max), max - MARGIN);
+        h.insert("grpc-timeout", http::HeaderValue::from_static("500m"));
+        assert_eq!(pass_on(&h, max), Duration::from_millis(480));
+        h.insert("grpc-timeout", http::HeaderValue::from_static("5m"));
+        assert_eq!(pass_on(&h, max), Duration::from_millis(1));
+        set_timeout(&mut h, Duration::from_micros(10));
+        assert_eq!(h["grpc-timeout"], "1m");
+    }
 }
