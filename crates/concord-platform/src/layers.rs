@@ -318,3 +318,80 @@ where
         }
     }
 }
+
+/// Request headers a browser may send across origins: gRPC-Web's, the JSON edge's, the
+/// caller's purpose, a bearer token, and tracecontext.
+const CORS_REQUEST_HEADERS: [&str; 9] = [
+    "content-type",
+    "authorization",
+    "x-grpc-web",
+    "x-user-agent",
+    "grpc-timeout",
+    crate::auth::headers::PURPOSE,
+    "traceparent",
+    "tracestate",
+    "grpc-accept-encoding",
+];
+
+/// Response headers a browser's script may read: the call's gRPC status and its details.
+const CORS_EXPOSED_HEADERS: [&str; 3] = ["grpc-status", "grpc-message", "grpc-status-details-bin"];
+
+/// CORS for browser applications served from `origins` (each `scheme://host[:port]`) that
+/// call with gRPC-Web or the JSON edge: their preflights are answered before authentication
+/// (a preflight carries no credentials), and their calls' answers name the origin, allow
+/// credentials (a client certificate or a bearer token) and expose the gRPC status. No
+/// origins: none (a browser then calls only from the gateway's own origin). An origin that
+/// is not one is an error naming it.
+pub fn cors(origins: &[String]) -> anyhow::Result<Option<tower_http::cors::CorsLayer>> {
+    use tower_http::cors::{AllowOrigin, CorsLayer};
+    if origins.is_empty() {
+        return Ok(None);
+    }
+    let mut allowed = Vec::with_capacity(origins.len());
+    for o in origins {
+        let uri: http::Uri = o.parse().map_err(|e| anyhow::anyhow!("CORS origin '{o}': {e}"))?;
+        let bare = matches!(uri.scheme_str(), Some("https" | "http"))
+            && uri.host().is_some_and(|h| !h.is_empty())
+            && uri.path_and_query().is_none_or(|p| p.as_str() == "/")
+            && !o.ends_with('/');
+        anyhow::ensure!(
+            bare,
+            "CORS origin '{o}' is not an origin like https://partner.example or https://partner.example:8443 (a scheme, a host and a port only)"
+        );
+        allowed.push(http::HeaderValue::from_str(o)?);
+    }
+    let names =
+        |v: &[&'static str]| v.iter().map(|h| http::HeaderName::from_static(h)).collect::<Vec<_>>();
+    Ok(Some(
+        CorsLayer::new()
+            .allow_origin(AllowOrigin::list(allowed))
+            .allow_methods([http::Method::POST, http::Method::GET])
+            .allow_headers(names(&CORS_REQUEST_HEADERS))
+            .expose_headers(names(&CORS_EXPOSED_HEADERS))
+            .allow_credentials(true)
+            .max_age(std::time::Duration::from_secs(600)),
+    ))
+}
+
+#[cfg(test)]
+mod cors_tests {
+    use super::*;
+
+    #[test]
+    fn origins_are_checked_and_none_means_no_cors() {
+        assert!(cors(&[]).unwrap().is_none());
+        assert!(cors(&["https://partner.example".into(), "http://localhost:8080".into()])
+            .unwrap()
+            .is_some());
+        for bad in [
+            "partner.example",
+            "https://partner.example/app",
+            "https://partner.example/",
+            "*",
+            "ftp://x",
+        ] {
+            let e = cors(&[bad.into()]).unwrap_err().to_string();
+            assert!(e.contains(bad), "{bad}: {e}");
+        }
+    }
+}

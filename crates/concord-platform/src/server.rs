@@ -88,6 +88,7 @@ pub struct Services {
     plain_health: Option<TcpListener>,
     health_hook: Option<HealthHook>,
     http1_and_grpc_web: bool,
+    cors: Option<tower_http::cors::CorsLayer>,
 }
 
 impl Services {
@@ -128,6 +129,12 @@ impl Services {
     /// same port and behind the same layers.
     pub fn with_http1_and_grpc_web(mut self) -> Self {
         self.http1_and_grpc_web = true;
+        self
+    }
+
+    /// Answers browsers on other origins as `cors` says (see [`crate::layers::cors`]).
+    pub fn with_cors(mut self, cors: Option<tower_http::cors::CorsLayer>) -> Self {
+        self.cors = cors;
         self
     }
 
@@ -267,6 +274,8 @@ pub async fn serve(
         // waiting a round trip for each window update.
         .initial_stream_window_size(Some(1024 * 1024))
         .initial_connection_window_size(Some(4 * 1024 * 1024))
+        // Outermost: a preflight is answered before authentication, which it cannot pass.
+        .layer(tower::util::option_layer(services.cors))
         .layer(layers)
         .layer(tower::util::option_layer(web.then_some(crate::layers::GrpcWebOnlyLayer)))
         .add_routes(routes)

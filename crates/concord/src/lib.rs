@@ -64,6 +64,10 @@ pub struct Config {
     /// Address of the gateway's gRPC server: the one address partners call.
     #[arg(long, env = "CONCORD_GATEWAY_ADDR", default_value = "127.0.0.1:50050")]
     pub gateway_addr: SocketAddr,
+    /// Origins (`https://host[:port]`, comma separated) of browser applications allowed to
+    /// call the gateway with gRPC-Web and the JSON edge (CORS); default: none.
+    #[arg(long, env = "CONCORD_CORS_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub cors_allowed_origins: Vec<String>,
     /// The registry as other services reach it; default: the registry this process runs, or
     /// https://localhost:50051.
     #[arg(long, env = "CONCORD_REGISTRY_URL")]
@@ -364,7 +368,12 @@ pub async fn start(
                 "concord-gateway",
             )?,
         };
-        let services = concord_gateway::services(&links, &cfg.server, shutdown.clone())?;
+        let services = concord_gateway::services(
+            &links,
+            &cfg.server,
+            &cfg.cors_allowed_origins,
+            shutdown.clone(),
+        )?;
         running.gateway = Some(launcher.launch(cfg.gateway_addr, services, None).await?);
     }
     running.health = launcher.health;

@@ -44,9 +44,16 @@ pub struct Links {
 }
 
 /// The gateway's services: its own and the three passed through, with health following
-/// the services behind until `shutdown`. Channels connect on first use and reconnect by
-/// themselves, so the gateway starts whatever is up behind it.
-pub fn services(links: &Links, cfg: &ServerConfig, shutdown: Shutdown) -> anyhow::Result<Services> {
+/// the services behind until `shutdown`, and CORS for browser applications served from
+/// `cors_origins`. Channels connect on first use and reconnect by themselves, so the gateway
+/// starts whatever is up behind it.
+pub fn services(
+    links: &Links,
+    cfg: &ServerConfig,
+    cors_origins: &[String],
+    shutdown: Shutdown,
+) -> anyhow::Result<Services> {
+    let cors = concord_platform::layers::cors(cors_origins)?;
     let backends = casefile::Backends {
         registry: links.registry.channel()?,
         facilities: links.facilities.channel()?,
@@ -82,6 +89,7 @@ pub fn services(links: &Links, cfg: &ServerConfig, shutdown: Shutdown) -> anyhow
             tokio::spawn(health::follow(upstreams, reporter, shutdown));
         })
         .with_http1_and_grpc_web()
+        .with_cors(cors)
         .with(gateway)
         .with(registry)
         .with(facilities)

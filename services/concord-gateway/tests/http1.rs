@@ -18,7 +18,7 @@ async fn json_over_http1_gets_json_answers_whatever_is_down() {
     let cfg = concord_testkit::server_config();
     let links =
         concord_gateway::Links { registry: nowhere(), facilities: nowhere(), requests: nowhere() };
-    let services = concord_gateway::services(&links, &cfg, shutdown.clone()).unwrap();
+    let services = concord_gateway::services(&links, &cfg, &[], shutdown.clone()).unwrap();
     let server = TestServer::start(services, trigger, shutdown, cfg).await.unwrap();
     let url = format!("{}/v1/concord.gateway.v1.GatewayService/GetCaseFile", server.uri());
     let run = move |args: Vec<String>| async move {
@@ -73,4 +73,121 @@ async fn json_over_http1_gets_json_answers_whatever_is_down() {
     .unwrap();
     let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(doc["openapi"], "3.1.0");
+}
+
+/// The status and the headers (lower-cased names) curl got for `args`.
+async fn heads(args: Vec<String>) -> (u16, Vec<(String, String)>) {
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("curl")
+            .args(["-sS", "-o", "/dev/null", "-D", "-"])
+            .args(&args)
+            .output()
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let mut lines = text.lines();
+    let status = lines.next().and_then(|l| l.split(' ').nth(1)).and_then(|c| c.parse().ok());
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    (status.unwrap_or_else(|| panic!("{text} {out:?}")), headers)
+}
+
+fn header<'a>(h: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    h.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+}
+
+#[tokio::test]
+async fn browsers_on_the_listed_origins_may_call_and_no_others() {
+    let (trigger, shutdown) = Shutdown::new();
+    let cfg = concord_testkit::server_config();
+    let links =
+        concord_gateway::Links { registry: nowhere(), facilities: nowhere(), requests: nowhere() };
+    let origins = ["https://partner.example".to_string()];
+    let services = concord_gateway::services(&links, &cfg, &origins, shutdown.clone()).unwrap();
+    let server = TestServer::start(services, trigger, shutdown, cfg).await.unwrap();
+    let url = format!("{}/v1/concord.gateway.v1.GatewayService/GetCaseFile", server.uri());
+    let preflight = |origin: &str| {
+        vec![
+            "-X".into(),
+            "OPTIONS".into(),
+            "-H".into(),
+            format!("origin: {origin}"),
+            "-H".into(),
+            "access-control-request-method: POST".into(),
+            "-H".into(),
+            "access-control-request-headers: content-type,x-grpc-web,x-concord-purpose".into(),
+            url.clone(),
+        ]
+    };
+
+    // A preflight (no credentials) from a listed origin is answered before authentication.
+    let (status, h) = heads(preflight("https://partner.example")).await;
+    assert_eq!(status, 200, "{h:?}");
+    assert_eq!(header(&h, "access-control-allow-origin"), Some("https://partner.example"));
+    assert_eq!(header(&h, "access-control-allow-credentials"), Some("true"));
+    let allowed = header(&h, "access-control-allow-headers").unwrap_or_default();
+    for name in ["content-type", "x-grpc-web", "x-concord-purpose", "authorization"] {
+        assert!(allowed.contains(name), "{name} in {allowed}");
+    }
+    // Another origin is not allowed: the browser stops there.
+    let (_, h) = heads(preflight("https://elsewhere.example")).await;
+    assert_eq!(header(&h, "access-control-allow-origin"), None, "{h:?}");
+
+    // The call itself: its answer names the origin and lets the script read the gRPC status.
+    let mut call: Vec<String> = [
+        "-H",
+        "origin: https://partner.example",
+        "-H",
+        "content-type: application/json",
+        "-H",
+        "x-concord-agency: fr-mfa",
+        "-H",
+        "x-concord-agency-kind: state_ministry",
+        "-H",
+        "x-concord-state: FR",
+        "-H",
+        "x-concord-purpose: consular case review",
+        "-d",
+        r#"{"person": "persons/0192d6c4-0000-7000-8000-000000000001"}"#,
+    ]
+    .into_iter()
+    .map(String::from)
+    .collect();
+    call.push(url.clone());
+    let (status, h) = heads(call).await;
+    assert_eq!(status, 503, "every service is down: {h:?}");
+    assert_eq!(header(&h, "access-control-allow-origin"), Some("https://partner.example"));
+    let exposed = header(&h, "access-control-expose-headers").unwrap_or_default();
+    assert!(exposed.contains("grpc-status"), "{exposed}");
+}
+
+#[tokio::test]
+async fn without_listed_origins_a_preflight_is_not_answered_and_bad_origins_are_refused() {
+    let (trigger, shutdown) = Shutdown::new();
+    let cfg = concord_testkit::server_config();
+    let links =
+        concord_gateway::Links { registry: nowhere(), facilities: nowhere(), requests: nowhere() };
+    let bad =
+        concord_gateway::services(&links, &cfg, &["partner.example".into()], shutdown.clone())
+            .map(|_| ())
+            .unwrap_err();
+    assert!(bad.to_string().contains("'partner.example'"), "{bad}");
+    let services = concord_gateway::services(&links, &cfg, &[], shutdown.clone()).unwrap();
+    let server = TestServer::start(services, trigger, shutdown, cfg).await.unwrap();
+    let url = format!("{}/v1/concord.gateway.v1.GatewayService/GetCaseFile", server.uri());
+    let (_, h) = heads(vec![
+        "-X".into(),
+        "OPTIONS".into(),
+        "-H".into(),
+        "origin: https://partner.example".into(),
+        "-H".into(),
+        "access-control-request-method: POST".into(),
+        url,
+    ])
+    .await;
+    assert_eq!(header(&h, "access-control-allow-origin"), None, "{h:?}");
 }
