@@ -219,7 +219,9 @@ where
     S: Service<http::Request<B>, Response = http::Response<Body>> + Clone + Send + 'static,
     S::Future: Send + 'static,
     S::Error: Send + 'static,
-    B: Send + 'static,
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     type Response = S::Response;
     type Error = S::Error;
@@ -250,16 +252,11 @@ where
                     let limiter = self.limiter.as_ref().filter(|_| principal.via.is_none());
                     if let Some(wait) = limiter.and_then(|l| l.check(&principal.agency).err()) {
                         let status = rate_limited(&principal.agency, wait);
-                        let res = crate::http_json::respond(req.headers(), status);
-                        return Box::pin(async move { Ok(res) });
+                        return refuse(req, status);
                     }
                     req.extensions_mut().insert(principal);
                 }
-                Err(e) => {
-                    let status = e.into_status("auth.concord");
-                    let res = crate::http_json::respond(req.headers(), status);
-                    return Box::pin(async move { Ok(res) });
-                }
+                Err(e) => return refuse(req, e.into_status("auth.concord")),
             }
         }
         let clone = self.inner.clone();
@@ -267,6 +264,31 @@ where
         Box::pin(async move { inner.call(req).await })
     }
 }
+
+/// The answer `status` to `req`, given once the rest of its body has arrived (at most
+/// [`DRAINED_BYTES`], for at most [`DRAINED_FOR`]): an HTTP/2 answer sent while the caller is
+/// still sending makes the server reset the stream, and some clients (curl, libcurl-based
+/// integrations) then report a framing error instead of the answer.
+fn refuse<B, E>(req: http::Request<B>, status: tonic::Status) -> BoxFuture<http::Response<Body>, E>
+where
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    E: Send + 'static,
+{
+    let res = crate::http_json::respond(req.headers(), status);
+    Box::pin(async move {
+        let rest = http_body_util::Limited::new(req.into_body(), DRAINED_BYTES);
+        let _ = tokio::time::timeout(DRAINED_FOR, http_body_util::BodyExt::collect(rest)).await;
+        Ok(res)
+    })
+}
+
+/// The most of a refused call's body read before answering.
+const DRAINED_BYTES: usize = 64 * 1024;
+
+/// The longest wait for a refused call's body before answering.
+const DRAINED_FOR: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// gRPC-Web for the calls that are gRPC-Web (by content type), and nothing else: HTTP/JSON
 /// and gRPC pass untouched (tonic-web alone answers any other HTTP/1.1 call with 400).
