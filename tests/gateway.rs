@@ -907,3 +907,80 @@ async fn a_read_is_sent_again_when_the_service_could_not_be_reached_and_a_write_
     relay.task.abort();
     registry.stop().await;
 }
+
+#[tokio::test]
+async fn a_passed_through_watch_ends_when_the_gateway_drains_and_resumes_elsewhere() {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = start(&config(dir.path(), concord::Target::Registry)).await;
+    let pki = DemoPki { dir: dir.path().join("pki"), created: false };
+    let mut cfg = config(dir.path(), concord::Target::Gateway);
+    cfg.registry_url =
+        Some(format!("https://localhost:{}", registry.running.registry.unwrap().port()));
+    // Without the stream ending, the drain would wait this long for it.
+    cfg.server.drain_timeout = Duration::from_secs(30);
+    let gateway = start(&cfg).await;
+    let other = start(&cfg).await;
+    let mut cell = partner(&pki, gateway.running.gateway.unwrap(), "coalition-coordinator").await;
+    let create = |name: &str| reg::CreatePersonRequest {
+        person: Some(person(name, "FR", 1994, false)),
+        request_id: String::new(),
+    };
+    cell.registry.create_person(create("Amina Haddad")).await.unwrap();
+    let mut watch = cell
+        .registry
+        .watch_changes(reg::WatchChangesRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let first = next_change(&mut watch).await;
+    assert_eq!(first.event_type, "person.created", "{first:?}");
+    let cursor = first.cursor;
+
+    // The gateway drains: the stream ends at once with UNAVAILABLE, and the drain is done.
+    let started = Instant::now();
+    let stopping = tokio::spawn(gateway.stop());
+    let end = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match watch.message().await {
+                Ok(Some(_)) => continue,
+                Ok(None) => break None,
+                Err(s) => break Some(s),
+            }
+        }
+    })
+    .await
+    .expect("the stream ends with the drain");
+    let end = end.expect("with a status");
+    assert_eq!(end.code(), Code::Unavailable, "{end:?}");
+    assert!(end.message().contains("resume from the last cursor"), "{end:?}");
+    tokio::time::timeout(Duration::from_secs(5), stopping).await.unwrap().unwrap();
+    assert!(started.elapsed() < Duration::from_secs(5), "drained in {:?}", started.elapsed());
+
+    // The partner resumes from its cursor at another gateway and misses nothing.
+    let mut cell = partner(&pki, other.running.gateway.unwrap(), "coalition-coordinator").await;
+    let second = cell.registry.create_person(create("Maryam Haddad")).await.unwrap().into_inner();
+    let mut resumed = cell
+        .registry
+        .watch_changes(reg::WatchChangesRequest { cursor, ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner();
+    let event = next_change(&mut resumed).await;
+    assert_eq!(event.resource_name, second.name, "{event:?}");
+    other.stop().await;
+    registry.stop().await;
+}
+
+/// The next change of a registry watch, bookmarks aside.
+async fn next_change(
+    watch: &mut tonic::Streaming<reg::WatchChangesResponse>,
+) -> concord_proto::r#type::v1::ChangeEvent {
+    loop {
+        let m = tokio::time::timeout(Duration::from_secs(5), watch.message()).await;
+        let e =
+            m.expect("a change within 5 s").unwrap().expect("the stream goes on").event.unwrap();
+        if !e.bookmark {
+            return e;
+        }
+    }
+}

@@ -72,9 +72,11 @@ pub fn services(
         (proxy::Requests::NAME, backends.requests.clone()),
     ];
     let (max, bytes) = (cfg.request_timeout, cfg.max_message_bytes);
-    let registry = proxy::Proxy::<proxy::Registry>::new(backends.registry, max, bytes);
-    let facilities = proxy::Proxy::<proxy::Facilities>::new(backends.facilities, max, bytes);
-    let requests = proxy::Proxy::<proxy::Requests>::new(backends.requests, max, bytes);
+    let s = &shutdown;
+    let registry = proxy::Proxy::<proxy::Registry>::new(backends.registry, max, bytes, s.clone());
+    let facilities =
+        proxy::Proxy::<proxy::Facilities>::new(backends.facilities, max, bytes, s.clone());
+    let requests = proxy::Proxy::<proxy::Requests>::new(backends.requests, max, bytes, s.clone());
     let edge = json::JsonEdge::new(
         max,
         vec![

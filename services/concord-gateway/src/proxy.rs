@@ -11,6 +11,10 @@
 //! and a read is safe to repeat anyway. A write is never sent twice by the gateway (the
 //! partner retries it with its request id), and an answer from the service, UNAVAILABLE
 //! included, is passed back as it is.
+//!
+//! When the gateway shuts down, a passed-through watch stream ends after the message in
+//! flight with UNAVAILABLE, as the gateway's own Subscribe does, so the partner resumes from
+//! its cursor elsewhere instead of holding the drain open.
 
 use std::convert::Infallible;
 use std::marker::PhantomData;
@@ -19,6 +23,7 @@ use std::time::Duration;
 
 use concord_platform::auth::{HeaderCredentials, Principal};
 use concord_platform::client::TracedChannel;
+use concord_platform::server::Shutdown;
 use futures::future::BoxFuture;
 use http_body_util::BodyExt;
 use tonic::body::Body;
@@ -63,17 +68,25 @@ pub struct Proxy<U> {
     channel: TracedChannel,
     max_deadline: Duration,
     max_read_bytes: usize,
+    shutdown: Shutdown,
     _upstream: PhantomData<U>,
 }
 
 impl<U: Upstream> Proxy<U> {
     /// Over `channel`; the service is given at most `max_deadline` (the gateway's own limit
     /// on a call), less a margin for the answer to come back through the gateway. A read's
-    /// request, kept to be sent again, may be at most `max_message_bytes`.
-    pub fn new(channel: TracedChannel, max_deadline: Duration, max_message_bytes: usize) -> Self {
+    /// request, kept to be sent again, may be at most `max_message_bytes`. Watch streams end
+    /// when `shutdown` begins.
+    pub fn new(
+        channel: TracedChannel,
+        max_deadline: Duration,
+        max_message_bytes: usize,
+        shutdown: Shutdown,
+    ) -> Self {
         Self {
             channel,
             max_deadline,
+            shutdown,
             // The message and its gRPC frame header.
             max_read_bytes: max_message_bytes.saturating_add(5),
             _upstream: PhantomData,
@@ -131,6 +144,7 @@ impl<U: Upstream> Service<http::Request<Body>> for Proxy<U> {
             });
         }
         let limit = self.max_read_bytes;
+        let shutdown = is_watch(req.uri().path()).then(|| self.shutdown.clone());
         Box::pin(async move {
             let deadline = tokio::time::Instant::now() + budget;
             let (parts, body) = req.into_parts();
@@ -156,8 +170,8 @@ impl<U: Upstream> Service<http::Request<Body>> for Proxy<U> {
                 set_timeout(r.headers_mut(), timeout);
                 r
             };
-            match send(channel.clone(), copy(budget)).await {
-                Ok(res) => Ok(res),
+            let res = match send(channel.clone(), copy(budget)).await {
+                Ok(res) => res,
                 Err(e) => {
                     let left = deadline.saturating_duration_since(tokio::time::Instant::now());
                     if left <= RETRY_AFTER * 4 {
@@ -166,10 +180,123 @@ impl<U: Upstream> Service<http::Request<Body>> for Proxy<U> {
                     tracing::debug!(service = U::SHORT, error = %e, "gateway: read sent again");
                     tokio::time::sleep(RETRY_AFTER).await;
                     let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-                    Ok(send(channel, copy(left)).await.unwrap_or_else(|e| unreachable::<U>(&e)))
+                    match send(channel, copy(left)).await {
+                        Ok(res) => res,
+                        Err(e) => return Ok(unreachable::<U>(&e)),
+                    }
+                }
+            };
+            Ok(match shutdown {
+                Some(s) => ends_on(res, s),
+                None => res,
+            })
+        })
+    }
+}
+
+/// Whether the method at `path` answers with a stream that lasts (a watch).
+fn is_watch(path: &str) -> bool {
+    path.rsplit('/').next().unwrap_or_default().starts_with("Watch")
+}
+
+/// `res`, a stream, ended when `shutdown` begins: after the message in flight, with
+/// UNAVAILABLE and the advice to resume from the last cursor, so the partner reconnects (to
+/// another gateway) instead of holding the drain to its timeout. An answer that is already
+/// complete in its headers (trailers-only, an error) is left as it is.
+fn ends_on(res: http::Response<Body>, shutdown: Shutdown) -> http::Response<Body> {
+    if res.headers().contains_key("grpc-status") {
+        return res;
+    }
+    let (parts, body) = res.into_parts();
+    let mut s = shutdown;
+    let body = Draining {
+        inner: body,
+        shutdown: Box::pin(async move { s.wait().await }),
+        framing: Framing::default(),
+        done: false,
+    };
+    http::Response::from_parts(parts, Body::new(body))
+}
+
+/// Where a gRPC byte stream is: in a message's 5-byte header, or in its body.
+#[derive(Debug, Default)]
+struct Framing {
+    header: [u8; 5],
+    header_read: usize,
+    body_left: usize,
+}
+
+impl Framing {
+    /// Follows `data`, the next bytes of the stream.
+    fn follow(&mut self, mut data: &[u8]) {
+        while !data.is_empty() {
+            if self.body_left > 0 {
+                let n = self.body_left.min(data.len());
+                self.body_left -= n;
+                data = &data[n..];
+            } else {
+                let n = (5 - self.header_read).min(data.len());
+                self.header[self.header_read..self.header_read + n].copy_from_slice(&data[..n]);
+                self.header_read += n;
+                data = &data[n..];
+                if self.header_read == 5 {
+                    let len = [self.header[1], self.header[2], self.header[3], self.header[4]];
+                    self.body_left = u32::from_be_bytes(len) as usize;
+                    self.header_read = 0;
                 }
             }
-        })
+        }
+    }
+
+    /// True between two messages.
+    fn between(&self) -> bool {
+        self.header_read == 0 && self.body_left == 0
+    }
+}
+
+/// See [`ends_on`].
+struct Draining {
+    inner: Body,
+    shutdown: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
+    framing: Framing,
+    done: bool,
+}
+
+impl http_body::Body for Draining {
+    type Data = bytes::Bytes;
+    type Error = tonic::Status;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let this = &mut *self;
+        if this.done {
+            return Poll::Ready(None);
+        }
+        if this.framing.between() && this.shutdown.as_mut().poll(cx).is_ready() {
+            this.done = true;
+            let mut trailers = http::HeaderMap::new();
+            let status = tonic::Status::unavailable(
+                "the gateway is shutting down; call again and resume from the last cursor",
+            );
+            // A status made here always has a valid header form.
+            let _ = status.add_header(&mut trailers);
+            return Poll::Ready(Some(Ok(http_body::Frame::trailers(trailers))));
+        }
+        let frame = std::pin::Pin::new(&mut this.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(f))) = &frame {
+            if let Some(data) = f.data_ref() {
+                this.framing.follow(data);
+            } else if f.is_trailers() {
+                this.done = true;
+            }
+        }
+        frame
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done
     }
 }
 
@@ -239,5 +366,34 @@ mod tests {
         assert_eq!(pass_on(&h, max), Duration::from_millis(1));
         set_timeout(&mut h, Duration::from_micros(10));
         assert_eq!(h["grpc-timeout"], "1m");
+    }
+}
+
+#[cfg(test)]
+mod framing_tests {
+    use super::*;
+
+    fn message(len: usize) -> Vec<u8> {
+        let mut m = vec![0u8];
+        m.extend_from_slice(&(len as u32).to_be_bytes());
+        m.extend(std::iter::repeat_n(7u8, len));
+        m
+    }
+
+    #[test]
+    fn messages_are_followed_whatever_the_chunks() {
+        let mut stream = message(3);
+        stream.extend(message(0));
+        stream.extend(message(300));
+        let ends = [8, 13, 318];
+        for chunk in [1, 2, 4, 5, 7, 64, 1000] {
+            let mut f = Framing::default();
+            let mut read = 0;
+            for piece in stream.chunks(chunk) {
+                f.follow(piece);
+                read += piece.len();
+                assert_eq!(f.between(), ends.contains(&read), "chunk {chunk}, at {read}");
+            }
+        }
     }
 }
