@@ -1,7 +1,9 @@
 //! The tower layers every Concord server stacks, outermost first:
 //! [`TraceLayer`] (span per call, parent from W3C tracecontext) ->
-//! [`AdmissionLayer`] (concurrency limit with load shedding) ->
-//! [`IdentityLayer`] (principal into the request extensions).
+//! [`IdentityLayer`] (principal into the request extensions, rate limit per agency) ->
+//! [`AdmissionLayer`] (concurrency limit with load shedding).
+//! A call that is refused for its identity or its rate never holds one of the admission
+//! permits, so unauthenticated or over-quota traffic cannot crowd out partners' calls.
 //! Deadlines and message size caps are enforced by tonic itself (see `server`).
 
 use std::future::Future;
@@ -266,9 +268,11 @@ where
 }
 
 /// The answer `status` to `req`, given once the rest of its body has arrived (at most
-/// [`DRAINED_BYTES`], for at most [`DRAINED_FOR`]): an HTTP/2 answer sent while the caller is
-/// still sending makes the server reset the stream, and some clients (curl, libcurl-based
-/// integrations) then report a framing error instead of the answer.
+/// [`DRAINED_BYTES`], for at most [`DRAINED_FOR`] or the call's own deadline if sooner): an
+/// HTTP/2 answer sent while the caller is still sending makes the server reset the stream,
+/// and some clients (curl, libcurl-based integrations) then report a framing error instead of
+/// the answer. What arrives is dropped as it comes; the wait holds no admission permit (the
+/// identity layer is outside admission).
 fn refuse<B, E>(req: http::Request<B>, status: tonic::Status) -> BoxFuture<http::Response<Body>, E>
 where
     B: http_body::Body + Send + 'static,
@@ -277,18 +281,34 @@ where
     E: Send + 'static,
 {
     let res = crate::http_json::respond(req.headers(), status);
+    let wait =
+        crate::client::grpc_timeout(req.headers()).map_or(DRAINED_FOR, |t| t.min(DRAINED_FOR));
     Box::pin(async move {
-        let rest = http_body_util::Limited::new(req.into_body(), DRAINED_BYTES);
-        let _ = tokio::time::timeout(DRAINED_FOR, http_body_util::BodyExt::collect(rest)).await;
+        let _ = tokio::time::timeout(wait, discard(req.into_body(), DRAINED_BYTES)).await;
         Ok(res)
     })
+}
+
+/// Reads `body` to its end, or until more than `limit` bytes came, keeping nothing.
+async fn discard<B: http_body::Body>(body: B, limit: usize) {
+    use http_body_util::BodyExt;
+    let mut body = std::pin::pin!(body);
+    let mut seen = 0usize;
+    while let Some(Ok(frame)) = body.frame().await {
+        if let Some(d) = frame.data_ref() {
+            seen += bytes::Buf::remaining(d);
+            if seen > limit {
+                return;
+            }
+        }
+    }
 }
 
 /// The most of a refused call's body read before answering.
 const DRAINED_BYTES: usize = 64 * 1024;
 
 /// The longest wait for a refused call's body before answering.
-const DRAINED_FOR: std::time::Duration = std::time::Duration::from_secs(1);
+const DRAINED_FOR: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// gRPC-Web for the calls that are gRPC-Web (by content type), and nothing else: HTTP/JSON
 /// and gRPC pass untouched (tonic-web alone answers any other HTTP/1.1 call with 400).
@@ -358,30 +378,44 @@ const CORS_REQUEST_HEADERS: [&str; 9] = [
 /// Response headers a browser's script may read: the call's gRPC status and its details.
 const CORS_EXPOSED_HEADERS: [&str; 3] = ["grpc-status", "grpc-message", "grpc-status-details-bin"];
 
+/// `o` as a browser sends it in `Origin`: the scheme and host in lower case, and the port
+/// only when it is not the scheme's default; an error naming `o` if it is not an origin.
+fn origin(o: &str) -> anyhow::Result<String> {
+    let uri: http::Uri = o.parse().map_err(|e| anyhow::anyhow!("CORS origin '{o}': {e}"))?;
+    let scheme = uri.scheme_str().map(str::to_ascii_lowercase);
+    let bare = matches!(scheme.as_deref(), Some("https" | "http"))
+        && uri.host().is_some_and(|h| !h.is_empty())
+        && uri.authority().is_some_and(|a| !a.as_str().contains('@'))
+        && uri.path_and_query().is_none_or(|p| p.as_str() == "/")
+        && !o.ends_with('/');
+    anyhow::ensure!(
+        bare,
+        "CORS origin '{o}' is not an origin like https://partner.example or https://partner.example:8443 (a scheme, a host and a port only)"
+    );
+    let (scheme, host) = (scheme.unwrap_or_default(), uri.host().unwrap_or_default());
+    let default = if scheme == "https" { 443 } else { 80 };
+    Ok(match uri.port_u16().filter(|p| *p != default) {
+        Some(port) => format!("{scheme}://{}:{port}", host.to_ascii_lowercase()),
+        None => format!("{scheme}://{}", host.to_ascii_lowercase()),
+    })
+}
+
 /// CORS for browser applications served from `origins` (each `scheme://host[:port]`) that
 /// call with gRPC-Web or the JSON edge: their preflights are answered before authentication
 /// (a preflight carries no credentials), and their calls' answers name the origin, allow
 /// credentials (a client certificate or a bearer token) and expose the gRPC status. No
-/// origins: none (a browser then calls only from the gateway's own origin). An origin that
-/// is not one is an error naming it.
+/// origins: none (a browser then calls only from the gateway's own origin). Entries are
+/// trimmed and written as browsers write them; one that is not an origin is an error naming it.
 pub fn cors(origins: &[String]) -> anyhow::Result<Option<tower_http::cors::CorsLayer>> {
     use tower_http::cors::{AllowOrigin, CorsLayer};
     if origins.is_empty() {
         return Ok(None);
     }
     let mut allowed = Vec::with_capacity(origins.len());
-    for o in origins {
-        let uri: http::Uri = o.parse().map_err(|e| anyhow::anyhow!("CORS origin '{o}': {e}"))?;
-        let bare = matches!(uri.scheme_str(), Some("https" | "http"))
-            && uri.host().is_some_and(|h| !h.is_empty())
-            && uri.path_and_query().is_none_or(|p| p.as_str() == "/")
-            && !o.ends_with('/');
-        anyhow::ensure!(
-            bare,
-            "CORS origin '{o}' is not an origin like https://partner.example or https://partner.example:8443 (a scheme, a host and a port only)"
-        );
-        allowed.push(http::HeaderValue::from_str(o)?);
+    for o in origins.iter().map(|o| o.trim()).filter(|o| !o.is_empty()) {
+        allowed.push(http::HeaderValue::from_str(&origin(o)?)?);
     }
+    anyhow::ensure!(!allowed.is_empty(), "CORS origins are listed but every entry is empty");
     let names =
         |v: &[&'static str]| v.iter().map(|h| http::HeaderName::from_static(h)).collect::<Vec<_>>();
     Ok(Some(
@@ -411,9 +445,17 @@ mod cors_tests {
             "https://partner.example/",
             "*",
             "ftp://x",
+            "https://user@partner.example",
         ] {
             let e = cors(&[bad.into()]).unwrap_err().to_string();
             assert!(e.contains(bad), "{bad}: {e}");
         }
+        // As browsers write them: lower case, no default port; spaces around entries go.
+        assert_eq!(origin("HTTPS://Partner.Example:443").unwrap(), "https://partner.example");
+        assert_eq!(origin("http://localhost:8080").unwrap(), "http://localhost:8080");
+        assert_eq!(origin("http://x.example:80").unwrap(), "http://x.example");
+        assert!(cors(&["https://a.example".into(), " https://b.example".into()])
+            .unwrap()
+            .is_some());
     }
 }

@@ -126,11 +126,13 @@ impl CertificateAuthenticator {
     /// name is remembered; the directory is asked on every call, so an agency removed from
     /// it is refused at once.
     fn name(&self, der: &[u8]) -> Option<Arc<str>> {
-        let mut names = self.names.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(cn) = names.get(der) {
+        let lock = || self.names.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(cn) = lock().get(der) {
             return Some(cn.clone());
         }
+        // Parsed outside the lock: other calls' lookups do not wait for it.
         let cn: Arc<str> = common_name(der)?.into();
+        let mut names = lock();
         if names.len() >= NAMES_KEPT {
             names.clear();
         }

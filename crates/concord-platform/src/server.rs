@@ -215,8 +215,8 @@ pub async fn serve(
     });
     let layers = tower::ServiceBuilder::new()
         .layer(TraceLayer)
-        .layer(AdmissionLayer::new(cfg.max_concurrent_requests))
         .layer(IdentityLayer::new(security.authenticator, limiter))
+        .layer(AdmissionLayer::new(cfg.max_concurrent_requests))
         .into_inner();
 
     let names = services.names.clone();
