@@ -68,6 +68,10 @@ pub struct Config {
     /// call the gateway with gRPC-Web and the JSON edge (CORS); default: none.
     #[arg(long, env = "CONCORD_CORS_ALLOWED_ORIGINS", value_delimiter = ',')]
     pub cors_allowed_origins: Vec<String>,
+    /// How often the gateway checks the health of each service behind it.
+    #[arg(long, env = "CONCORD_BACKEND_CHECK_INTERVAL", default_value = "2s",
+          value_parser = concord_platform::config::parse_duration)]
+    pub backend_check_interval: std::time::Duration,
     /// The registry as other services reach it; default: the registry this process runs, or
     /// https://localhost:50051.
     #[arg(long, env = "CONCORD_REGISTRY_URL")]
@@ -368,12 +372,11 @@ pub async fn start(
                 "concord-gateway",
             )?,
         };
-        let services = concord_gateway::services(
-            &links,
-            &cfg.server,
-            &cfg.cors_allowed_origins,
-            shutdown.clone(),
-        )?;
+        let options = concord_gateway::Options {
+            cors_origins: cfg.cors_allowed_origins.clone(),
+            check_every: cfg.backend_check_interval,
+        };
+        let services = concord_gateway::services(&links, &cfg.server, &options, shutdown.clone())?;
         running.gateway = Some(launcher.launch(cfg.gateway_addr, services, None).await?);
     }
     running.health = launcher.health;

@@ -13,7 +13,7 @@ use tonic_health::pb::HealthCheckRequest;
 use tonic_health::server::HealthReporter;
 use tonic_health::ServingStatus;
 
-/// How often each service is checked.
+/// How often each service is checked unless told otherwise.
 pub const EVERY: Duration = Duration::from_secs(2);
 
 /// How long a check may take.
@@ -29,10 +29,11 @@ pub async fn serving(channel: TracedChannel, name: &str) -> bool {
     )
 }
 
-/// Checks each of `upstreams` (gRPC name and channel) every [`EVERY`] and reports it, until
-/// `shutdown` (then the server reports NOT_SERVING for all).
+/// Checks each of `upstreams` (gRPC name and channel) at once and then every `every`, and
+/// reports it, until `shutdown` (then the server reports NOT_SERVING for all).
 pub async fn follow(
     upstreams: Vec<(&'static str, TracedChannel)>,
+    every: Duration,
     reporter: HealthReporter,
     mut shutdown: Shutdown,
 ) {
@@ -53,7 +54,7 @@ pub async fn follow(
             reporter.set_service_status(name, status).await;
         }
         tokio::select! {
-            () = tokio::time::sleep(EVERY) => {}
+            () = tokio::time::sleep(every) => {}
             () = shutdown.wait() => return,
         }
     }

@@ -106,7 +106,7 @@ impl JsonEdge {
         // gateway's own limit cuts the call.
         let budget = crate::proxy::pass_on(req.headers(), self.max_deadline);
         let work = async {
-            let answer = self.forward(service, &method, req).await?;
+            let answer = self.forward(service, &method, req, budget).await?;
             if method.is_server_streaming() {
                 stream(&method, answer)
             } else {
@@ -128,12 +128,15 @@ impl JsonEdge {
         self.pool.get_service_by_name(service)?.methods().find(|m| m.name() == method)
     }
 
-    /// Makes the gRPC call `req` maps to and returns the service's answer as it comes.
+    /// Makes the gRPC call `req` maps to, with `budget` for its deadline (what this edge
+    /// waits, so a case file is composed in time to come back whole), and returns the
+    /// service's answer as it comes.
     async fn forward(
         &self,
         service: &str,
         method: &MethodDescriptor,
         req: http::Request<Body>,
+        budget: std::time::Duration,
     ) -> Result<http::Response<Body>, tonic::Status> {
         let (parts, body) = req.into_parts();
         let bytes = http_body_util::Limited::new(body, MAX_BODY)
@@ -166,14 +169,11 @@ impl JsonEdge {
         *call.extensions_mut() = parts.extensions;
         let headers = call.headers_mut();
         for (k, v) in &parts.headers {
-            if k.as_str().starts_with("x-concord-")
-                || k == "grpc-timeout"
-                || k == "traceparent"
-                || k == "tracestate"
-            {
+            if k.as_str().starts_with("x-concord-") || k == "traceparent" || k == "tracestate" {
                 headers.append(k.clone(), v.clone());
             }
         }
+        crate::proxy::set_timeout(headers, budget);
         headers
             .insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/grpc"));
         headers.insert("te", http::HeaderValue::from_static("trailers"));

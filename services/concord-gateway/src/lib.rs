@@ -43,17 +43,33 @@ pub struct Links {
     pub requests: ServiceLink,
 }
 
+/// What the gateway is told beyond the server settings every service shares.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Origins of the browser applications allowed to call it (CORS); none by default.
+    pub cors_origins: Vec<String>,
+    /// How often each service behind it is checked for its health.
+    pub check_every: std::time::Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self { cors_origins: Vec::new(), check_every: health::EVERY }
+    }
+}
+
 /// The gateway's services: its own and the three passed through, with health following
 /// the services behind until `shutdown`, and CORS for browser applications served from
-/// `cors_origins`. Channels connect on first use and reconnect by themselves, so the gateway
-/// starts whatever is up behind it.
+/// `options.cors_origins`. Channels connect on first use and reconnect by themselves, so the
+/// gateway starts whatever is up behind it.
 pub fn services(
     links: &Links,
     cfg: &ServerConfig,
-    cors_origins: &[String],
+    options: &Options,
     shutdown: Shutdown,
 ) -> anyhow::Result<Services> {
-    let cors = concord_platform::layers::cors(cors_origins)?;
+    let cors = concord_platform::layers::cors(&options.cors_origins)?;
+    let check_every = options.check_every;
     let backends = casefile::Backends {
         registry: links.registry.channel()?,
         facilities: links.facilities.channel()?,
@@ -71,12 +87,10 @@ pub fn services(
         (proxy::Facilities::NAME, backends.facilities.clone()),
         (proxy::Requests::NAME, backends.requests.clone()),
     ];
-    let (max, bytes) = (cfg.request_timeout, cfg.max_message_bytes);
-    let s = &shutdown;
-    let registry = proxy::Proxy::<proxy::Registry>::new(backends.registry, max, bytes, s.clone());
-    let facilities =
-        proxy::Proxy::<proxy::Facilities>::new(backends.facilities, max, bytes, s.clone());
-    let requests = proxy::Proxy::<proxy::Requests>::new(backends.requests, max, bytes, s.clone());
+    let (max, s) = (cfg.request_timeout, &shutdown);
+    let registry = proxy::Proxy::<proxy::Registry>::new(backends.registry, max, s.clone());
+    let facilities = proxy::Proxy::<proxy::Facilities>::new(backends.facilities, max, s.clone());
+    let requests = proxy::Proxy::<proxy::Requests>::new(backends.requests, max, s.clone());
     let edge = json::JsonEdge::new(
         max,
         vec![
@@ -88,7 +102,7 @@ pub fn services(
     )?;
     Ok(Services::new()
         .with_health_hook(move |reporter| {
-            tokio::spawn(health::follow(upstreams, reporter, shutdown));
+            tokio::spawn(health::follow(upstreams, check_every, reporter, shutdown));
         })
         .with_http1_and_grpc_web()
         .with_cors(cors)

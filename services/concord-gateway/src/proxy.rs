@@ -6,11 +6,16 @@
 //! call; responses and their trailers (errors with their details) come back unchanged, and
 //! streams stream.
 //!
-//! A read (Get, List, Search, Summarize, Watch) whose service could not be reached is sent
-//! once more after a short pause, if its deadline leaves time: nothing reached the service,
-//! and a read is safe to repeat anyway. A write is never sent twice by the gateway (the
-//! partner retries it with its request id), and an answer from the service, UNAVAILABLE
-//! included, is passed back as it is.
+//! A read (Get, List, Search, Summarize, Watch) whose connection failed before the service
+//! answered (it could not be reached, or the connection broke) is sent once more after a
+//! short pause, if its deadline leaves time: a read is safe to repeat (if the first did reach
+//! the service, its audit log records the read twice, which is what happened). A write is
+//! never sent twice by the gateway (the partner retries it with its request id), and an
+//! answer from the service, UNAVAILABLE included, is passed back as it is. A call whose
+//! deadline passed on the way gets DEADLINE_EXCEEDED, not a second try.
+//!
+//! To be sent again a read's request is kept, up to [`KEPT_FOR_RETRY`] (requests to read are
+//! small); a larger one streams through and is sent once.
 //!
 //! When the gateway shuts down, a passed-through watch stream ends after the message in
 //! flight with UNAVAILABLE, as the gateway's own Subscribe does, so the partner resumes from
@@ -25,6 +30,7 @@ use concord_platform::auth::{HeaderCredentials, Principal};
 use concord_platform::client::TracedChannel;
 use concord_platform::server::Shutdown;
 use futures::future::BoxFuture;
+use futures::StreamExt;
 use http_body_util::BodyExt;
 use tonic::body::Body;
 use tonic::server::NamedService;
@@ -67,32 +73,22 @@ impl Upstream for Requests {
 pub struct Proxy<U> {
     channel: TracedChannel,
     max_deadline: Duration,
-    max_read_bytes: usize,
     shutdown: Shutdown,
     _upstream: PhantomData<U>,
 }
 
 impl<U: Upstream> Proxy<U> {
     /// Over `channel`; the service is given at most `max_deadline` (the gateway's own limit
-    /// on a call), less a margin for the answer to come back through the gateway. A read's
-    /// request, kept to be sent again, may be at most `max_message_bytes`. Watch streams end
-    /// when `shutdown` begins.
-    pub fn new(
-        channel: TracedChannel,
-        max_deadline: Duration,
-        max_message_bytes: usize,
-        shutdown: Shutdown,
-    ) -> Self {
-        Self {
-            channel,
-            max_deadline,
-            shutdown,
-            // The message and its gRPC frame header.
-            max_read_bytes: max_message_bytes.saturating_add(5),
-            _upstream: PhantomData,
-        }
+    /// on a call), less a margin for the answer to come back through the gateway. Watch
+    /// streams end when `shutdown` begins.
+    pub fn new(channel: TracedChannel, max_deadline: Duration, shutdown: Shutdown) -> Self {
+        Self { channel, max_deadline, shutdown, _upstream: PhantomData }
     }
 }
+
+/// The most of a read's request kept to send it again (the message and its 5-byte gRPC
+/// header); a larger request is passed on as it streams, without a second try.
+pub const KEPT_FOR_RETRY: usize = 64 * 1024;
 
 /// Whether the method at `path` (`/package.Service/Method`) only reads.
 pub fn is_read(path: &str) -> bool {
@@ -140,57 +136,100 @@ impl<U: Upstream> Service<http::Request<Body>> for Proxy<U> {
         let channel = self.channel.clone();
         if !is_read(req.uri().path()) {
             return Box::pin(async move {
-                Ok(send(channel, req).await.unwrap_or_else(|e| unreachable::<U>(&e)))
+                Ok(send(channel, req).await.unwrap_or_else(|e| failed::<U>(&e)))
             });
         }
-        let limit = self.max_read_bytes;
         let shutdown = is_watch(req.uri().path()).then(|| self.shutdown.clone());
         Box::pin(async move {
             let deadline = tokio::time::Instant::now() + budget;
             let (parts, body) = req.into_parts();
-            let body = match http_body_util::Limited::new(body, limit).collect().await {
-                Ok(b) => b.to_bytes(),
-                Err(e) => {
-                    let status = if e.is::<http_body_util::LengthLimitError>() {
-                        tonic::Status::resource_exhausted(format!(
-                            "the request is larger than {limit} bytes"
-                        ))
-                    } else {
-                        tonic::Status::cancelled(format!("the request did not arrive whole: {e}"))
-                    };
-                    return Ok(status.into_http());
+            let body = match keep(body, KEPT_FOR_RETRY).await {
+                Ok(Kept::Whole(body)) => body,
+                Ok(Kept::Streaming(body)) => {
+                    // Too large to keep: sent once, as a write is.
+                    let req = http::Request::from_parts(parts, body);
+                    let res = send(channel, req).await.unwrap_or_else(|e| failed::<U>(&e));
+                    return Ok(watched(res, shutdown));
                 }
+                Err(status) => return Ok(status.into_http()),
             };
-            let copy = |timeout: Duration| {
+            let copy = || {
                 let mut r = http::Request::new(Body::new(http_body_util::Full::new(body.clone())));
                 *r.method_mut() = parts.method.clone();
                 *r.uri_mut() = parts.uri.clone();
                 *r.version_mut() = parts.version;
                 *r.headers_mut() = parts.headers.clone();
-                set_timeout(r.headers_mut(), timeout);
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                set_timeout(r.headers_mut(), left);
                 r
             };
-            let res = match send(channel.clone(), copy(budget)).await {
+            let res = match send(channel.clone(), copy()).await {
                 Ok(res) => res,
                 Err(e) => {
                     let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-                    if left <= RETRY_AFTER * 4 {
-                        return Ok(unreachable::<U>(&e));
+                    if is_late(&e) || left <= RETRY_AFTER * 4 {
+                        return Ok(failed::<U>(&e));
                     }
                     tracing::debug!(service = U::SHORT, error = %e, "gateway: read sent again");
                     tokio::time::sleep(RETRY_AFTER).await;
-                    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-                    match send(channel, copy(left)).await {
+                    match send(channel, copy()).await {
                         Ok(res) => res,
-                        Err(e) => return Ok(unreachable::<U>(&e)),
+                        Err(e) => return Ok(failed::<U>(&e)),
                     }
                 }
             };
-            Ok(match shutdown {
-                Some(s) => ends_on(res, s),
-                None => res,
-            })
+            Ok(watched(res, shutdown))
         })
+    }
+}
+
+/// A read's request: whole, or too large to keep and streaming on.
+enum Kept {
+    Whole(bytes::Bytes),
+    Streaming(Body),
+}
+
+/// Reads `body` whole if it is at most `cap` bytes; otherwise gives back a body that streams
+/// what was read and then the rest.
+async fn keep(mut body: Body, cap: usize) -> Result<Kept, tonic::Status> {
+    let mut frames: Vec<http_body::Frame<bytes::Bytes>> = Vec::new();
+    let mut size = 0usize;
+    loop {
+        match body.frame().await {
+            None => {
+                let mut whole = bytes::BytesMut::with_capacity(size);
+                for f in frames {
+                    if let Ok(d) = f.into_data() {
+                        whole.extend_from_slice(&d);
+                    }
+                }
+                return Ok(Kept::Whole(whole.freeze()));
+            }
+            Some(Err(e)) => {
+                return Err(tonic::Status::cancelled(format!(
+                    "the request did not arrive whole: {e}"
+                )))
+            }
+            Some(Ok(f)) => {
+                let trailers = f.is_trailers();
+                size += f.data_ref().map_or(0, bytes::Bytes::len);
+                frames.push(f);
+                if size > cap || trailers {
+                    let read = futures::stream::iter(frames.into_iter().map(Ok));
+                    let rest = http_body_util::BodyStream::new(body);
+                    let chained = http_body_util::StreamBody::new(read.chain(rest));
+                    return Ok(Kept::Streaming(Body::new(chained)));
+                }
+            }
+        }
+    }
+}
+
+/// `res`, ended on shutdown if it is a watch's.
+fn watched(res: http::Response<Body>, shutdown: Option<Shutdown>) -> http::Response<Body> {
+    match shutdown {
+        Some(s) => ends_on(res, s),
+        None => res,
     }
 }
 
@@ -296,7 +335,7 @@ impl http_body::Body for Draining {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.done
+        self.done || self.inner.is_end_stream()
     }
 }
 
@@ -312,16 +351,37 @@ async fn send(
     Ok(channel.call(req).await?.map(Body::new))
 }
 
-fn set_timeout(headers: &mut http::HeaderMap, timeout: Duration) {
+/// Sets `grpc-timeout` to `timeout` (at least a millisecond).
+pub(crate) fn set_timeout(headers: &mut http::HeaderMap, timeout: Duration) {
     let ms = timeout.as_millis().max(1);
     if let Ok(v) = http::HeaderValue::from_str(&format!("{ms}m")) {
         headers.insert("grpc-timeout", v);
     }
 }
 
-/// UNAVAILABLE naming the service, for a call that could not reach it or whose connection
-/// failed.
-fn unreachable<U: Upstream>(e: &dyn std::fmt::Display) -> http::Response<Body> {
+/// Whether `e` is the channel's own timer firing: the call's deadline passed on the way.
+fn is_late(e: &tonic::transport::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = source {
+        if err.is::<tonic::TimeoutExpired>() {
+            return true;
+        }
+        source = err.source();
+    }
+    false
+}
+
+/// The answer to a call whose connection failed: DEADLINE_EXCEEDED if its deadline passed
+/// on the way, otherwise UNAVAILABLE naming the service (it could not be reached, or the
+/// connection broke before it answered).
+fn failed<U: Upstream>(e: &tonic::transport::Error) -> http::Response<Body> {
+    if is_late(e) {
+        return tonic::Status::deadline_exceeded(format!(
+            "the {} service did not answer within the call's deadline",
+            U::SHORT
+        ))
+        .into_http();
+    }
     tracing::warn!(service = U::SHORT, error = %e, "gateway: service unreachable");
     tonic::Status::unavailable(format!("the {} service could not be reached: {e}", U::SHORT))
         .into_http()
@@ -395,5 +455,84 @@ mod framing_tests {
                 assert_eq!(f.between(), ends.contains(&read), "chunk {chunk}, at {read}");
             }
         }
+    }
+
+    /// A body fed frame by frame through the returned sender.
+    fn fed() -> (tokio::sync::mpsc::Sender<http_body::Frame<bytes::Bytes>>, Body) {
+        let (tx, rx) = tokio::sync::mpsc::channel(8);
+        let frames = tokio_stream::wrappers::ReceiverStream::new(rx).map(Ok::<_, tonic::Status>);
+        (tx, Body::new(http_body_util::StreamBody::new(frames)))
+    }
+
+    fn data(b: &[u8]) -> http_body::Frame<bytes::Bytes> {
+        http_body::Frame::data(bytes::Bytes::copy_from_slice(b))
+    }
+
+    #[tokio::test]
+    async fn a_watch_ends_on_shutdown_only_after_the_message_in_flight() {
+        let (tx, inner) = fed();
+        let (trigger, shutdown) = Shutdown::new();
+        let res = ends_on(http::Response::new(inner), shutdown);
+        let mut body = res.into_body();
+        let whole = message(4);
+        // Half a message, then the gateway begins to shut down.
+        tx.send(data(&whole[..6])).await.unwrap();
+        assert_eq!(body.frame().await.unwrap().unwrap().into_data().unwrap().len(), 6);
+        trigger.trigger();
+        tx.send(data(&whole[6..])).await.unwrap();
+        let rest = body.frame().await.unwrap().unwrap().into_data().unwrap();
+        assert_eq!(rest.len(), whole.len() - 6, "the message in flight is finished");
+        let end = body.frame().await.unwrap().unwrap().into_trailers().unwrap();
+        assert_eq!(end["grpc-status"], "14", "UNAVAILABLE: {end:?}");
+        assert!(body.frame().await.is_none());
+        assert!(http_body::Body::is_end_stream(&body));
+    }
+
+    #[tokio::test]
+    async fn a_watch_that_ends_by_itself_keeps_its_trailers() {
+        let (tx, inner) = fed();
+        let (_trigger, shutdown) = Shutdown::new();
+        let mut body = ends_on(http::Response::new(inner), shutdown).into_body();
+        tx.send(data(&message(2))).await.unwrap();
+        let mut trailers = http::HeaderMap::new();
+        trailers.insert("grpc-status", http::HeaderValue::from_static("7"));
+        tx.send(http_body::Frame::trailers(trailers)).await.unwrap();
+        drop(tx);
+        assert!(body.frame().await.unwrap().unwrap().is_data());
+        let end = body.frame().await.unwrap().unwrap().into_trailers().unwrap();
+        assert_eq!(end["grpc-status"], "7");
+        assert!(body.frame().await.is_none());
+    }
+
+    async fn all(body: Body) -> Vec<u8> {
+        body.collect().await.unwrap().to_bytes().to_vec()
+    }
+
+    #[tokio::test]
+    async fn a_small_read_is_kept_whole_and_a_large_one_streams_on_unchanged() {
+        let (tx, inner) = fed();
+        tx.send(data(&message(10)[..3])).await.unwrap();
+        tx.send(data(&message(10)[3..])).await.unwrap();
+        drop(tx);
+        match keep(inner, KEPT_FOR_RETRY).await.unwrap() {
+            Kept::Whole(b) => assert_eq!(b.to_vec(), message(10)),
+            Kept::Streaming(_) => panic!("a small request is kept"),
+        }
+
+        let big = message(KEPT_FOR_RETRY + 100);
+        let (tx, inner) = fed();
+        let sending = {
+            let big = big.clone();
+            tokio::spawn(async move {
+                for piece in big.chunks(16 * 1024) {
+                    tx.send(data(piece)).await.unwrap();
+                }
+            })
+        };
+        match keep(inner, KEPT_FOR_RETRY).await.unwrap() {
+            Kept::Streaming(body) => assert_eq!(all(body).await, big, "nothing lost or reordered"),
+            Kept::Whole(_) => panic!("a large request is not kept"),
+        }
+        sending.await.unwrap();
     }
 }

@@ -4,9 +4,14 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use concord_gateway::Options;
 use concord_platform::link::ServiceLink;
 use concord_platform::server::Shutdown;
 use concord_testkit::TestServer;
+
+fn with_origins(origins: impl IntoIterator<Item = String>) -> Options {
+    Options { cors_origins: origins.into_iter().collect(), ..Options::default() }
+}
 
 fn nowhere() -> ServiceLink {
     ServiceLink { uri: "http://127.0.0.1:9".into(), tls: None, principal: None }
@@ -18,7 +23,8 @@ async fn json_over_http1_gets_json_answers_whatever_is_down() {
     let cfg = concord_testkit::server_config();
     let links =
         concord_gateway::Links { registry: nowhere(), facilities: nowhere(), requests: nowhere() };
-    let services = concord_gateway::services(&links, &cfg, &[], shutdown.clone()).unwrap();
+    let services =
+        concord_gateway::services(&links, &cfg, &Options::default(), shutdown.clone()).unwrap();
     let server = TestServer::start(services, trigger, shutdown, cfg).await.unwrap();
     let url = format!("{}/v1/concord.gateway.v1.GatewayService/GetCaseFile", server.uri());
     let run = move |args: Vec<String>| async move {
@@ -107,7 +113,8 @@ async fn browsers_on_the_listed_origins_may_call_and_no_others() {
     let links =
         concord_gateway::Links { registry: nowhere(), facilities: nowhere(), requests: nowhere() };
     let origins = ["https://partner.example".to_string()];
-    let services = concord_gateway::services(&links, &cfg, &origins, shutdown.clone()).unwrap();
+    let services =
+        concord_gateway::services(&links, &cfg, &with_origins(origins), shutdown.clone()).unwrap();
     let server = TestServer::start(services, trigger, shutdown, cfg).await.unwrap();
     let url = format!("{}/v1/concord.gateway.v1.GatewayService/GetCaseFile", server.uri());
     let preflight = |origin: &str| {
@@ -171,12 +178,17 @@ async fn without_listed_origins_a_preflight_is_not_answered_and_bad_origins_are_
     let cfg = concord_testkit::server_config();
     let links =
         concord_gateway::Links { registry: nowhere(), facilities: nowhere(), requests: nowhere() };
-    let bad =
-        concord_gateway::services(&links, &cfg, &["partner.example".into()], shutdown.clone())
-            .map(|_| ())
-            .unwrap_err();
+    let bad = concord_gateway::services(
+        &links,
+        &cfg,
+        &with_origins(["partner.example".to_string()]),
+        shutdown.clone(),
+    )
+    .map(|_| ())
+    .unwrap_err();
     assert!(bad.to_string().contains("'partner.example'"), "{bad}");
-    let services = concord_gateway::services(&links, &cfg, &[], shutdown.clone()).unwrap();
+    let services =
+        concord_gateway::services(&links, &cfg, &Options::default(), shutdown.clone()).unwrap();
     let server = TestServer::start(services, trigger, shutdown, cfg).await.unwrap();
     let url = format!("{}/v1/concord.gateway.v1.GatewayService/GetCaseFile", server.uri());
     let (_, h) = heads(vec![
@@ -190,4 +202,42 @@ async fn without_listed_origins_a_preflight_is_not_answered_and_bad_origins_are_
     ])
     .await;
     assert_eq!(header(&h, "access-control-allow-origin"), None, "{h:?}");
+}
+
+#[tokio::test]
+async fn a_refused_call_waiting_for_its_body_holds_no_place_of_the_concurrency_limit() {
+    use concord_proto::registry::v1::registry_service_client::RegistryServiceClient;
+    let (trigger, shutdown) = Shutdown::new();
+    let cfg = concord_platform::config::ServerConfig {
+        max_concurrent_requests: 1,
+        ..concord_testkit::server_config()
+    };
+    let links =
+        concord_gateway::Links { registry: nowhere(), facilities: nowhere(), requests: nowhere() };
+    let services =
+        concord_gateway::services(&links, &cfg, &Options::default(), shutdown.clone()).unwrap();
+    let server = TestServer::start(services, trigger, shutdown, cfg).await.unwrap();
+
+    // A call with no credentials whose stream of messages never ends: it is refused, after
+    // the gateway has waited a moment for the rest of its body.
+    let mut anonymous = RegistryServiceClient::connect(server.uri()).await.unwrap();
+    let refused = tokio::spawn(async move {
+        anonymous.import_persons(futures::stream::pending()).await.map(|_| ()).unwrap_err()
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+
+    // Meanwhile the one place of the limit is free for anyone else.
+    let url = format!("{}/v1/openapi.json", server.uri());
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("curl")
+            .args(["-sS", "--http1.1", "-o", "/dev/null", "-w", "%{http_code}", &url])
+            .output()
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "200", "{out:?}");
+    let status = refused.await.unwrap();
+    assert_eq!(status.code(), tonic::Code::Unauthenticated, "{status:?}");
+    server.stop().await.unwrap();
 }
