@@ -197,13 +197,20 @@ async fn keep(mut body: Body, cap: usize) -> Result<Kept, tonic::Status> {
     loop {
         match body.frame().await {
             None => {
-                let mut whole = bytes::BytesMut::with_capacity(size);
-                for f in frames {
-                    if let Ok(d) = f.into_data() {
-                        whole.extend_from_slice(&d);
+                let mut data = frames.into_iter().filter_map(|f| f.into_data().ok());
+                // A small request comes in one frame: kept as it came, not copied.
+                let whole = match (data.next(), data.next()) {
+                    (None, _) => bytes::Bytes::new(),
+                    (Some(only), None) => only,
+                    (Some(first), Some(second)) => {
+                        let mut whole = bytes::BytesMut::with_capacity(size);
+                        for d in [first, second].into_iter().chain(data) {
+                            whole.extend_from_slice(&d);
+                        }
+                        whole.freeze()
                     }
-                }
-                return Ok(Kept::Whole(whole.freeze()));
+                };
+                return Ok(Kept::Whole(whole));
             }
             Some(Err(e)) => {
                 return Err(tonic::Status::cancelled(format!(
@@ -516,6 +523,13 @@ mod framing_tests {
         drop(tx);
         match keep(inner, KEPT_FOR_RETRY).await.unwrap() {
             Kept::Whole(b) => assert_eq!(b.to_vec(), message(10)),
+            Kept::Streaming(_) => panic!("a small request is kept"),
+        }
+        let (tx, inner) = fed();
+        tx.send(data(&message(7))).await.unwrap();
+        drop(tx);
+        match keep(inner, KEPT_FOR_RETRY).await.unwrap() {
+            Kept::Whole(b) => assert_eq!(b.to_vec(), message(7), "one frame, kept as it came"),
             Kept::Streaming(_) => panic!("a small request is kept"),
         }
 
