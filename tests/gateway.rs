@@ -858,7 +858,7 @@ impl Relay {
 }
 
 #[tokio::test]
-async fn a_read_is_sent_again_when_the_service_could_not_be_reached_and_a_write_is_not() {
+async fn reads_and_writes_with_a_request_id_are_sent_again_when_the_service_could_not_be_reached() {
     let dir = tempfile::tempdir().unwrap();
     let registry = start(&config(dir.path(), concord::Target::Registry)).await;
     let pki = DemoPki { dir: dir.path().join("pki"), created: false };
@@ -892,20 +892,28 @@ async fn a_read_is_sent_again_when_the_service_could_not_be_reached_and_a_write_
     assert!(err.message().contains("registry"), "{err:?}");
     assert_eq!(relay.turn_away.load(std::sync::atomic::Ordering::SeqCst), 0, "two attempts");
 
-    // A write is sent once: the partner decides whether to send it again, with its request id.
+    let listed = |mut c: reg::registry_service_client::RegistryServiceClient<_>| async move {
+        let r = c.list_persons(reg::ListPersonsRequest::default()).await.unwrap();
+        r.into_inner().persons.into_iter().map(|p| p.name).collect::<Vec<_>>()
+    };
+
+    // A write with a request id is safe to repeat: it is sent again, and stored once.
     relay.restart(1).await;
-    let err = cell.registry.create_person(create("a-2")).await.unwrap_err();
-    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
-    let listed = cell
-        .registry
-        .list_persons(reg::ListPersonsRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .persons;
-    assert_eq!(listed.len(), 1, "the refused write stored nothing");
     let second = cell.registry.create_person(create("a-2")).await.unwrap().into_inner();
+    assert_eq!(relay.turn_away.load(std::sync::atomic::Ordering::SeqCst), 0, "turned away once");
     assert_ne!(second.name, p.name);
+    let replayed = cell.registry.create_person(create("a-2")).await.unwrap().into_inner();
+    assert_eq!(replayed.name, second.name, "the request id was claimed once");
+    assert_eq!(listed(cell.registry.clone()).await.len(), 2);
+
+    // A write without one is sent once: the partner decides whether to send it again.
+    relay.restart(1).await;
+    let err = cell.registry.create_person(create("")).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    assert!(err.message().contains("registry"), "{err:?}");
+    assert_eq!(listed(cell.registry.clone()).await.len(), 2, "the refused write stored nothing");
+    cell.registry.create_person(create("")).await.unwrap();
+    assert_eq!(listed(cell.registry.clone()).await.len(), 3);
 
     gateway.stop().await;
     relay.task.abort();

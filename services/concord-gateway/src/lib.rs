@@ -88,9 +88,9 @@ pub fn services(
         (proxy::Requests::NAME, backends.requests.clone()),
     ];
     let (max, s) = (cfg.request_timeout, &shutdown);
-    let registry = proxy::Proxy::<proxy::Registry>::new(backends.registry, max, s.clone());
-    let facilities = proxy::Proxy::<proxy::Facilities>::new(backends.facilities, max, s.clone());
-    let requests = proxy::Proxy::<proxy::Requests>::new(backends.requests, max, s.clone());
+    let registry = proxy::Proxy::<proxy::Registry>::new(backends.registry, max, s.clone())?;
+    let facilities = proxy::Proxy::<proxy::Facilities>::new(backends.facilities, max, s.clone())?;
+    let requests = proxy::Proxy::<proxy::Requests>::new(backends.requests, max, s.clone())?;
     let edge = json::JsonEdge::new(
         max,
         vec![

@@ -6,23 +6,33 @@
 //! call; responses and their trailers (errors with their details) come back unchanged, and
 //! streams stream.
 //!
-//! A read (Get, List, Search, Summarize, Watch) whose connection failed before the service
-//! answered (it could not be reached, or the connection broke) is sent once more after a
-//! short pause, if its deadline leaves time: a read is safe to repeat (if the first did reach
-//! the service, its audit log records the read twice, which is what happened). A write is
-//! never sent twice by the gateway (the partner retries it with its request id), and an
-//! answer from the service, UNAVAILABLE included, is passed back as it is. A call whose
+//! A call that is safe to repeat, and whose connection failed before the service answered
+//! (it could not be reached, or the connection broke), is sent once more after a short
+//! pause, if its deadline leaves time. Safe to repeat are:
+//! - reads (Get, List, Search, Summarize, Watch): if the first did reach the service, its
+//!   audit log records the read twice, which is what happened;
+//! - writes that carry a request id (AIP-155): the service claims the id in the write's own
+//!   transaction, so a second try after a first that did commit, or that is still
+//!   committing, answers with what the first did and changes nothing more. The gateway finds
+//!   the id without decoding the message: it knows from the contracts which field of each
+//!   write's request is `request_id`, and looks for that field among the message's top-level
+//!   fields. A write without one, a client stream, or a compressed message is sent once:
+//!   the partner decides whether to send it again.
+//!
+//! An answer from the service, UNAVAILABLE included, is passed back as it is. A call whose
 //! deadline passed on the way gets DEADLINE_EXCEEDED, not a second try.
 //!
-//! To be sent again a read's request is kept, up to [`KEPT_FOR_RETRY`] (requests to read are
-//! small); a larger one streams through and is sent once.
+//! To be sent again a request is kept, up to [`KEPT_FOR_RETRY`] (requests to read, and
+//! writes with a request id, are small); a larger one streams through and is sent once.
 //!
 //! When the gateway shuts down, a passed-through watch stream ends after the message in
 //! flight with UNAVAILABLE, as the gateway's own Subscribe does, so the partner resumes from
 //! its cursor elsewhere instead of holding the drain open.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::marker::PhantomData;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -74,6 +84,8 @@ pub struct Proxy<U> {
     channel: TracedChannel,
     max_deadline: Duration,
     shutdown: Shutdown,
+    /// Where the request id is in the request of each write that has one.
+    request_ids: Arc<HashMap<String, Vec<u32>>>,
     _upstream: PhantomData<U>,
 }
 
@@ -81,9 +93,91 @@ impl<U: Upstream> Proxy<U> {
     /// Over `channel`; the service is given at most `max_deadline` (the gateway's own limit
     /// on a call), less a margin for the answer to come back through the gateway. Watch
     /// streams end when `shutdown` begins.
-    pub fn new(channel: TracedChannel, max_deadline: Duration, shutdown: Shutdown) -> Self {
-        Self { channel, max_deadline, shutdown, _upstream: PhantomData }
+    pub fn new(
+        channel: TracedChannel,
+        max_deadline: Duration,
+        shutdown: Shutdown,
+    ) -> anyhow::Result<Self> {
+        let request_ids = Arc::new(request_id_fields(U::NAME)?);
+        Ok(Self { channel, max_deadline, shutdown, request_ids, _upstream: PhantomData })
     }
+}
+
+/// For each write of `service` (its gRPC name) whose request carries a request id, the
+/// method's name and where the id is: the number of the `request_id` string field, after
+/// that of the message field holding it when it is one level down (a custody change's
+/// `transition.request_id`). From the contracts.
+pub fn request_id_fields(service: &str) -> anyhow::Result<HashMap<String, Vec<u32>>> {
+    use prost_reflect::{Kind, MessageDescriptor};
+    fn id(m: &MessageDescriptor) -> Option<u32> {
+        let f = m.get_field_by_name("request_id")?;
+        (f.kind() == Kind::String && !f.is_list()).then(|| f.number())
+    }
+    let pool = prost_reflect::DescriptorPool::decode(concord_proto::FILE_DESCRIPTOR_SET)?;
+    let service = pool
+        .get_service_by_name(service)
+        .ok_or_else(|| anyhow::anyhow!("{service} is not in the contracts"))?;
+    Ok(service
+        .methods()
+        .filter(|m| !is_read(&format!("/{}/{}", service.full_name(), m.name())))
+        .filter_map(|m| {
+            let input = m.input();
+            let path = id(&input).map(|n| vec![n]).or_else(|| {
+                input.fields().find_map(|f| match f.kind() {
+                    Kind::Message(inner) if !f.is_list() && !f.is_map() => {
+                        id(&inner).map(|n| vec![f.number(), n])
+                    }
+                    _ => None,
+                })
+            })?;
+            Some((m.name().to_string(), path))
+        })
+        .collect())
+}
+
+/// Whether `body` is one uncompressed gRPC message whose string field at `path` (see
+/// [`request_id_fields`]) is set and not empty: a request id is present. The message is not
+/// decoded: its fields are stepped over by their wire types. Anything else (a compressed
+/// message, a stream of several, bytes that are not a message) is not known to carry one.
+fn carries_request_id(body: &[u8], path: &[u32]) -> bool {
+    let Some((header, msg)) = body.split_first_chunk::<5>() else { return false };
+    let len = u32::from_be_bytes([header[1], header[2], header[3], header[4]]);
+    if header[0] != 0 || usize::try_from(len).ok() != Some(msg.len()) {
+        return false;
+    }
+    last_string(msg, path) == Ok(Some(true))
+}
+
+/// Whether the last occurrence of the string at `path` in the encoded message `msg` is not
+/// empty (`None` when it does not occur). A message field that occurs more than once is the
+/// merge of its occurrences, so the last occurrence within any of them counts.
+fn last_string(mut msg: &[u8], path: &[u32]) -> Result<Option<bool>, ()> {
+    let Some((&field, inner)) = path.split_first() else { return Err(()) };
+    let mut last = None;
+    while !msg.is_empty() {
+        let key = prost::encoding::decode_varint(&mut msg).map_err(|_| ())?;
+        let skip = match key & 7 {
+            0 => prost::encoding::decode_varint(&mut msg).map(|_| 0).map_err(|_| ())?,
+            1 => 8,
+            2 => {
+                let n = prost::encoding::decode_varint(&mut msg).map_err(|_| ())?;
+                let n = usize::try_from(n).map_err(|_| ())?;
+                let value = msg.get(..n).ok_or(())?;
+                if key >> 3 == u64::from(field) {
+                    if inner.is_empty() {
+                        last = Some(n > 0);
+                    } else if let Some(set) = last_string(value, inner)? {
+                        last = Some(set);
+                    }
+                }
+                n
+            }
+            5 => 4,
+            _ => return Err(()),
+        };
+        msg = msg.get(skip..).ok_or(())?;
+    }
+    Ok(last)
 }
 
 /// The most of a read's request kept to send it again (the message and its 5-byte gRPC
@@ -134,25 +228,39 @@ impl<U: Upstream> Service<http::Request<Body>> for Proxy<U> {
         let budget = pass_on(req.headers(), self.max_deadline);
         set_timeout(req.headers_mut(), budget);
         let channel = self.channel.clone();
-        if !is_read(req.uri().path()) {
-            return Box::pin(async move {
-                Ok(send(channel, req).await.unwrap_or_else(|e| failed::<U>(&e)))
-            });
-        }
-        let shutdown = is_watch(req.uri().path()).then(|| self.shutdown.clone());
+        let path = req.uri().path();
+        // A write may be sent again only if it carries a request id, found below.
+        let request_id = if is_read(path) {
+            None
+        } else {
+            match path.rsplit('/').next().and_then(|m| self.request_ids.get(m)) {
+                Some(field) => Some(field.clone()),
+                None => {
+                    return Box::pin(async move {
+                        Ok(send(channel, req).await.unwrap_or_else(|e| failed::<U>(&e)))
+                    })
+                }
+            }
+        };
+        let shutdown = is_watch(path).then(|| self.shutdown.clone());
         Box::pin(async move {
             let deadline = tokio::time::Instant::now() + budget;
             let (parts, body) = req.into_parts();
+            let once = |parts, body| async {
+                let req = http::Request::from_parts(parts, body);
+                let res = send(channel.clone(), req).await.unwrap_or_else(|e| failed::<U>(&e));
+                Ok(watched(res, shutdown.clone()))
+            };
             let body = match keep(body, KEPT_FOR_RETRY).await {
                 Ok(Kept::Whole(body)) => body,
-                Ok(Kept::Streaming(body)) => {
-                    // Too large to keep: sent once, as a write is.
-                    let req = http::Request::from_parts(parts, body);
-                    let res = send(channel, req).await.unwrap_or_else(|e| failed::<U>(&e));
-                    return Ok(watched(res, shutdown));
-                }
+                // Too large to keep: sent once.
+                Ok(Kept::Streaming(body)) => return once(parts, body).await,
                 Err(status) => return Ok(status.into_http()),
             };
+            if request_id.is_some_and(|at| !carries_request_id(&body, &at)) {
+                let body = Body::new(http_body_util::Full::new(body));
+                return once(parts, body).await;
+            }
             let copy = || {
                 let mut r = http::Request::new(Body::new(http_body_util::Full::new(body.clone())));
                 *r.method_mut() = parts.method.clone();
@@ -170,7 +278,7 @@ impl<U: Upstream> Service<http::Request<Body>> for Proxy<U> {
                     if is_late(&e) || left <= RETRY_AFTER * 4 {
                         return Ok(failed::<U>(&e));
                     }
-                    tracing::debug!(service = U::SHORT, error = %e, "gateway: read sent again");
+                    tracing::debug!(service = U::SHORT, error = %e, "gateway: call sent again");
                     tokio::time::sleep(RETRY_AFTER).await;
                     match send(channel, copy()).await {
                         Ok(res) => res,
@@ -420,6 +528,99 @@ mod tests {
         ] {
             assert!(!is_read(write), "{write}");
         }
+    }
+
+    /// `m` as one gRPC message, compressed or not.
+    fn framed(m: &impl prost::Message, compressed: bool) -> Vec<u8> {
+        let bytes = m.encode_to_vec();
+        let mut out = vec![u8::from(compressed)];
+        out.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
+        out.extend(bytes);
+        out
+    }
+
+    #[test]
+    fn the_request_id_of_each_write_is_found_without_decoding_it() {
+        use concord_proto::registry::v1 as reg;
+        use concord_proto::requests::v1 as req;
+        let registry = request_id_fields(Registry::NAME).unwrap();
+        assert_eq!(registry["CreatePerson"], [2]);
+        assert_eq!(registry["AdmitPerson"], [4, 5], "transition.request_id");
+        assert_eq!(registry.get("GetPerson"), None, "a read is not in the table");
+        assert_eq!(registry.get("RevokeSharingAgreement"), None, "no request id");
+        let requests = request_id_fields(Requests::NAME).unwrap();
+        assert_eq!(requests["TransitionRequest"], [6]);
+        assert!(request_id_fields(Facilities::NAME).unwrap().contains_key("CreateFacility"));
+        assert!(request_id_fields("concord.nothing.v1.Nothing").is_err());
+
+        let person =
+            Some(reg::Person { sex: 2, facility_id: "x".repeat(300), ..Default::default() });
+        let with =
+            |id: &str| reg::CreatePersonRequest { person: person.clone(), request_id: id.into() };
+        assert!(carries_request_id(&framed(&with("8c0e-41"), false), &[2]));
+        assert!(!carries_request_id(&framed(&with(""), false), &[2]), "an empty id is none");
+        assert!(!carries_request_id(&framed(&with("8c0e-41"), true), &[2]), "compressed");
+        let mut two = framed(&with("a"), false);
+        two.extend(framed(&with("a"), false));
+        assert!(!carries_request_id(&two, &[2]), "a stream of two messages");
+        let whole = framed(&with("8c0e-41"), false);
+        assert!(!carries_request_id(&whole[..whole.len() - 1], &[2]), "cut short");
+        assert!(!carries_request_id(&[], &[2]));
+
+        // Every wire type is stepped over: varints, fixed 64 and 32 bits, nested messages.
+        let t = req::TransitionRequestRequest {
+            name: "requests/r1".into(),
+            state: 3,
+            reason: "handover".into(),
+            etag: "\"e\"".into(),
+            request_id: "t-1".into(),
+            handover_protocol: Some(req::HandoverProtocol {
+                document: "doc".into(),
+                sign_time: Some(prost_types::Timestamp { seconds: 1_700_000_000, nanos: 5 }),
+                ..Default::default()
+            }),
+        };
+        let with_fields = |extra: &[u8]| {
+            let mut b = framed(&t, false);
+            b.extend(extra);
+            let len = (b.len() - 5) as u32;
+            b[1..5].copy_from_slice(&len.to_be_bytes());
+            b
+        };
+        assert!(carries_request_id(&framed(&t, false), &[6]));
+        // Unknown fields 15 of 64 and of 32 bits are stepped over.
+        let fixed = [0x79u8, 1, 2, 3, 4, 5, 6, 7, 8, 0x7d, 1, 2, 3, 4];
+        assert!(carries_request_id(&with_fields(&fixed), &[6]));
+        // The last occurrence of a field is its value: an empty one after a set one.
+        assert!(!carries_request_id(&with_fields(&[0x32, 0]), &[6]));
+        // A deprecated group is not stepped over: not known to carry an id.
+        assert!(!carries_request_id(&with_fields(&[0x7b]), &[6]));
+
+        // One level down: a custody change's transition.request_id.
+        let admit = |id: &str| reg::AdmitPersonRequest {
+            name: "persons/p1".into(),
+            facility_id: "al-hol".into(),
+            section_id: String::new(),
+            transition: Some(reg::CustodyTransition {
+                reason: "intake".into(),
+                request_id: id.into(),
+                ..Default::default()
+            }),
+        };
+        assert!(carries_request_id(&framed(&admit("ad-1"), false), &[4, 5]));
+        assert!(!carries_request_id(&framed(&admit(""), false), &[4, 5]));
+        assert!(!carries_request_id(&framed(&admit("ad-1"), false), &[5]), "not at the top");
+        // A message field given twice is merged: an id in the first still counts when the
+        // second has none, and a later empty one clears it.
+        let mut b = framed(&admit("ad-1"), false);
+        b.extend([0x22, 2, 0x0a, 0]);
+        let len = (b.len() - 5) as u32;
+        b[1..5].copy_from_slice(&len.to_be_bytes());
+        assert!(carries_request_id(&b, &[4, 5]));
+        b.extend([0x22, 2, 0x2a, 0]);
+        let len = (b.len() - 5) as u32;
+        b[1..5].copy_from_slice(&len.to_be_bytes());
+        assert!(!carries_request_id(&b, &[4, 5]));
     }
 
     #[test]
