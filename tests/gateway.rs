@@ -276,6 +276,9 @@ async fn partners_reach_every_service_through_the_gateway_as_themselves_and_get_
     assert_eq!(body["name"], mother.as_str());
     assert_eq!(body["custodyStatus"], "CUSTODY_STATUS_IN_CUSTODY");
     assert_eq!(body["nationalities"][0]["state"], "FR");
+    // HTTP/1.1 over TLS, all that many HTTP libraries speak: the same answer.
+    let over_http1 = curl_over("1.1", &pki, gateway, Some("fr-mfa"), path, Some(&get_mother)).await;
+    assert_eq!(over_http1, (200, body));
     let (code, body) = curl(&pki, gateway, Some("nl-mfa"), path, Some(&get_mother)).await;
     assert_eq!((code, body["status"].as_str()), (404, Some("NOT_FOUND")), "{body}");
     let (code, body) = curl(&pki, gateway, None, path, Some(&get_mother)).await;
@@ -365,9 +368,21 @@ async fn partners_reach_every_service_through_the_gateway_as_themselves_and_get_
     all.stop().await;
 }
 
-/// `curl` (as `agency` or with no certificate; over TLS the gateway speaks HTTP/2 only) of the JSON edge: the HTTP status and
-/// the JSON body. POST with `body`, else GET.
+/// `curl` over HTTP/2 (as `agency` or with no certificate) of the JSON edge: the HTTP status
+/// and the JSON body. POST with `body`, else GET.
 async fn curl(
+    pki: &DemoPki,
+    gateway: std::net::SocketAddr,
+    agency: Option<&str>,
+    path: &str,
+    body: Option<&str>,
+) -> (u16, serde_json::Value) {
+    curl_over("2", pki, gateway, agency, path, body).await
+}
+
+/// [`curl`] over HTTP `version` ("2" or "1.1"), checked to be the one spoken.
+async fn curl_over(
+    version: &str,
     pki: &DemoPki,
     gateway: std::net::SocketAddr,
     agency: Option<&str>,
@@ -376,7 +391,7 @@ async fn curl(
 ) -> (u16, serde_json::Value) {
     let mut args: Vec<String> = vec![
         "-sS".into(),
-        "--http2".into(),
+        format!("--http{version}"),
         "--cacert".into(),
         pki.dir.join("ca.pem").display().to_string(),
         "-H".into(),
@@ -384,7 +399,7 @@ async fn curl(
         "-H".into(),
         "content-type: application/json".into(),
         "-w".into(),
-        "\n%{http_code}".into(),
+        "\n%{http_version} %{http_code}".into(),
     ];
     if let Some(a) = agency {
         let files = pki.agency(a);
@@ -402,7 +417,9 @@ async fn curl(
     .unwrap()
     .unwrap();
     let text = String::from_utf8_lossy(&out.stdout).to_string();
-    let (json, code) = text.rsplit_once('\n').unwrap_or_else(|| panic!("curl: {text} {out:?}"));
+    let (json, last) = text.rsplit_once('\n').unwrap_or_else(|| panic!("curl: {text} {out:?}"));
+    let (spoken, code) = last.split_once(' ').unwrap_or_else(|| panic!("curl: {text} {out:?}"));
+    assert_eq!(spoken, version, "the HTTP version spoken: {out:?}");
     (
         code.trim().parse().unwrap(),
         serde_json::from_str(json).unwrap_or_else(|e| panic!("{e}: {text} {out:?}")),

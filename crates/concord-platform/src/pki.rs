@@ -157,6 +157,29 @@ impl Authenticator for CertificateAuthenticator {
     }
 }
 
+/// A server's TLS settings: its certificate and the clients' CA. The protocols offered
+/// (ALPN) are chosen where it serves: HTTP/2, and HTTP/1.1 too where HTTP/1.1 is served.
+#[derive(Clone)]
+pub struct ServerTls(pub Arc<rustls::ServerConfig>);
+
+impl ServerTls {
+    /// The settings offering HTTP/2, and HTTP/1.1 after it when `http1`.
+    pub fn with_alpn(&self, http1: bool) -> Arc<rustls::ServerConfig> {
+        let mut config = (*self.0).clone();
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        if http1 {
+            config.alpn_protocols.push(b"http/1.1".to_vec());
+        }
+        Arc::new(config)
+    }
+}
+
+impl std::fmt::Debug for ServerTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerTls").field("alpn", &self.0.alpn_protocols).finish_non_exhaustive()
+    }
+}
+
 /// Where a server's or client's TLS material is.
 #[derive(Debug, Clone)]
 pub struct TlsFiles {
@@ -176,12 +199,35 @@ impl TlsFiles {
     /// Server settings: its certificate, and client certificates verified against the CA.
     /// A client certificate is optional at the TLS layer so that bearer-token callers can
     /// connect; the identity layer refuses calls that present neither.
-    pub fn server_config(&self) -> anyhow::Result<tonic::transport::ServerTlsConfig> {
-        use tonic::transport::{Certificate, Identity, ServerTlsConfig};
-        Ok(ServerTlsConfig::new()
-            .identity(Identity::from_pem(read(&self.cert)?, read(&self.key)?))
-            .client_ca_root(Certificate::from_pem(read(&self.ca)?))
-            .client_auth_optional(true))
+    pub fn server_config(&self) -> anyhow::Result<ServerTls> {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let pem = |p: &Path| -> anyhow::Result<Vec<CertificateDer<'static>>> {
+            let certs = CertificateDer::pem_slice_iter(&read(p)?)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| anyhow::anyhow!("reading the certificates in {}: {e}", p.display()))?;
+            anyhow::ensure!(!certs.is_empty(), "{} holds no certificate", p.display());
+            Ok(certs)
+        };
+        let key = PrivateKeyDer::from_pem_slice(&read(&self.key)?).map_err(|e| {
+            anyhow::anyhow!("reading the private key in {}: {e}", self.key.display())
+        })?;
+        let mut roots = rustls::RootCertStore::empty();
+        for ca in pem(&self.ca)? {
+            roots.add(ca)?;
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let clients = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            roots.into(),
+            provider.clone(),
+        )
+        .allow_unauthenticated()
+        .build()?;
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()?
+            .with_client_cert_verifier(clients)
+            .with_single_cert(pem(&self.cert)?, key)?;
+        Ok(ServerTls(Arc::new(config)))
     }
 
     /// Client settings: the server is verified against the CA (as `domain`), and this

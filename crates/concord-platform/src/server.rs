@@ -8,8 +8,9 @@
 
 use std::net::SocketAddr;
 
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
+use tokio_rustls::server::TlsStream;
 use tonic::server::NamedService;
 use tonic::service::RoutesBuilder;
 use tonic_health::ServingStatus;
@@ -158,6 +159,54 @@ pub fn incoming(listener: TcpListener) -> tonic::transport::server::TcpIncoming 
     tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true))
 }
 
+/// The most a TLS handshake may take; a client that stalls in it is dropped.
+pub const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Connections accepted on `listener` (TCP_NODELAY) and secured with `tls`. Handshakes run
+/// side by side, each within [`HANDSHAKE_TIMEOUT`], so a slow client holds up no other; one
+/// that fails is logged and dropped. Ends when the stream is dropped (the server stops
+/// accepting), closing the listener.
+pub fn tls_incoming(
+    listener: TcpListener,
+    tls: std::sync::Arc<rustls::ServerConfig>,
+) -> impl futures::Stream<Item = Result<TlsStream<TcpStream>, std::io::Error>> {
+    use futures::StreamExt;
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    tokio::spawn(async move {
+        let mut tcp = incoming(listener);
+        loop {
+            let accepted = tokio::select! {
+                a = tcp.next() => a,
+                () = tx.closed() => break,
+            };
+            let stream = match accepted {
+                None => break,
+                Some(Ok(stream)) => stream,
+                Some(Err(e)) => {
+                    // Out of file descriptors, for example: wait rather than spin.
+                    tracing::warn!(error = %e, "accepting a connection failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let (acceptor, tx) = (acceptor.clone(), tx.clone());
+            tokio::spawn(async move {
+                let peer = stream.peer_addr().ok();
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                    Ok(Ok(secured)) => {
+                        // The server stopped accepting if this fails: the connection closes.
+                        let _ = tx.send(Ok(secured)).await;
+                    }
+                    Ok(Err(e)) => tracing::debug!(?peer, error = %e, "TLS handshake failed"),
+                    Err(_) => tracing::debug!(?peer, "TLS handshake timed out"),
+                }
+            });
+        }
+    });
+    tokio_stream::wrappers::ReceiverStream::new(rx)
+}
+
 /// How a server proves who it is and learns who calls.
 #[derive(Clone)]
 pub struct Security {
@@ -165,7 +214,9 @@ pub struct Security {
     pub authenticator: SharedAuthenticator,
     /// TLS, with client certificates verified against the client CA; `None` serves
     /// plaintext (tests of a single service, and deployments that terminate TLS in front).
-    pub tls: Option<tonic::transport::ServerTlsConfig>,
+    /// HTTP/1.1 is offered beside HTTP/2 where it is served (the gateway), so clients that
+    /// speak only HTTP/1.1 (many HTTP libraries) reach the JSON edge over TLS.
+    pub tls: Option<crate::pki::ServerTls>,
 }
 
 /// Serves `services` on `listener` until `shutdown`, with health, reflection and the layers.
@@ -260,12 +311,8 @@ pub async fn serve(
     let mut routes = services.routes;
     routes.add_service(health_service).add_service(reflection_v1).add_service(reflection_v1alpha);
     let routes = routes.routes();
-    let mut builder = tonic::transport::Server::builder();
-    if let Some(tls) = security.tls {
-        builder = builder.tls_config(tls)?;
-    }
     let web = services.http1_and_grpc_web;
-    let server = builder
+    let router = tonic::transport::Server::builder()
         .accept_http1(web)
         .timeout(cfg.request_timeout)
         .tcp_nodelay(true)
@@ -278,8 +325,15 @@ pub async fn serve(
         .layer(tower::util::option_layer(services.cors))
         .layer(layers)
         .layer(tower::util::option_layer(web.then_some(crate::layers::GrpcWebOnlyLayer)))
-        .add_routes(routes)
-        .serve_with_incoming_shutdown(incoming(listener), signal);
+        .add_routes(routes);
+    let server: futures::future::BoxFuture<'_, Result<(), tonic::transport::Error>> =
+        match security.tls {
+            Some(tls) => {
+                let incoming = tls_incoming(listener, tls.with_alpn(web));
+                Box::pin(router.serve_with_incoming_shutdown(incoming, signal))
+            }
+            None => Box::pin(router.serve_with_incoming_shutdown(incoming(listener), signal)),
+        };
     // Watch streams end on the same signal; anything still running after the grace and the
     // drain timeout is abandoned so a pod never hangs in Terminating.
     let mut deadline_signal = deadline_shutdown;
