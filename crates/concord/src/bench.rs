@@ -78,6 +78,10 @@ struct Args {
     /// The same for case files.
     #[arg(long, hide = true)]
     profile_case_file: bool,
+    /// Each of the case file's backend calls alone, made to its service directly, for
+    /// `--seconds` each: where a case file's cost lies.
+    #[arg(long, hide = true)]
+    case_file_parts: bool,
     /// Calls in flight for the gateway's added latency ("moderate load").
     #[arg(long, default_value_t = 4)]
     latency_concurrency: usize,
@@ -333,6 +337,8 @@ struct Servers {
     pki: concord_platform::pki::DemoPki,
     /// The suite's registry and gateway (mutual TLS with `suite_pki`).
     suite_registry: String,
+    suite_facilities: String,
+    suite_requests: String,
     gateway: String,
     suite_pki: concord_platform::pki::DemoPki,
     /// A second gateway in front of the same suite, in its own process on the load
@@ -429,6 +435,8 @@ fn spawn_servers(url: &str, pki_dir: &std::path::Path) -> anyhow::Result<Servers
         echo,
         pki,
         suite_registry,
+        suite_facilities: facilities,
+        suite_requests: requests,
         gateway,
         suite_pki,
         own_gateway,
@@ -980,6 +988,100 @@ mod gateway {
         (v[v.len() / 2], v[0], v[v.len() - 1])
     }
 
+    /// Each backend call of a case file alone, made directly to its service as fr-mfa, and
+    /// the case file itself through the gateway.
+    async fn parts(s: &Servers, args: &Args, mothers: &[String]) -> anyhow::Result<()> {
+        let reg: RegistryServiceClient<With> = RegistryServiceClient::with_interceptor(
+            channel(s, &s.suite_registry, "fr-mfa").await?,
+            purpose(),
+        );
+        let fac_c = FacilitiesServiceClient::with_interceptor(
+            channel(s, &s.suite_facilities, "fr-mfa").await?,
+            purpose(),
+        );
+        let req_c = RequestsServiceClient::with_interceptor(
+            channel(s, &s.suite_requests, "fr-mfa").await?,
+            purpose(),
+        );
+        let files = GatewayServiceClient::with_interceptor(
+            channel(s, &s.gateway, "fr-mfa").await?,
+            purpose(),
+        );
+        let pick = |i: usize| mothers[i % mothers.len()].clone();
+        let (n, secs) = (args.concurrency, args.seconds);
+        let rps = throughput(n, secs, |i| {
+            let mut c = reg.clone();
+            let name = pick(i);
+            async move {
+                c.get_person(pb::GetPersonRequest { name }).await?;
+                Ok(())
+            }
+        })
+        .await?;
+        println!("GetPerson: {rps:.0}/s");
+        let rps = throughput(n, secs, |i| {
+            let mut c = reg.clone();
+            let parent = pick(i);
+            async move {
+                c.list_relationships(pb::ListRelationshipsRequest { parent }).await?;
+                Ok(())
+            }
+        })
+        .await?;
+        println!("ListRelationships: {rps:.0}/s");
+        let rps = throughput(n, secs, |i| {
+            let mut c = reg.clone();
+            let parent = pick(i);
+            async move {
+                c.list_custody_events(pb::ListCustodyEventsRequest {
+                    parent,
+                    page_size: 1000,
+                    page_token: String::new(),
+                })
+                .await?;
+                Ok(())
+            }
+        })
+        .await?;
+        println!("ListCustodyEvents: {rps:.0}/s");
+        let rps = throughput(n, secs, |i| {
+            let mut c = req_c.clone();
+            let person = pick(i);
+            async move {
+                c.list_requests(rq::ListRequestsRequest {
+                    person,
+                    page_size: 100,
+                    ..Default::default()
+                })
+                .await?;
+                Ok(())
+            }
+        })
+        .await?;
+        println!("ListRequests (person): {rps:.0}/s");
+        let rps = throughput(n, secs, |_| {
+            let mut c = fac_c.clone();
+            async move {
+                c.get_facility(fac::GetFacilityRequest { name: "facilities/al-hol".into() })
+                    .await?;
+                Ok(())
+            }
+        })
+        .await?;
+        println!("GetFacility: {rps:.0}/s");
+        let rps = throughput(n, secs, |i| {
+            let mut c = files.clone();
+            let person = pick(i);
+            async move {
+                c.get_case_file(gw::GetCaseFileRequest { person }).await?;
+                Ok(())
+            }
+        })
+        .await?;
+        println!("GetCaseFile through the gateway: {rps:.0}/s");
+        Ok(())
+    }
+
     /// GetPerson through the gateway against the same call to the registry, and the case
     /// file against the bare echo, interleaved over the rounds.
     pub async fn cost(s: &Servers, args: &Args) -> anyhow::Result<()> {
@@ -1042,6 +1144,9 @@ mod gateway {
             .await?;
             println!("[gateway] case files: {rps:.0}/s");
             return Ok(());
+        }
+        if args.case_file_parts {
+            return parts(s, args, &mothers).await;
         }
         if args.profile_pass_through {
             eprintln!("servers' pid: {}", s.child.id());
