@@ -335,6 +335,36 @@ async fn partners_reach_every_service_through_the_gateway_as_themselves_and_get_
         .collect();
     assert!(created.contains(&mother.as_str()) && !created.contains(&dutch.as_str()), "{lines:?}");
     assert!(lines.iter().all(|l| l["service"] == "registry" || l["service"] == "requests"));
+    // A client stream over HTTP/JSON: an import as JSON lines, one row per line.
+    let row = |name: &str, id: &str| {
+        serde_json::json!({
+            "person": {
+                "names": [{"fullName": name, "kind": "NAME_KIND_PRIMARY", "script": "Latn"}],
+                "sex": "SEX_FEMALE",
+                "birthDate": {"year": 1991, "precision": "DATE_PRECISION_YEAR"},
+                "nationalities": [{"state": "FR", "basis": "NATIONALITY_BASIS_CLAIMED"}],
+                "category": "PERSON_CATEGORY_ADULT_FEMALE",
+                "identityConfidence": "IDENTITY_CONFIDENCE_MEDIUM"
+            },
+            "requestId": id
+        })
+        .to_string()
+    };
+    let import = "/v1/concord.registry.v1.RegistryService/ImportPersons";
+    let coordinator = Some("coalition-coordinator");
+    let bad = format!("{}\n{{\"persno\": {{}}}}\n", row("Khadija Omar", "imp-1"));
+    let (code, body) = curl(&pki, gateway, coordinator, import, Some(&bad)).await;
+    assert_eq!((code, body["status"].as_str()), (400, Some("INVALID_ARGUMENT")), "{body}");
+    assert!(body["message"].as_str().unwrap().contains("line 2"), "{body}");
+    let rows = format!("{}\n\n{}\n", row("Khadija Omar", "imp-1"), row("Safiya Omar", "imp-2"));
+    let (code, body) = curl(&pki, gateway, coordinator, import, Some(&rows)).await;
+    assert_eq!((code, &body["createdCount"]), (200, &serde_json::json!("2")), "{body}");
+    let (code, body) = curl(&pki, gateway, coordinator, import, Some(&rows)).await;
+    assert_eq!(
+        (code, &body["alreadyPresentCount"], body.get("createdCount")),
+        (200, &serde_json::json!("2"), None),
+        "the line before the bad one was not stored, and a retried import stores nothing: {body}"
+    );
 
     // gRPC-Web, as a browser sends it (framed protobuf, trailers in the body).
     let framed = {

@@ -8,7 +8,10 @@
 //! code and a body `{"code", "status", "message", "details"}` (google.rpc.Status in JSON,
 //! with the field violations of bad input). Server streams (Subscribe, WatchChanges) answer
 //! JSON lines (`application/x-ndjson`), one message per line and, if the stream ends with an
-//! error, a last line `{"error": ...}`. `GET /v1/openapi.json` describes it all.
+//! error, a last line `{"error": ...}`. Client streams (ImportPersons) take JSON lines, one
+//! message per line, within the body's limit (4 MiB); a line that is not a message is
+//! INVALID_ARGUMENT naming the line, and nothing is sent. `GET /v1/openapi.json` describes
+//! it all.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -19,7 +22,9 @@ use concord_platform::http_json::{error, json};
 use futures::future::BoxFuture;
 use http_body_util::BodyExt;
 use prost::Message;
-use prost_reflect::{DescriptorPool, DynamicMessage, MethodDescriptor, SerializeOptions};
+use prost_reflect::{
+    DescriptorPool, DynamicMessage, MessageDescriptor, MethodDescriptor, SerializeOptions,
+};
 use tonic::body::Body;
 use tonic::server::NamedService;
 use tower::util::BoxCloneSyncService;
@@ -92,13 +97,6 @@ impl JsonEdge {
         let Some(method) = self.method(service, method) else {
             return error(&tonic::Status::not_found(format!("no such method {service}/{method}")));
         };
-        if method.is_client_streaming() {
-            return error(&tonic::Status::unimplemented(format!(
-                "{}/{} takes a stream of messages: call it over gRPC",
-                service,
-                method.name()
-            )));
-        }
         if req.method() != http::Method::POST {
             return error(&tonic::Status::unimplemented("methods are called with POST"));
         }
@@ -144,21 +142,27 @@ impl JsonEdge {
             .await
             .map_err(|e| tonic::Status::invalid_argument(format!("the request body: {e}")))?
             .to_bytes();
-        let raw: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) { b"{}" } else { &bytes };
-        let mut de = serde_json::Deserializer::from_slice(raw);
-        let message = DynamicMessage::deserialize(method.input(), &mut de)
-            .and_then(|m| de.end().map(|()| m))
-            .map_err(|e| {
-                tonic::Status::invalid_argument(format!(
-                    "the request body is not a {} in JSON: {e}",
-                    method.input().full_name()
-                ))
-            })?;
-        let encoded = message.encode_to_vec();
-        let mut framed = BytesMut::with_capacity(encoded.len() + 5);
-        framed.put_u8(0);
-        framed.put_u32(encoded.len() as u32);
-        framed.put_slice(&encoded);
+        let input = method.input();
+        let not_message = |e: serde_json::Error, line: Option<usize>| {
+            let at = line.map_or_else(String::new, |n| format!("line {n} of "));
+            tonic::Status::invalid_argument(format!(
+                "{at}the request body is not a {} in JSON: {e}",
+                input.full_name()
+            ))
+        };
+        let mut framed = BytesMut::with_capacity(bytes.len() + 5);
+        if method.is_client_streaming() {
+            // JSON lines, one message per line; blank lines are skipped.
+            for (i, line) in bytes.split(|b| *b == b'\n').enumerate() {
+                if !line.iter().all(u8::is_ascii_whitespace) {
+                    let m = from_json(&input, line).map_err(|e| not_message(e, Some(i + 1)))?;
+                    frame(&mut framed, &m);
+                }
+            }
+        } else {
+            let raw: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) { b"{}" } else { &bytes };
+            frame(&mut framed, &from_json(&input, raw).map_err(|e| not_message(e, None))?);
+        }
 
         // The gRPC call it maps to, with the caller's headers and identity.
         let mut call = http::Request::new(Body::new(http_body_util::Full::new(framed.freeze())));
@@ -184,6 +188,24 @@ impl JsonEdge {
             .ok_or_else(|| tonic::Status::not_found(service.to_string()))?;
         Ok(inner.oneshot(call).await.unwrap_or_else(|e| match e {}))
     }
+}
+
+/// The message of type `input` written in JSON in `raw`.
+fn from_json(input: &MessageDescriptor, raw: &[u8]) -> Result<DynamicMessage, serde_json::Error> {
+    let mut de = serde_json::Deserializer::from_slice(raw);
+    let message = DynamicMessage::deserialize(input.clone(), &mut de)?;
+    de.end()?;
+    Ok(message)
+}
+
+/// Appends `message` to `out` as a gRPC message (uncompressed).
+fn frame(out: &mut BytesMut, message: &DynamicMessage) {
+    let len = message.encoded_len();
+    out.reserve(len + 5);
+    out.put_u8(0);
+    out.put_u32(len as u32);
+    // A BytesMut grows as it is written: encoding cannot run out of room.
+    let _ = message.encode(out);
 }
 
 /// A message in JSON.

@@ -1,6 +1,6 @@
 //! The OpenAPI document of the JSON edge, made from the contracts' descriptors: one `POST`
-//! operation per RPC (client streams aside; server streams answer JSON lines), and a schema
-//! per message in the protobuf JSON mapping.
+//! operation per RPC (client streams take JSON lines, server streams answer JSON lines), and
+//! a schema per message in the protobuf JSON mapping.
 
 use std::collections::BTreeMap;
 
@@ -86,7 +86,7 @@ fn message_schema(m: &MessageDescriptor, todo: &mut Vec<MessageDescriptor>) -> V
     json!({"type": "object", "properties": properties, "additionalProperties": false})
 }
 
-/// The document for the unary RPCs of `services`.
+/// The document for the RPCs of `services`.
 pub fn document(pool: &DescriptorPool, services: &[&str]) -> anyhow::Result<Value> {
     let mut paths = serde_json::Map::new();
     let mut todo = Vec::new();
@@ -95,9 +95,18 @@ pub fn document(pool: &DescriptorPool, services: &[&str]) -> anyhow::Result<Valu
             .get_service_by_name(name)
             .ok_or_else(|| anyhow::anyhow!("no descriptor of {name}"))?;
         for m in svc.methods() {
-            if m.is_client_streaming() {
-                continue;
-            }
+            let body = if m.is_client_streaming() {
+                json!({
+                    "description": "A stream: one message per line (JSON lines), at most 4 MiB in all.",
+                    "required": true,
+                    "content": {"application/x-ndjson": {"schema": reference(m.input().full_name())}}
+                })
+            } else {
+                json!({
+                    "required": true,
+                    "content": {"application/json": {"schema": reference(m.input().full_name())}}
+                })
+            };
             let answer = if m.is_server_streaming() {
                 json!({
                     "description": "A stream: one message per line (JSON lines); a last line {\"error\": google.rpc.Status} if it ends with an error.",
@@ -125,10 +134,7 @@ pub fn document(pool: &DescriptorPool, services: &[&str]) -> anyhow::Result<Valu
                         "description": "The call's deadline, for example \"500m\" (milliseconds) or \"2S\".",
                         "schema": {"type": "string"}
                     }],
-                    "requestBody": {
-                        "required": true,
-                        "content": {"application/json": {"schema": reference(m.input().full_name())}}
-                    },
+                    "requestBody": body,
                     "responses": {
                         "200": answer,
                         "default": {
@@ -205,7 +211,7 @@ mod tests {
     }
 
     #[test]
-    fn every_unary_rpc_has_an_operation_and_every_reference_resolves() {
+    fn every_rpc_has_an_operation_and_every_reference_resolves() {
         let pool = DescriptorPool::decode(concord_proto::FILE_DESCRIPTOR_SET).unwrap();
         let services = [
             "concord.gateway.v1.GatewayService",
@@ -219,7 +225,9 @@ mod tests {
         for s in services {
             for m in pool.get_service_by_name(s).unwrap().methods() {
                 let path = format!("/v1/{s}/{}", m.name());
-                assert_eq!(paths.contains_key(&path), !m.is_client_streaming(), "{path}");
+                let body = &paths[&path]["post"]["requestBody"]["content"];
+                let lines = body.get("application/x-ndjson").is_some();
+                assert_eq!(lines, m.is_client_streaming(), "{path}");
             }
         }
         let schemas = doc["components"]["schemas"].as_object().unwrap();
