@@ -953,6 +953,27 @@ async fn reads_and_writes_with_a_request_id_are_sent_again_when_the_service_coul
     assert_eq!(replayed.name, second.name, "the request id was claimed once");
     assert_eq!(listed(cell.registry.clone()).await.len(), 2);
 
+    // The same for a custody change, whose request id is in its transition.
+    relay.restart(1).await;
+    let admitted = cell
+        .registry
+        .admit_person(reg::AdmitPersonRequest {
+            name: p.name.clone(),
+            facility_id: "al-hol".into(),
+            section_id: String::new(),
+            transition: Some(reg::CustodyTransition {
+                reason: "intake".into(),
+                source: "camp registration".into(),
+                request_id: "ad-1".into(),
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(admitted.facility_id, "al-hol");
+    assert_eq!(relay.turn_away.load(std::sync::atomic::Ordering::SeqCst), 0, "turned away once");
+
     // A write without one is sent once: the partner decides whether to send it again.
     relay.restart(1).await;
     let err = cell.registry.create_person(create("")).await.unwrap_err();

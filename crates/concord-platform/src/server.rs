@@ -162,10 +162,15 @@ pub fn incoming(listener: TcpListener) -> tonic::transport::server::TcpIncoming 
 /// The most a TLS handshake may take; a client that stalls in it is dropped.
 pub const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// The most TLS handshakes in progress at once; beyond it, connections wait in the
+/// listen backlog until one ends.
+pub const MAX_HANDSHAKES: usize = 1024;
+
 /// Connections accepted on `listener` (TCP_NODELAY) and secured with `tls`. Handshakes run
-/// side by side, each within [`HANDSHAKE_TIMEOUT`], so a slow client holds up no other; one
-/// that fails is logged and dropped. Ends when the stream is dropped (the server stops
-/// accepting), closing the listener.
+/// side by side, at most [`MAX_HANDSHAKES`] at once and each within [`HANDSHAKE_TIMEOUT`],
+/// so a slow client holds up no other; one that fails is logged and dropped. When the
+/// stream is dropped (the server stops accepting) the listener closes and the handshakes
+/// in progress are abandoned.
 pub fn tls_incoming(
     listener: TcpListener,
     tls: std::sync::Arc<rustls::ServerConfig>,
@@ -173,27 +178,42 @@ pub fn tls_incoming(
     use futures::StreamExt;
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
     let (tx, rx) = tokio::sync::mpsc::channel(64);
+    let room = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
     tokio::spawn(async move {
         let mut tcp = incoming(listener);
+        let mut handshakes = tokio::task::JoinSet::new();
         loop {
             let accepted = tokio::select! {
-                a = tcp.next() => a,
+                Ok(permit) = room.clone().acquire_owned() => {
+                    tokio::select! {
+                        a = tcp.next() => a.map(|a| (a, permit)),
+                        () = tx.closed() => break,
+                    }
+                }
+                Some(_) = handshakes.join_next(), if !handshakes.is_empty() => continue,
                 () = tx.closed() => break,
             };
-            let stream = match accepted {
+            let (stream, permit) = match accepted {
                 None => break,
-                Some(Ok(stream)) => stream,
-                Some(Err(e)) => {
-                    // Out of file descriptors, for example: wait rather than spin.
-                    tracing::warn!(error = %e, "accepting a connection failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                Some((Ok(stream), permit)) => (stream, permit),
+                Some((Err(e), _)) => {
+                    // A connection that failed as it was accepted is that client's; out of
+                    // descriptors or memory, waiting beats spinning.
+                    use std::io::ErrorKind::{ConnectionAborted, ConnectionReset, Interrupted};
+                    if !matches!(e.kind(), ConnectionAborted | ConnectionReset | Interrupted) {
+                        tracing::warn!(error = %e, "accepting a connection failed");
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    }
                     continue;
                 }
             };
             let (acceptor, tx) = (acceptor.clone(), tx.clone());
-            tokio::spawn(async move {
+            handshakes.spawn(async move {
                 let peer = stream.peer_addr().ok();
-                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                let shaking = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream));
+                let secured = shaking.await;
+                drop(permit);
+                match secured {
                     Ok(Ok(secured)) => {
                         // The server stopped accepting if this fails: the connection closes.
                         let _ = tx.send(Ok(secured)).await;

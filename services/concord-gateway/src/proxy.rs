@@ -14,10 +14,12 @@
 //! - writes that carry a request id (AIP-155): the service claims the id in the write's own
 //!   transaction, so a second try after a first that did commit, or that is still
 //!   committing, answers with what the first did and changes nothing more. The gateway finds
-//!   the id without decoding the message: it knows from the contracts which field of each
-//!   write's request is `request_id`, and looks for that field among the message's top-level
-//!   fields. A write without one, a client stream, or a compressed message is sent once:
-//!   the partner decides whether to send it again.
+//!   the id without decoding the message: it knows from the contracts where each write's
+//!   request holds `request_id` (at its top, or one level down as in a custody change's
+//!   `transition`), and steps over the message's fields by their wire types to find it. A
+//!   write without one, a client stream (an import: its rows carry their own ids, and it
+//!   streams through as it comes), or a compressed message is sent once: the partner
+//!   decides whether to send it again.
 //!
 //! An answer from the service, UNAVAILABLE included, is passed back as it is. A call whose
 //! deadline passed on the way gets DEADLINE_EXCEEDED, not a second try.
@@ -120,6 +122,8 @@ pub fn request_id_fields(service: &str) -> anyhow::Result<HashMap<String, Vec<u3
     Ok(service
         .methods()
         .filter(|m| !is_read(&format!("/{}/{}", service.full_name(), m.name())))
+        // A client stream streams through, sent once.
+        .filter(|m| !m.is_client_streaming())
         .filter_map(|m| {
             let input = m.input();
             let path = id(&input).map(|n| vec![n]).or_else(|| {
@@ -180,8 +184,9 @@ fn last_string(mut msg: &[u8], path: &[u32]) -> Result<Option<bool>, ()> {
     Ok(last)
 }
 
-/// The most of a read's request kept to send it again (the message and its 5-byte gRPC
-/// header); a larger request is passed on as it streams, without a second try.
+/// The most of a request (a read's, or a write's that may carry a request id) kept to send
+/// it again: the message and its 5-byte gRPC header. A larger request is passed on as it
+/// streams, without a second try.
 pub const KEPT_FOR_RETRY: usize = 64 * 1024;
 
 /// Whether the method at `path` (`/package.Service/Method`) only reads.
@@ -247,7 +252,10 @@ impl<U: Upstream> Service<http::Request<Body>> for Proxy<U> {
             let deadline = tokio::time::Instant::now() + budget;
             let (parts, body) = req.into_parts();
             let once = |parts, body| async {
-                let req = http::Request::from_parts(parts, body);
+                let mut req = http::Request::from_parts(parts, body);
+                // Less the time the request took to arrive.
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                set_timeout(req.headers_mut(), left);
                 let res = send(channel.clone(), req).await.unwrap_or_else(|e| failed::<U>(&e));
                 Ok(watched(res, shutdown.clone()))
             };
@@ -548,6 +556,7 @@ mod tests {
         assert_eq!(registry["AdmitPerson"], [4, 5], "transition.request_id");
         assert_eq!(registry.get("GetPerson"), None, "a read is not in the table");
         assert_eq!(registry.get("RevokeSharingAgreement"), None, "no request id");
+        assert_eq!(registry.get("ImportPersons"), None, "a client stream is sent once");
         let requests = request_id_fields(Requests::NAME).unwrap();
         assert_eq!(requests["TransitionRequest"], [6]);
         assert!(request_id_fields(Facilities::NAME).unwrap().contains_key("CreateFacility"));
