@@ -988,6 +988,15 @@ mod gateway {
         (v[v.len() / 2], v[0], v[v.len() - 1])
     }
 
+    /// One case file of `person`, through `files`.
+    async fn case_file(
+        mut files: GatewayServiceClient<With>,
+        person: String,
+    ) -> anyhow::Result<()> {
+        files.get_case_file(gw::GetCaseFileRequest { person }).await?;
+        Ok(())
+    }
+
     /// Each backend call of a case file alone, made directly to its service as fr-mfa, and
     /// the case file itself through the gateway.
     async fn parts(s: &Servers, args: &Args, mothers: &[String]) -> anyhow::Result<()> {
@@ -1069,15 +1078,7 @@ mod gateway {
         })
         .await?;
         println!("GetFacility: {rps:.0}/s");
-        let rps = throughput(n, secs, |i| {
-            let mut c = files.clone();
-            let person = pick(i);
-            async move {
-                c.get_case_file(gw::GetCaseFileRequest { person }).await?;
-                Ok(())
-            }
-        })
-        .await?;
+        let rps = throughput(n, secs, |i| case_file(files.clone(), pick(i))).await?;
         println!("GetCaseFile through the gateway: {rps:.0}/s");
         Ok(())
     }
@@ -1134,12 +1135,7 @@ mod gateway {
         if args.profile_case_file {
             eprintln!("servers' pid: {}", s.child.id());
             let rps = throughput(args.concurrency, args.seconds, |i| {
-                let mut c = files.clone();
-                let person = mothers[i % mothers.len()].clone();
-                async move {
-                    c.get_case_file(gw::GetCaseFileRequest { person }).await?;
-                    Ok(())
-                }
+                case_file(files.clone(), mothers[i % mothers.len()].clone())
             })
             .await?;
             println!("[gateway] case files: {rps:.0}/s");
@@ -1178,12 +1174,7 @@ mod gateway {
             let via_rps = throughput(args.concurrency, args.seconds, |i| get(&via, i)).await?;
             let own_rps = throughput(args.concurrency, args.seconds, |i| get(&via_own, i)).await?;
             let file_rps = throughput(args.concurrency, args.seconds, |i| {
-                let mut c = files.clone();
-                let person = mothers[i % mothers.len()].clone();
-                async move {
-                    c.get_case_file(gw::GetCaseFileRequest { person }).await?;
-                    Ok(())
-                }
+                case_file(files.clone(), mothers[i % mothers.len()].clone())
             })
             .await?;
             let lat_direct =
