@@ -69,11 +69,25 @@ pub fn is_grpc(headers: &http::HeaderMap) -> bool {
 
 /// `status` as the caller expects it: gRPC trailers, or JSON for HTTP/JSON callers.
 pub fn respond(request_headers: &http::HeaderMap, status: tonic::Status) -> http::Response<Body> {
-    if is_grpc(request_headers) {
-        status.into_http()
-    } else {
-        error(&status)
+    respond_as(request_headers.get(http::header::CONTENT_TYPE), status)
+}
+
+/// `status` for a call sent with `content_type`: gRPC trailers-only for gRPC, the same under
+/// the gRPC-Web content type sent for gRPC-Web (what gRPC-Web clients check), JSON for the
+/// rest.
+pub fn respond_as(
+    content_type: Option<&http::HeaderValue>,
+    status: tonic::Status,
+) -> http::Response<Body> {
+    let kind = content_type.and_then(|v| v.to_str().ok()).unwrap_or_default();
+    if !kind.starts_with("application/grpc") {
+        return error(&status);
     }
+    let mut r = status.into_http();
+    if let Some(web) = content_type.filter(|_| kind.starts_with("application/grpc-web")) {
+        r.headers_mut().insert(http::header::CONTENT_TYPE, web.clone());
+    }
+    r
 }
 
 /// google.rpc.Status in JSON, with the HTTP status of its code and the details Concord sends
@@ -140,5 +154,25 @@ mod tests {
             http::HeaderValue::from_static("application/grpc-web+proto"),
         );
         assert!(is_grpc(&h));
+    }
+
+    #[test]
+    fn a_refusal_takes_the_form_of_the_call() {
+        let refused = |kind: Option<&'static str>| {
+            let kind = kind.map(http::HeaderValue::from_static);
+            let r = respond_as(kind.as_ref(), tonic::Status::deadline_exceeded("late"));
+            let h = r.headers();
+            let get = |k: &str| h.get(k).and_then(|v| v.to_str().ok()).map(str::to_string);
+            (r.status().as_u16(), get("content-type"), get("grpc-status"))
+        };
+        let grpc = Some("application/grpc".to_string());
+        assert_eq!(refused(Some("application/grpc")), (200, grpc, Some("4".into())));
+        assert_eq!(
+            refused(Some("application/grpc-web-text+proto")),
+            (200, Some("application/grpc-web-text+proto".into()), Some("4".into()))
+        );
+        let json = Some("application/json".to_string());
+        assert_eq!(refused(Some("application/json")), (504, json.clone(), Some("4".into())));
+        assert_eq!(refused(None), (504, json, Some("4".into())));
     }
 }

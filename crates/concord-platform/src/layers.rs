@@ -1,10 +1,11 @@
 //! The tower layers every Concord server stacks, outermost first:
-//! [`TraceLayer`] (span per call, parent from W3C tracecontext) ->
+//! [`TraceLayer`] (span per call, parent from W3C tracecontext, RPC metrics) ->
+//! [`DeadlineLayer`] (DEADLINE_EXCEEDED for a call unanswered at its deadline) ->
 //! [`IdentityLayer`] (principal into the request extensions, rate limit per agency) ->
 //! [`AdmissionLayer`] (concurrency limit with load shedding).
 //! A call that is refused for its identity or its rate never holds one of the admission
 //! permits, so unauthenticated or over-quota traffic cannot crowd out partners' calls.
-//! Deadlines and message size caps are enforced by tonic itself (see `server`).
+//! Message size caps are enforced by tonic itself (see `server`).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -93,12 +94,20 @@ where
         // Swap in the clone that was driven to readiness (tower's documented pattern).
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
-        let started = Instant::now();
-        let (svc, m) = (service.to_string(), method.to_string());
-        crate::metrics::RPC.started(&svc, &m);
+        let mut counted = Counted {
+            service: service.to_string(),
+            method: method.to_string(),
+            started: Instant::now(),
+            span: span.clone(),
+            done: false,
+        };
+        crate::metrics::RPC.started(&counted.service, &counted.method);
+        // Called now, not when the answer is first polled: the layers inside start their
+        // timers (the deadline's) as tonic starts its own.
+        let answer = span.in_scope(|| inner.call(req));
         Box::pin(
             async move {
-                let res = inner.call(req).await;
+                let res = answer.await;
                 if let Ok(resp) = &res {
                     // Unary errors come back trailers-only, so grpc-status is in the headers;
                     // success is reported in trailers, which this layer does not wait for.
@@ -108,19 +117,126 @@ where
                         .and_then(|v| v.to_str().ok())
                         .unwrap_or("0")
                         .to_string();
-                    tracing::Span::current().record("rpc.grpc.status_code", code.as_str());
-                    crate::metrics::RPC.handled(
-                        &svc,
-                        &m,
-                        crate::metrics::code_name(&code),
-                        started.elapsed(),
-                    );
-                    tracing::debug!(elapsed_us = started.elapsed().as_micros() as u64, grpc_status = %code, "request served");
+                    counted.answered(&code);
                 }
                 res
             }
             .instrument(span),
         )
+    }
+}
+
+/// A call being served, counted once in the metrics: with the code it is answered with, or
+/// as CANCELLED if its caller went away first (its answer is then dropped unfinished).
+struct Counted {
+    service: String,
+    method: String,
+    started: Instant,
+    span: tracing::Span,
+    done: bool,
+}
+
+impl Counted {
+    /// The call is answered with the gRPC status `code` (digits).
+    fn answered(&mut self, code: &str) {
+        self.done = true;
+        self.span.record("rpc.grpc.status_code", code);
+        let took = self.started.elapsed();
+        crate::metrics::RPC.handled(
+            &self.service,
+            &self.method,
+            crate::metrics::code_name(code),
+            took,
+        );
+        tracing::debug!(parent: &self.span, elapsed_us = took.as_micros() as u64, grpc_status = %code, "request served");
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        if !self.done {
+            let code = (tonic::Code::Cancelled as i32).to_string();
+            self.answered(&code);
+        }
+    }
+}
+
+/// Answers a call still unanswered at its deadline with DEADLINE_EXCEEDED: the caller's
+/// (`grpc-timeout`), within the server's own limit on any call. tonic keeps the same timer
+/// outside every layer, but what it answers there says CANCELLED ("Timeout expired"), is not
+/// counted in the metrics nor recorded on the call's span, and carries no CORS headers, so
+/// a browser cannot even read it. This timer is set a millisecond sooner, so it answers
+/// first, inside the other layers: with the right code, counted, and seen by CORS. As with
+/// tonic's, only the answer's start is timed: a stream that has begun runs on.
+#[derive(Debug, Clone)]
+pub struct DeadlineLayer {
+    limit: std::time::Duration,
+}
+
+impl DeadlineLayer {
+    /// No call runs longer than `limit`, whatever deadline it sets.
+    pub fn new(limit: std::time::Duration) -> Self {
+        Self { limit }
+    }
+}
+
+impl<S> Layer<S> for DeadlineLayer {
+    type Service = Deadline<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        Deadline { inner, limit: self.limit }
+    }
+}
+
+/// See [`DeadlineLayer`].
+#[derive(Debug, Clone)]
+pub struct Deadline<S> {
+    inner: S,
+    limit: std::time::Duration,
+}
+
+/// How much sooner than tonic's timer this one is set: tonic's sleep starts a few
+/// microseconds earlier, and timers fire on millisecond ticks.
+const SOONER: std::time::Duration = std::time::Duration::from_millis(1);
+
+impl<S, B> Service<http::Request<B>> for Deadline<S>
+where
+    S: Service<http::Request<B>, Response = http::Response<Body>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    B: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = BoxFuture<S::Response, S::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        let asked = crate::client::grpc_timeout(req.headers());
+        let (within, whose) = match asked {
+            Some(t) if t <= self.limit => (t, "the call's deadline (grpc-timeout)"),
+            _ => (self.limit, "the server's limit on any call"),
+        };
+        let timer = tokio::time::sleep(within.saturating_sub(SOONER));
+        let kind = req.headers().get(http::header::CONTENT_TYPE).cloned();
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let answer = inner.call(req);
+        Box::pin(async move {
+            tokio::select! {
+                biased;
+                res = answer => res,
+                () = timer => {
+                    let late = tonic::Status::deadline_exceeded(format!(
+                        "no answer within {} ms, {whose}",
+                        within.as_millis()
+                    ));
+                    Ok(crate::http_json::respond_as(kind.as_ref(), late))
+                }
+            }
+        })
     }
 }
 

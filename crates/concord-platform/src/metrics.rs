@@ -4,7 +4,8 @@
 //! format at `/metrics` on `--metrics-addr` ([`serve`]).
 //!
 //! A call is counted when its response starts: unary calls with their final code; streams
-//! with the code they start with (their end is in trailers).
+//! with the code they start with (their end is in trailers). A call whose caller went away
+//! before it was answered is counted as `Canceled`.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;

@@ -17,7 +17,7 @@ use tonic_health::ServingStatus;
 
 use crate::auth::SharedAuthenticator;
 use crate::config::ServerConfig;
-use crate::layers::{AdmissionLayer, IdentityLayer, TraceLayer};
+use crate::layers::{AdmissionLayer, DeadlineLayer, IdentityLayer, TraceLayer};
 
 /// A signal every long-lived task watches; flips to `true` once, when shutdown begins.
 #[derive(Debug, Clone)]
@@ -286,6 +286,7 @@ pub async fn serve(
     });
     let layers = tower::ServiceBuilder::new()
         .layer(TraceLayer)
+        .layer(DeadlineLayer::new(cfg.request_timeout))
         .layer(IdentityLayer::new(security.authenticator, limiter))
         .layer(AdmissionLayer::new(cfg.max_concurrent_requests))
         .into_inner();
@@ -334,6 +335,7 @@ pub async fn serve(
     let web = services.http1_and_grpc_web;
     let router = tonic::transport::Server::builder()
         .accept_http1(web)
+        // A backstop: the deadline layer answers a millisecond sooner (see there).
         .timeout(cfg.request_timeout)
         .tcp_nodelay(true)
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
