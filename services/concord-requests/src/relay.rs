@@ -150,8 +150,9 @@ async fn relay(db: &Db, client: &mut RegistryClient, e: &ChangeEvent) -> anyhow:
                 (RegistryRecord::Refused, refused(&s))
             }
         };
-        recorded = true;
-        sqlx::query(
+        // Another replica's relay may have recorded this subject since it was read: then
+        // nothing changes here, and no second `request.registry_recorded` is written.
+        let changed = sqlx::query(
             "UPDATE subjects SET registry_status = $1, registry_error = $2 \
              WHERE request_id = $3 AND person_id = $4 AND registry_status = 'PENDING'",
         )
@@ -161,7 +162,9 @@ async fn relay(db: &Db, client: &mut RegistryClient, e: &ChangeEvent) -> anyhow:
         .bind(&person)
         .execute(tx.conn())
         .await
-        .db()?;
+        .db()?
+        .rows_affected();
+        recorded |= changed > 0;
     }
     if recorded {
         crate::store::Store::new(db.clone()).registry_recorded(&mut tx, &id).await?;

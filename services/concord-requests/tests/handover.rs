@@ -28,7 +28,56 @@ type Requests = RequestsServiceClient<InterceptedService<Channel, HeaderCredenti
 type Facilities = FacilitiesServiceClient<InterceptedService<Channel, HeaderCredentials>>;
 
 fn link(registry: &TestServer, service: &str) -> ServiceLink {
-    ServiceLink { uri: registry.uri(), tls: None, principal: Some(relay_principal(service)) }
+    link_at(registry.uri(), service)
+}
+
+fn link_at(uri: String, service: &str) -> ServiceLink {
+    ServiceLink { uri, tls: None, principal: Some(relay_principal(service)) }
+}
+
+/// A TCP relay to the server at `uri` that holds back everything the server sends for
+/// `delay`: a slow registry, at the relay's URI.
+async fn slow(uri: &str, delay: Duration) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let to = uri.trim_start_matches("http://").to_string();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let at = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let Ok(server) = tokio::net::TcpStream::connect(&to).await else { continue };
+            let (mut client_read, mut client_write) = client.into_split();
+            let (mut server_read, mut server_write) = server.into_split();
+            tokio::spawn(async move {
+                let _ = tokio::io::copy(&mut client_read, &mut server_write).await;
+            });
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 64 * 1024];
+                while let Ok(n) = server_read.read(&mut buf).await {
+                    if n == 0 {
+                        break;
+                    }
+                    tokio::time::sleep(delay).await;
+                    if client_write.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    format!("http://{at}")
+}
+
+/// The `request.registry_recorded` events of the request `name` in the requests service's
+/// change log.
+async fn recorded_events(db: &concord_platform::storage::Db, name: &str) -> i64 {
+    sqlx::query_scalar(
+        "SELECT COUNT(*) FROM outbox WHERE event_type = 'request.registry_recorded' \
+         AND resource_name = $1",
+    )
+    .bind(name)
+    .fetch_one(db.reader())
+    .await
+    .unwrap()
 }
 
 async fn connect(uri: &str) -> Channel {
@@ -36,13 +85,18 @@ async fn connect(uri: &str) -> Channel {
 }
 
 async fn requests_server(db: &TestDb, registry: &TestServer) -> TestServer {
+    requests_server_at(db, registry.uri()).await
+}
+
+/// A requests server (one replica) on `db`, reaching the registry at `registry`.
+async fn requests_server_at(db: &TestDb, registry: String) -> TestServer {
     let (trigger, shutdown) = Shutdown::new();
     let cfg = concord_testkit::server_config();
     let (svc, _db) = concord_requests::build(
         &db.url,
         Arc::new(Policy::embedded()),
         &cfg,
-        link(registry, "concord-requests"),
+        link_at(registry, "concord-requests"),
         shutdown.clone(),
     )
     .await
@@ -312,7 +366,9 @@ async fn a_mother_and_two_children_are_repatriated_across_the_suite_once_whateve
         assert!(handovers[0].source.contains(&name), "{:?}", handovers[0]);
     }
     // Sending them again (as after a crash before the relay's commit) changes nothing: the
-    // registry answers the same request ids from its idempotency record.
+    // registry answers the same request ids from its idempotency record. Two replicas of the
+    // service send them at once, to a registry slow enough that each reads them pending
+    // before either records them: the request's record changes once, one event says so.
     server.stop().await.unwrap();
     let db = concord_platform::storage::Db::connect(
         &req_db.url,
@@ -332,8 +388,10 @@ async fn a_mother_and_two_children_are_repatriated_across_the_suite_once_whateve
         .await
         .unwrap();
     tx.commit().await.unwrap();
-    db.close().await;
-    let server = requests_server(&req_db, &registry).await;
+    let events_before = recorded_events(&db, &name).await;
+    let slow_registry = slow(&registry.uri(), Duration::from_millis(300)).await;
+    let server = requests_server_at(&req_db, slow_registry.clone()).await;
+    let replica = requests_server_at(&req_db, slow_registry).await;
     let fr = requests(&server, ministry("FR")).await;
     eventually("the resent hand-overs are answered", || {
         let mut fr = fr.clone();
@@ -347,6 +405,11 @@ async fn a_mother_and_two_children_are_repatriated_across_the_suite_once_whateve
         }
     })
     .await;
+    // The other replica's relay ends within a few of the slow registry's delays.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(recorded_events(&db, &name).await, events_before + 1, "one change, one event");
+    replica.stop().await.unwrap();
+    db.close().await;
     for p in [&mother, &son, &daughter] {
         let events = r
             .list_custody_events(reg::ListCustodyEventsRequest {
