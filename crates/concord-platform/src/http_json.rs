@@ -59,35 +59,62 @@ pub fn json(status: http::StatusCode, body: Vec<u8>) -> http::Response<Body> {
     r
 }
 
-/// Whether the caller speaks gRPC (or gRPC-Web), by its content type.
-pub fn is_grpc(headers: &http::HeaderMap) -> bool {
-    headers
-        .get(http::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|t| t.starts_with("application/grpc"))
+/// How a caller speaks, by the content type of its call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Caller {
+    /// gRPC (`application/grpc...`).
+    Grpc,
+    /// gRPC-Web in binary (`application/grpc-web`, `application/grpc-web+proto`).
+    GrpcWeb,
+    /// gRPC-Web in text (`application/grpc-web-text...`).
+    GrpcWebText,
+    /// Anything else: HTTP/JSON.
+    Json,
 }
 
-/// `status` as the caller expects it: gRPC trailers, or JSON for HTTP/JSON callers.
+impl Caller {
+    /// The caller of a call with `headers`.
+    pub fn of(headers: &http::HeaderMap) -> Self {
+        let t = headers
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
+        if t.starts_with("application/grpc-web-text") {
+            Self::GrpcWebText
+        } else if t.starts_with("application/grpc-web") {
+            Self::GrpcWeb
+        } else if t.starts_with("application/grpc") {
+            Self::Grpc
+        } else {
+            Self::Json
+        }
+    }
+
+    /// Whether the caller speaks gRPC-Web, in binary or in text.
+    pub fn is_grpc_web(self) -> bool {
+        matches!(self, Self::GrpcWeb | Self::GrpcWebText)
+    }
+
+    /// `status` as this caller expects it: gRPC trailers-only, the same under the gRPC-Web
+    /// content type for gRPC-Web (what gRPC-Web clients check), JSON for HTTP/JSON.
+    pub fn respond(self, status: tonic::Status) -> http::Response<Body> {
+        let web = match self {
+            Self::Json => return error(&status),
+            Self::Grpc => None,
+            Self::GrpcWeb => Some("application/grpc-web+proto"),
+            Self::GrpcWebText => Some("application/grpc-web-text+proto"),
+        };
+        let mut r = status.into_http();
+        if let Some(t) = web {
+            r.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static(t));
+        }
+        r
+    }
+}
+
+/// `status` as the caller of a call with `request_headers` expects it (see [`Caller`]).
 pub fn respond(request_headers: &http::HeaderMap, status: tonic::Status) -> http::Response<Body> {
-    respond_as(request_headers.get(http::header::CONTENT_TYPE), status)
-}
-
-/// `status` for a call sent with `content_type`: gRPC trailers-only for gRPC, the same under
-/// the gRPC-Web content type sent for gRPC-Web (what gRPC-Web clients check), JSON for the
-/// rest.
-pub fn respond_as(
-    content_type: Option<&http::HeaderValue>,
-    status: tonic::Status,
-) -> http::Response<Body> {
-    let kind = content_type.and_then(|v| v.to_str().ok()).unwrap_or_default();
-    if !kind.starts_with("application/grpc") {
-        return error(&status);
-    }
-    let mut r = status.into_http();
-    if let Some(web) = content_type.filter(|_| kind.starts_with("application/grpc-web")) {
-        r.headers_mut().insert(http::header::CONTENT_TYPE, web.clone());
-    }
-    r
+    Caller::of(request_headers).respond(status)
 }
 
 /// google.rpc.Status in JSON, with the HTTP status of its code and the details Concord sends
@@ -148,25 +175,30 @@ mod tests {
         );
         assert_eq!(code_name(tonic::Code::DeadlineExceeded), "DEADLINE_EXCEEDED");
         let mut h = http::HeaderMap::new();
-        assert!(!is_grpc(&h));
+        assert_eq!(Caller::of(&h), Caller::Json);
         h.insert(
             http::header::CONTENT_TYPE,
             http::HeaderValue::from_static("application/grpc-web+proto"),
         );
-        assert!(is_grpc(&h));
+        assert_eq!(Caller::of(&h), Caller::GrpcWeb);
     }
 
     #[test]
     fn a_refusal_takes_the_form_of_the_call() {
         let refused = |kind: Option<&'static str>| {
-            let kind = kind.map(http::HeaderValue::from_static);
-            let r = respond_as(kind.as_ref(), tonic::Status::deadline_exceeded("late"));
+            let mut h = http::HeaderMap::new();
+            if let Some(k) = kind {
+                h.insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static(k));
+            }
+            let r = respond(&h, tonic::Status::deadline_exceeded("late"));
             let h = r.headers();
             let get = |k: &str| h.get(k).and_then(|v| v.to_str().ok()).map(str::to_string);
             (r.status().as_u16(), get("content-type"), get("grpc-status"))
         };
         let grpc = Some("application/grpc".to_string());
-        assert_eq!(refused(Some("application/grpc")), (200, grpc, Some("4".into())));
+        assert_eq!(refused(Some("application/grpc+proto")), (200, grpc, Some("4".into())));
+        let web = Some("application/grpc-web+proto".to_string());
+        assert_eq!(refused(Some("application/grpc-web")), (200, web, Some("4".into())));
         assert_eq!(
             refused(Some("application/grpc-web-text+proto")),
             (200, Some("application/grpc-web-text+proto".into()), Some("4".into()))

@@ -118,6 +118,9 @@ where
                         .unwrap_or("0")
                         .to_string();
                     counted.answered(&code);
+                } else {
+                    // The layers inside answer every call; an error of theirs is no answer.
+                    counted.answered(&(tonic::Code::Unknown as i32).to_string());
                 }
                 res
             }
@@ -127,7 +130,8 @@ where
 }
 
 /// A call being served, counted once in the metrics: with the code it is answered with, or
-/// as CANCELLED if its caller went away first (its answer is then dropped unfinished).
+/// as CANCELLED if its answer is dropped unfinished (its caller went away, tonic's backstop
+/// timer fired, or the drain timeout abandoned it).
 struct Counted {
     service: String,
     method: String,
@@ -163,11 +167,12 @@ impl Drop for Counted {
 
 /// Answers a call still unanswered at its deadline with DEADLINE_EXCEEDED: the caller's
 /// (`grpc-timeout`), within the server's own limit on any call. tonic keeps the same timer
-/// outside every layer, but what it answers there says CANCELLED ("Timeout expired"), is not
-/// counted in the metrics nor recorded on the call's span, and carries no CORS headers, so
-/// a browser cannot even read it. This timer is set a millisecond sooner, so it answers
-/// first, inside the other layers: with the right code, counted, and seen by CORS. As with
-/// tonic's, only the answer's start is timed: a stream that has begun runs on.
+/// outside every layer, but what it answers there says CANCELLED ("Timeout expired"), drops
+/// the layers' work unfinished (the trace layer can only count it as cancelled) and carries
+/// no CORS headers, so a browser cannot even read it. This timer is set a millisecond
+/// sooner, so it answers first, inside the other layers: with the right code, counted as
+/// such, and seen by CORS. tonic's stays as a backstop. As with tonic's, only the answer's
+/// start is timed: a stream that has begun runs on.
 #[derive(Debug, Clone)]
 pub struct DeadlineLayer {
     limit: std::time::Duration,
@@ -194,8 +199,11 @@ pub struct Deadline<S> {
     limit: std::time::Duration,
 }
 
-/// How much sooner than tonic's timer this one is set: tonic's sleep starts a few
-/// microseconds earlier, and timers fire on millisecond ticks.
+/// How much sooner than tonic's timer this one is set. Ours is created first: tonic calls
+/// the layers before it creates its sleep (`GrpcTimeout::call`, tonic 0.14), CORS and the
+/// trace layer call on at once, and so does this layer. tokio rounds a timer up to its next
+/// millisecond tick, so a millisecond less puts ours on an earlier tick; and tonic polls the
+/// layers' answer before its own sleep. `tests/deadline.rs` holds many calls to this.
 const SOONER: std::time::Duration = std::time::Duration::from_millis(1);
 
 impl<S, B> Service<http::Request<B>> for Deadline<S>
@@ -220,7 +228,7 @@ where
             _ => (self.limit, "the server's limit on any call"),
         };
         let timer = tokio::time::sleep(within.saturating_sub(SOONER));
-        let kind = req.headers().get(http::header::CONTENT_TYPE).cloned();
+        let kind = crate::http_json::Caller::of(req.headers());
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let answer = inner.call(req);
@@ -230,10 +238,9 @@ where
                 res = answer => res,
                 () = timer => {
                     let late = tonic::Status::deadline_exceeded(format!(
-                        "no answer within {} ms, {whose}",
-                        within.as_millis()
+                        "no answer within {within:?}, {whose}"
                     ));
-                    Ok(crate::http_json::respond_as(kind.as_ref(), late))
+                    Ok(kind.respond(late))
                 }
             }
         })
@@ -397,8 +404,9 @@ where
     E: Send + 'static,
 {
     let res = crate::http_json::respond(req.headers(), status);
-    let wait =
-        crate::client::grpc_timeout(req.headers()).map_or(DRAINED_FOR, |t| t.min(DRAINED_FOR));
+    // Within the call's deadline, before the deadline layer's timer answers in its place.
+    let wait = crate::client::grpc_timeout(req.headers())
+        .map_or(DRAINED_FOR, |t| t.saturating_sub(SOONER * 2).min(DRAINED_FOR));
     Box::pin(async move {
         let _ = tokio::time::timeout(wait, discard(req.into_body(), DRAINED_BYTES)).await;
         Ok(res)
@@ -461,12 +469,7 @@ where
 
     fn call(&mut self, req: http::Request<Body>) -> Self::Future {
         use tower::ServiceExt;
-        let web = req
-            .headers()
-            .get(http::header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|t| t.starts_with("application/grpc-web"));
-        if web {
+        if crate::http_json::Caller::of(req.headers()).is_grpc_web() {
             let svc = self.web.clone();
             Box::pin(async move { svc.oneshot(req).await })
         } else {

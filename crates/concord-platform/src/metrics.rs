@@ -4,8 +4,9 @@
 //! format at `/metrics` on `--metrics-addr` ([`serve`]).
 //!
 //! A call is counted when its response starts: unary calls with their final code; streams
-//! with the code they start with (their end is in trailers). A call whose caller went away
-//! before it was answered is counted as `Canceled`.
+//! with the code they start with (their end is in trailers). A call dropped before it was
+//! answered (its caller went away, or the drain timeout abandoned it) is counted as
+//! `Canceled`.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;

@@ -35,13 +35,20 @@ fn link_at(uri: String, service: &str) -> ServiceLink {
     ServiceLink { uri, tls: None, principal: Some(relay_principal(service)) }
 }
 
-/// A TCP relay to the server at `uri` that holds back everything the server sends for
-/// `delay`: a slow registry, at the relay's URI.
-async fn slow(uri: &str, delay: Duration) -> String {
+/// A TCP relay to the server at `uri` that holds back what the server sends until `open`
+/// says so (or for at most 10 s), then passes it on: a registry that answers late. Gives the
+/// relay's URI and the instant it last passed something on, if it has.
+async fn held(
+    uri: &str,
+    open: impl Fn() -> bool + Send + Sync + 'static,
+) -> (String, Arc<std::sync::Mutex<Option<std::time::Instant>>>) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let to = uri.trim_start_matches("http://").to_string();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let at = listener.local_addr().unwrap();
+    let last = Arc::new(std::sync::Mutex::new(None));
+    let (open, passed) = (Arc::new(open), last.clone());
+    let until = tokio::time::Instant::now() + Duration::from_secs(10);
     tokio::spawn(async move {
         while let Ok((client, _)) = listener.accept().await {
             let Ok(server) = tokio::net::TcpStream::connect(&to).await else { continue };
@@ -50,21 +57,32 @@ async fn slow(uri: &str, delay: Duration) -> String {
             tokio::spawn(async move {
                 let _ = tokio::io::copy(&mut client_read, &mut server_write).await;
             });
+            let (open, passed) = (open.clone(), passed.clone());
             tokio::spawn(async move {
                 let mut buf = vec![0u8; 64 * 1024];
                 while let Ok(n) = server_read.read(&mut buf).await {
                     if n == 0 {
                         break;
                     }
-                    tokio::time::sleep(delay).await;
+                    while !open() && tokio::time::Instant::now() < until {
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
                     if client_write.write_all(&buf[..n]).await.is_err() {
                         break;
                     }
+                    *passed.lock().unwrap() = Some(std::time::Instant::now());
                 }
             });
         }
     });
-    format!("http://{at}")
+    (format!("http://{at}"), last)
+}
+
+/// RecordHandOver calls the registry (in this process) has answered OK, from its metrics.
+fn hand_overs_answered() -> u64 {
+    let line = "grpc_server_handled_total{grpc_service=\"concord.registry.v1.RegistryService\",grpc_method=\"RecordHandOver\",grpc_code=\"OK\"} ";
+    let text = concord_platform::metrics::RPC.render();
+    text.lines().find_map(|l| l.strip_prefix(line)).map_or(0, |n| n.trim().parse().unwrap())
 }
 
 /// The `request.registry_recorded` events of the request `name` in the requests service's
@@ -367,8 +385,8 @@ async fn a_mother_and_two_children_are_repatriated_across_the_suite_once_whateve
     }
     // Sending them again (as after a crash before the relay's commit) changes nothing: the
     // registry answers the same request ids from its idempotency record. Two replicas of the
-    // service send them at once, to a registry slow enough that each reads them pending
-    // before either records them: the request's record changes once, one event says so.
+    // service send them at once, and both read them pending before either records them: the
+    // request's record changes once, one event says so.
     server.stop().await.unwrap();
     let db = concord_platform::storage::Db::connect(
         &req_db.url,
@@ -389,9 +407,25 @@ async fn a_mother_and_two_children_are_repatriated_across_the_suite_once_whateve
         .unwrap();
     tx.commit().await.unwrap();
     let events_before = recorded_events(&db, &name).await;
-    let slow_registry = slow(&registry.uri(), Duration::from_millis(300)).await;
+    // The registry's answers are held until it has answered both replicas for all three, so
+    // each has read them pending before either can record them.
+    let calls_before = hand_overs_answered();
+    let both = move || hand_overs_answered() >= calls_before + 6;
+    let (slow_registry, last_answer) = held(&registry.uri(), both).await;
     let server = requests_server_at(&req_db, slow_registry.clone()).await;
     let replica = requests_server_at(&req_db, slow_registry).await;
+    eventually("both replicas send the three hand-overs", || {
+        let sent = both();
+        async move { sent.then_some(()) }
+    })
+    .await;
+    // Each replica records what it got once the answers stop coming: a moment later.
+    eventually("the registry's answers all passed on", || {
+        let quiet =
+            last_answer.lock().unwrap().is_some_and(|t| t.elapsed() >= Duration::from_secs(1));
+        async move { quiet.then_some(()) }
+    })
+    .await;
     let fr = requests(&server, ministry("FR")).await;
     eventually("the resent hand-overs are answered", || {
         let mut fr = fr.clone();
@@ -405,8 +439,6 @@ async fn a_mother_and_two_children_are_repatriated_across_the_suite_once_whateve
         }
     })
     .await;
-    // The other replica's relay ends within a few of the slow registry's delays.
-    tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(recorded_events(&db, &name).await, events_before + 1, "one change, one event");
     replica.stop().await.unwrap();
     db.close().await;
