@@ -137,6 +137,20 @@ impl Db {
         &self.reader
     }
 
+    /// A read that sees one state of the database across its statements (a resource and
+    /// its rows in other tables, whose etag must name what is returned): a read-only
+    /// transaction on a reader connection. PostgreSQL: REPEATABLE READ, READ ONLY; SQLite: a
+    /// deferred transaction, whose first read fixes its snapshot (WAL). Without it, a write
+    /// committed between two statements shows half of itself.
+    pub async fn snapshot(&self) -> Result<Snapshot> {
+        let begin = match self.dialect {
+            Dialect::Postgres => "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",
+            Dialect::Sqlite => "BEGIN",
+        };
+        let tx = self.reader.begin_with(begin).await.map_err(map_sqlx)?;
+        Ok(Snapshot { tx })
+    }
+
     /// Begins a write transaction.
     pub async fn begin(&self) -> Result<Tx> {
         let tx = self.writer.begin().await.map_err(map_sqlx)?;
@@ -217,6 +231,18 @@ pub async fn lock_rows(tx: &mut Tx, table: &'static str, ids: &[&str]) -> Result
         sqlx::query(&sql).bind(id).execute(tx.conn()).await.db()?;
     }
     Ok(())
+}
+
+/// See [`Db::snapshot`]. It writes nothing; dropped, it ends.
+pub struct Snapshot {
+    tx: sqlx::Transaction<'static, sqlx::Any>,
+}
+
+impl Snapshot {
+    /// The connection, for the reads.
+    pub fn conn(&mut self) -> &mut AnyConnection {
+        &mut self.tx
+    }
 }
 
 impl Tx {

@@ -44,6 +44,37 @@ async fn sqlite_runs_in_wal_mode_with_full_sync() {
 }
 
 #[tokio::test]
+async fn a_snapshot_sees_one_state_of_the_database_across_its_reads() {
+    let (db, _t) = db().await;
+    let write = |id: &'static str| {
+        let db = db.clone();
+        async move {
+            let mut tx = db.begin().await.unwrap();
+            sqlx::query(
+                "INSERT INTO idempotency_keys (agency, request_id, method, fingerprint, resource_name, create_time) VALUES ('a', $1, 'm', 'f', '', 0)",
+            )
+            .bind(id)
+            .execute(tx.conn())
+            .await
+            .unwrap();
+            tx.commit().await.unwrap();
+        }
+    };
+    let q = "SELECT COUNT(*) FROM idempotency_keys";
+    write("1").await;
+    let mut read = db.snapshot().await.unwrap();
+    let first: i64 = sqlx::query_scalar(q).fetch_one(read.conn()).await.unwrap();
+    assert_eq!(first, 1);
+    // A write commits between two reads of the snapshot; the second does not see it.
+    write("2").await;
+    let second: i64 = sqlx::query_scalar(q).fetch_one(read.conn()).await.unwrap();
+    assert_eq!(second, 1, "the snapshot moved");
+    drop(read);
+    let now: i64 = sqlx::query_scalar(q).fetch_one(db.reader()).await.unwrap();
+    assert_eq!(now, 2);
+}
+
+#[tokio::test]
 async fn unique_violations_map_to_already_exists() {
     let (db, _t) = db().await;
     let mut tx = db.begin().await.unwrap();

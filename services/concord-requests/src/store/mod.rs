@@ -325,9 +325,12 @@ impl Store {
 
     /// One request the caller is a party to.
     pub async fn get(&self, access: &Access, id: &str) -> Result<Request> {
-        let (mut r, _) = self.party(self.db.reader(), access, id).await?;
+        // The request and its subjects as of one moment, so its etag names what is returned
+        // (the relay may be recording subjects meanwhile).
+        let mut read = self.db.snapshot().await?;
+        let (mut r, _) = self.party(read.conn(), access, id).await?;
         r.subjects = self
-            .subjects(self.db.reader(), std::slice::from_ref(&r.id))
+            .subjects(read.conn(), std::slice::from_ref(&r.id))
             .await?
             .into_iter()
             .map(|(_, s)| s)
@@ -359,12 +362,14 @@ impl Store {
             sql.push(" AND r.id < ").bind_text(b);
         }
         sql.push(" ORDER BY r.id DESC LIMIT ").bind_int(limit);
-        let rows = sql.query(self.db.dialect()).fetch_all(self.db.reader()).await.db()?;
+        // The page and its subjects as of one moment (see `get`).
+        let mut read = self.db.snapshot().await?;
+        let rows = sql.query(self.db.dialect()).fetch_all(read.conn()).await.db()?;
         let mut out: Vec<Request> = rows.iter().map(from_row).collect::<Result<_>>()?;
         let ids: Vec<String> = out.iter().map(|r| r.id.clone()).collect();
         let mut by_request: std::collections::BTreeMap<String, Vec<Subject>> = Default::default();
         for chunk in ids.chunks(concord_platform::sql::MAX_IN_LIST) {
-            for (id, s) in self.subjects(self.db.reader(), chunk).await? {
+            for (id, s) in self.subjects(read.conn(), chunk).await? {
                 by_request.entry(id).or_default().push(s);
             }
         }
