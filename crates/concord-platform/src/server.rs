@@ -337,7 +337,6 @@ pub async fn serve(
         .accept_http1(web)
         // A backstop: the deadline layer answers a millisecond sooner (see there).
         .timeout(cfg.request_timeout)
-        .tcp_nodelay(true)
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
         // Client streams (imports) would otherwise stall on the 64 KiB default window,
         // waiting a round trip for each window update.

@@ -46,13 +46,13 @@ pub struct JsonEdge {
 }
 
 impl JsonEdge {
-    /// Serves the methods of `services` (gRPC name and service); no call waits longer than
-    /// `max_deadline` (less a margin) for its answer.
+    /// Serves the methods of `services` (gRPC name and service), described in `pool` (the
+    /// contracts); no call waits longer than `max_deadline` (less a margin) for its answer.
     pub fn new(
+        pool: DescriptorPool,
         max_deadline: std::time::Duration,
         services: Vec<(&'static str, Inner)>,
     ) -> anyhow::Result<Self> {
-        let pool = DescriptorPool::decode(concord_proto::FILE_DESCRIPTOR_SET)?;
         let names: Vec<&str> = services.iter().map(|(n, _)| *n).collect();
         let openapi =
             Bytes::from(serde_json::to_vec_pretty(&crate::openapi::document(&pool, &names)?)?);

@@ -87,11 +87,15 @@ pub fn services(
         (proxy::Facilities::NAME, backends.facilities.clone()),
         (proxy::Requests::NAME, backends.requests.clone()),
     ];
-    let (max, s) = (cfg.request_timeout, &shutdown);
-    let registry = proxy::Proxy::<proxy::Registry>::new(backends.registry, max, s.clone())?;
-    let facilities = proxy::Proxy::<proxy::Facilities>::new(backends.facilities, max, s.clone())?;
-    let requests = proxy::Proxy::<proxy::Requests>::new(backends.requests, max, s.clone())?;
+    // The contracts, decoded once for the pass-through and the JSON edge.
+    let contracts = prost_reflect::DescriptorPool::decode(concord_proto::FILE_DESCRIPTOR_SET)?;
+    let (max, s, c) = (cfg.request_timeout, &shutdown, &contracts);
+    let registry = proxy::Proxy::<proxy::Registry>::new(backends.registry, max, s.clone(), c)?;
+    let facilities =
+        proxy::Proxy::<proxy::Facilities>::new(backends.facilities, max, s.clone(), c)?;
+    let requests = proxy::Proxy::<proxy::Requests>::new(backends.requests, max, s.clone(), c)?;
     let edge = json::JsonEdge::new(
+        contracts,
         max,
         vec![
             (grpc::NAME, json::Inner::new(gateway.clone())),

@@ -94,13 +94,15 @@ pub struct Proxy<U> {
 impl<U: Upstream> Proxy<U> {
     /// Over `channel`; the service is given at most `max_deadline` (the gateway's own limit
     /// on a call), less a margin for the answer to come back through the gateway. Watch
-    /// streams end when `shutdown` begins.
+    /// streams end when `shutdown` begins. Its writes' request ids are found from
+    /// `contracts`.
     pub fn new(
         channel: TracedChannel,
         max_deadline: Duration,
         shutdown: Shutdown,
+        contracts: &prost_reflect::DescriptorPool,
     ) -> anyhow::Result<Self> {
-        let request_ids = Arc::new(request_id_fields(U::NAME)?);
+        let request_ids = Arc::new(request_id_fields(contracts, U::NAME)?);
         Ok(Self { channel, max_deadline, shutdown, request_ids, _upstream: PhantomData })
     }
 }
@@ -109,14 +111,16 @@ impl<U: Upstream> Proxy<U> {
 /// method's name and where the id is: the number of the `request_id` string field, after
 /// that of the message field holding it when it is one level down (a custody change's
 /// `transition.request_id`). From the contracts.
-pub fn request_id_fields(service: &str) -> anyhow::Result<HashMap<String, Vec<u32>>> {
+pub fn request_id_fields(
+    contracts: &prost_reflect::DescriptorPool,
+    service: &str,
+) -> anyhow::Result<HashMap<String, Vec<u32>>> {
     use prost_reflect::{Kind, MessageDescriptor};
     fn id(m: &MessageDescriptor) -> Option<u32> {
         let f = m.get_field_by_name("request_id")?;
         (f.kind() == Kind::String && !f.is_list()).then(|| f.number())
     }
-    let pool = prost_reflect::DescriptorPool::decode(concord_proto::FILE_DESCRIPTOR_SET)?;
-    let service = pool
+    let service = contracts
         .get_service_by_name(service)
         .ok_or_else(|| anyhow::anyhow!("{service} is not in the contracts"))?;
     Ok(service
@@ -231,7 +235,6 @@ impl<U: Upstream> Service<http::Request<Body>> for Proxy<U> {
         // The service stops before the gateway gives up on it, so the partner gets its
         // answer (or its DEADLINE_EXCEEDED), not the gateway's timeout.
         let budget = pass_on(req.headers(), self.max_deadline);
-        set_timeout(req.headers_mut(), budget);
         let channel = self.channel.clone();
         let path = req.uri().path();
         // A write may be sent again only if it carries a request id, found below.
@@ -241,9 +244,11 @@ impl<U: Upstream> Service<http::Request<Body>> for Proxy<U> {
             match path.rsplit('/').next().and_then(|m| self.request_ids.get(m)) {
                 Some(field) => Some(field.clone()),
                 None => {
+                    // Sent once, as it comes.
+                    set_timeout(req.headers_mut(), budget);
                     return Box::pin(async move {
                         Ok(send(channel, req).await.unwrap_or_else(|e| failed::<U>(&e)))
-                    })
+                    });
                 }
             }
         };
@@ -551,16 +556,19 @@ mod tests {
     fn the_request_id_of_each_write_is_found_without_decoding_it() {
         use concord_proto::registry::v1 as reg;
         use concord_proto::requests::v1 as req;
-        let registry = request_id_fields(Registry::NAME).unwrap();
+        let contracts =
+            prost_reflect::DescriptorPool::decode(concord_proto::FILE_DESCRIPTOR_SET).unwrap();
+        let fields = |service: &str| request_id_fields(&contracts, service);
+        let registry = fields(Registry::NAME).unwrap();
         assert_eq!(registry["CreatePerson"], [2]);
         assert_eq!(registry["AdmitPerson"], [4, 5], "transition.request_id");
         assert_eq!(registry.get("GetPerson"), None, "a read is not in the table");
         assert_eq!(registry.get("RevokeSharingAgreement"), None, "no request id");
         assert_eq!(registry.get("ImportPersons"), None, "a client stream is sent once");
-        let requests = request_id_fields(Requests::NAME).unwrap();
+        let requests = fields(Requests::NAME).unwrap();
         assert_eq!(requests["TransitionRequest"], [6]);
-        assert!(request_id_fields(Facilities::NAME).unwrap().contains_key("CreateFacility"));
-        assert!(request_id_fields("concord.nothing.v1.Nothing").is_err());
+        assert!(fields(Facilities::NAME).unwrap().contains_key("CreateFacility"));
+        assert!(fields("concord.nothing.v1.Nothing").is_err());
 
         let person =
             Some(reg::Person { sex: 2, facility_id: "x".repeat(300), ..Default::default() });
