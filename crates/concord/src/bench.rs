@@ -20,7 +20,10 @@
 //! taking turns in 250 ms slices so both meet the same moments of the disk), and the case file
 //! against the bare echo. The pass-through is measured with the suite's own gateway, which
 //! shares the services' core, and with a second gateway in its own process on the load
-//! generator's core, as deployed (its own pods, not the services' CPU).
+//! generator's core, as deployed (its own pods, not the services' CPU). While that second
+//! gateway carries the calls, the CPU time each process uses per call is read from `/proc`:
+//! what the gateway costs per passed-through call, against what the services cost per direct
+//! call, which bounds the throughput ratio on a shared core without the noise of timing.
 
 /// mimalloc: the servers allocate per call (headers, spans, messages); it is faster than
 /// the system allocator under this load.
@@ -552,6 +555,46 @@ where
     F: Fn(usize) -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<()>>,
 {
+    Ok(counted(concurrency, secs, call).await?.0)
+}
+
+/// The CPU time the process `pid` has used so far, all its threads (from
+/// `/proc/<pid>/task/*/schedstat`, in nanoseconds); `None` where there is no `/proc`.
+fn cpu_time(pid: u32) -> Option<Duration> {
+    let mut total = 0u64;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).ok()? {
+        let stat = std::fs::read_to_string(task.ok()?.path().join("schedstat")).ok()?;
+        total += stat.split_whitespace().next()?.parse::<u64>().ok()?;
+    }
+    Some(Duration::from_nanos(total))
+}
+
+/// The CPU time each of `pids` used per call while `run` made its calls, in microseconds, and
+/// the calls per second `run` measured.
+async fn cpu_per_call<Fut>(pids: &[u32], run: Fut) -> anyhow::Result<(f64, Vec<Option<f64>>)>
+where
+    Fut: std::future::Future<Output = anyhow::Result<(f64, u64)>>,
+{
+    let before: Vec<_> = pids.iter().map(|p| cpu_time(*p)).collect();
+    let (rps, calls) = run.await?;
+    let per_call = pids
+        .iter()
+        .zip(before)
+        .map(|(p, b)| {
+            let used = cpu_time(*p)?.checked_sub(b?)?;
+            Some(used.as_secs_f64() * 1e6 / calls.max(1) as f64)
+        })
+        .collect();
+    Ok((rps, per_call))
+}
+
+/// Calls per second made by `concurrency` workers calling `call` for `secs`, and how many
+/// calls were made.
+async fn counted<F, Fut>(concurrency: usize, secs: u64, call: F) -> anyhow::Result<(f64, u64)>
+where
+    F: Fn(usize) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
     let deadline = Instant::now() + Duration::from_secs(secs);
     let started = Instant::now();
     let workers = (0..concurrency).map(|w| {
@@ -568,7 +611,8 @@ where
         }
     });
     let counts = futures::future::try_join_all(workers).await?;
-    Ok(counts.iter().sum::<u64>() as f64 / started.elapsed().as_secs_f64())
+    let calls = counts.iter().sum::<u64>();
+    Ok((calls as f64 / started.elapsed().as_secs_f64(), calls))
 }
 
 async fn get_vs_echo(s: &Servers, args: &Args) -> anyhow::Result<()> {
@@ -1171,6 +1215,8 @@ mod gateway {
         let (mut p90_direct, mut p90_via) = (Vec::new(), Vec::new());
         let (mut pass_own, mut added_own) = (Vec::new(), Vec::new());
         let mut added_sliced = Vec::new();
+        let (mut cpu_direct, mut cpu_behind, mut cpu_gateway) =
+            (Vec::new(), Vec::new(), Vec::new());
         for round in 0..args.rounds {
             let echo_rps = throughput(args.concurrency, args.seconds, |i| {
                 let mut g = tonic::client::Grpc::new(echo_ch.clone());
@@ -1187,10 +1233,23 @@ mod gateway {
                 }
             })
             .await?;
-            let direct_rps =
-                throughput(args.concurrency, args.seconds, |i| get(&direct, i)).await?;
+            let (servers, own) = (s.child.id(), s.own_child.id());
+            let (direct_rps, direct_cpu) = cpu_per_call(
+                &[servers],
+                counted(args.concurrency, args.seconds, |i| get(&direct, i)),
+            )
+            .await?;
             let via_rps = throughput(args.concurrency, args.seconds, |i| get(&via, i)).await?;
-            let own_rps = throughput(args.concurrency, args.seconds, |i| get(&via_own, i)).await?;
+            let (own_rps, own_cpu) = cpu_per_call(
+                &[servers, own],
+                counted(args.concurrency, args.seconds, |i| get(&via_own, i)),
+            )
+            .await?;
+            if let ([Some(d)], [Some(v), Some(g)]) = (&direct_cpu[..], &own_cpu[..]) {
+                cpu_direct.push(*d);
+                cpu_behind.push(*v);
+                cpu_gateway.push(*g);
+            }
             let file_rps = throughput(args.concurrency, args.seconds, |i| {
                 case_file(files.clone(), mothers[i % mothers.len()].clone())
             })
@@ -1260,6 +1319,16 @@ mod gateway {
             "[gateway] the same, direct and passed-through calls taking turns in {} ms slices: median {m:.3} ms (range {lo:.3}-{hi:.3})",
             SLICE.as_millis()
         );
+        if !cpu_gateway.is_empty() {
+            let (d, _, _) = median(&mut cpu_direct);
+            let (v, _, _) = median(&mut cpu_behind);
+            let (g, glo, ghi) = median(&mut cpu_gateway);
+            println!(
+                "[gateway] CPU per GetPerson (all threads, /proc): the services {d:.0} us for a direct call, {v:.0} us for a passed-through one; the gateway in its own process {g:.0} us (range {glo:.0}-{ghi:.0}), {:.2}x of a direct call. On one shared core that allows at most {:.2}x of direct throughput",
+                g / d,
+                d / (g + v)
+            );
+        }
         let (m, lo, hi) = median(&mut file_vs_echo);
         println!(
             "[gateway] case file (5 parts from 3 services) vs bare tonic echo: median {m:.2}x, range {lo:.2}-{hi:.2}"
