@@ -22,7 +22,9 @@
 #     replica (the gateway has no database), and no two services share a database URL source;
 #     CONCORD_TLS_CERT/_KEY/_CLIENT_CA come together with CONCORD_AGENCIES and point into
 #     volume mounts, and without them (demo PKI) CONCORD_DATA_DIR is on a volume claim of a
-#     single replica and CONCORD_DEMO_SERVER_NAMES lists the workload's Services;
+#     single replica and CONCORD_DEMO_SERVER_NAMES lists the workload's Services; a demo PKI
+#     only where one workload runs alone (each makes its own CA, so services run apart on
+#     demo PKIs could not verify each other);
 #     Service/PDB/NetworkPolicy selectors select exactly one workload, every workload has a
 #     Service, a PDB and a NetworkPolicy, a StatefulSet's serviceName is a headless Service of
 #     its own pods, workload selectors do not overlap, volume mounts have volumes, envFrom
@@ -506,6 +508,14 @@ def check_set(where, objs, namespace=None):
             err(where, f"{kind_name}: selector matches several workloads "
                        f"({', '.join(p[0] for p in found)}): one per service")
         return found
+
+    # Services run apart (one workload each) call each other over mutual TLS, which verifies
+    # only with one CA: a demo PKI is made per workload, each with its own CA.
+    demo = [w for w, _, _, _, info in pods if info.get("demo_names") is not None]
+    if demo and len(pods) > 1:
+        err(where, f"{', '.join(demo)}: on a demo PKI of its own while {len(pods)} workloads "
+                   "run apart: each would have its own CA and could not call the others; mount "
+                   "one set of certificates (Secret concord-tls) in every workload")
 
     # Each service owns its database: no two services read their URL from the same place.
     owners = {}

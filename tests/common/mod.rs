@@ -3,8 +3,6 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, dead_code)]
 
-use std::time::Duration;
-
 use concord_platform::auth::Purpose;
 use concord_platform::pki::DemoPki;
 use concord_platform::server::{Shutdown, ShutdownTrigger};
@@ -41,18 +39,7 @@ pub async fn start(cfg: &concord::Config) -> Part {
 
 /// Settings for `target` in `dir`, every address chosen by the OS.
 pub fn config(dir: &std::path::Path, target: concord::Target) -> concord::Config {
-    let mut cfg = concord::Config::with_data_dir(dir.to_path_buf());
-    cfg.target = target;
-    for a in [
-        &mut cfg.registry_addr,
-        &mut cfg.facilities_addr,
-        &mut cfg.requests_addr,
-        &mut cfg.gateway_addr,
-    ] {
-        *a = "127.0.0.1:0".parse().unwrap();
-    }
-    cfg.server.drain_grace = Duration::ZERO;
-    cfg
+    concord::Config::for_test(dir.to_path_buf(), target)
 }
 
 /// A channel to `addr` as `agency`, with its demo certificate.

@@ -170,6 +170,24 @@ impl Config {
         cfg
     }
 
+    /// Settings for `data_dir` serving `target` on ports the OS picks on 127.0.0.1, with no
+    /// wait before draining: a suite, or a part of one, as tests start it.
+    pub fn for_test(data_dir: PathBuf, target: Target) -> Self {
+        let mut cfg = Self::with_data_dir(data_dir);
+        cfg.target = target;
+        let any = SocketAddr::from(([127, 0, 0, 1], 0));
+        for a in [
+            &mut cfg.registry_addr,
+            &mut cfg.facilities_addr,
+            &mut cfg.requests_addr,
+            &mut cfg.gateway_addr,
+        ] {
+            *a = any;
+        }
+        cfg.server.drain_grace = std::time::Duration::ZERO;
+        cfg
+    }
+
     /// The facilities' separation rules.
     pub fn separation_rules(&self) -> concord_facilities::domain::SeparationRules {
         concord_facilities::domain::SeparationRules {

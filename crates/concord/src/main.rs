@@ -29,6 +29,77 @@ enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// Certificates for trying Concord out where its services run apart (Kubernetes).
+    Pki {
+        #[command(subcommand)]
+        command: PkiCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum PkiCommand {
+    /// Create one demo CA, a server certificate for every service and the demo agencies'
+    /// client certificates and directory in a folder, to be shared by every service (for
+    /// example as the Kubernetes Secrets the manifests mount). Demonstration only: the CA's
+    /// key is written next to them. A folder that already holds a PKI is left as it is.
+    Demo {
+        /// The folder to write into.
+        #[arg(long)]
+        dir: std::path::PathBuf,
+        /// The names the services are dialled by, all in the one server certificate; by
+        /// default the short and namespaced names of the Kubernetes Services (namespace
+        /// `concord`), and localhost for `kubectl port-forward`.
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "localhost,127.0.0.1,concord-registry,concord-registry.concord.svc,concord-facilities,concord-facilities.concord.svc,concord-requests,concord-requests.concord.svc,concord-gateway,concord-gateway.concord.svc"
+        )]
+        server_names: Vec<String>,
+    },
+}
+
+fn pki(command: PkiCommand) -> anyhow::Result<()> {
+    use concord_platform::pki;
+    match command {
+        PkiCommand::Demo { dir, server_names } => {
+            anyhow::ensure!(
+                server_names.iter().all(|n| !n.trim().is_empty()),
+                "--server-names has an empty name"
+            );
+            let names: Vec<&str> = server_names.iter().map(|n| n.trim()).collect();
+            let made = pki::ensure_demo(&dir, &names, &pki::demo_agencies())?;
+            let d = made.dir.display();
+            if !made.created {
+                println!("{d} already holds a PKI (ca.pem): left as it is");
+                return Ok(());
+            }
+            println!(
+                "Created a demo CA, a server certificate for {} and credentials for the agencies {} under {d}.",
+                names.join(", "),
+                pki::demo_agencies().iter().map(|a| a.id.as_str()).collect::<Vec<_>>().join(", "),
+            );
+            println!("For the Kubernetes manifests (deploy/kubernetes), in namespace concord:");
+            println!(
+                "  kubectl -n concord create secret generic concord-tls --type=kubernetes.io/tls --from-file=tls.crt={d}/server.pem --from-file=tls.key={d}/server.key --from-file=ca.crt={d}/ca.pem"
+            );
+            println!(
+                "  kubectl -n concord create configmap concord-agencies --from-file=agencies.toml={}",
+                made.directory().display()
+            );
+            for service in ["concord-facilities", "concord-requests", "concord-gateway"] {
+                let files = made.agency(service);
+                println!(
+                    "  kubectl -n concord create secret tls {service}-client --cert={} --key={}",
+                    files.cert.display(),
+                    files.key.display()
+                );
+            }
+            println!(
+                "Demonstration only: the CA's key ({d}/ca.key) can mint any agency's certificate."
+            );
+        }
+    }
+    Ok(())
 }
 
 #[derive(Subcommand)]
@@ -100,6 +171,7 @@ async fn main() -> anyhow::Result<()> {
     let cfg = match Cli::parse().command {
         Command::Serve(cfg) => cfg,
         Command::Audit { command } => return audit(command).await,
+        Command::Pki { command } => return pki(command),
     };
     let telemetry = concord_platform::telemetry::init("concord", &cfg.telemetry)?;
     let (trigger, shutdown) = Shutdown::new();

@@ -1,0 +1,130 @@
+//! `concord pki demo` as an operator runs it before deploying the services apart (each in its
+//! own pod, with its own data folder): one PKI that every service shares.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::Path;
+use std::process::Command;
+
+use concord_platform::auth::Purpose;
+use concord_platform::pki::DemoPki;
+use concord_platform::server::Shutdown;
+use concord_proto::facilities::v1 as fac;
+use concord_proto::facilities::v1::facilities_service_client::FacilitiesServiceClient;
+use concord_proto::registry::v1 as reg;
+use concord_proto::registry::v1::registry_service_client::RegistryServiceClient;
+use concord_proto::requests::v1 as req;
+use concord_proto::requests::v1::requests_service_client::RequestsServiceClient;
+use tonic::transport::Channel;
+
+fn pki_demo(dir: &Path) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_concord"))
+        .args(["pki", "demo", "--dir"])
+        .arg(dir)
+        .args(["--server-names", "localhost,concord-registry"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// `target` with its own data folder under `root`, on the shared PKI in `pki`, presenting
+/// `identity`'s certificate when it calls another service.
+fn config(
+    root: &Path,
+    pki: &DemoPki,
+    target: concord::Target,
+    identity: Option<&str>,
+) -> concord::Config {
+    let mut cfg = concord::Config::for_test(root.join(format!("{target:?}")), target);
+    let server = pki.server();
+    cfg.tls_cert = Some(server.cert);
+    cfg.tls_key = Some(server.key);
+    cfg.tls_client_ca = Some(server.ca);
+    cfg.agencies = Some(pki.directory());
+    if let Some(identity) = identity {
+        let me = pki.agency(identity);
+        cfg.service_cert = Some(me.cert);
+        cfg.service_key = Some(me.key);
+    }
+    cfg
+}
+
+#[tokio::test]
+async fn one_demo_pki_serves_every_service_run_apart() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("pki");
+    let printed = pki_demo(&dir);
+    assert!(printed.contains("create secret generic concord-tls"), "{printed}");
+    assert!(printed.contains("create secret tls concord-gateway-client"), "{printed}");
+    let pki = DemoPki { dir: dir.clone(), created: false };
+    let ca = std::fs::read(dir.join("ca.pem")).unwrap();
+    // A second run keeps what is there: the CA the deployed services trust stays the same.
+    assert!(pki_demo(&dir).contains("left as it is"));
+    assert_eq!(std::fs::read(dir.join("ca.pem")).unwrap(), ca);
+
+    // Each service in its own process's shape: its own data folder (no demo PKI of its own),
+    // the others reached by URL, as in Kubernetes.
+    let (trigger, shutdown) = Shutdown::new();
+    let mut tasks = Vec::new();
+    let start = |cfg: concord::Config| {
+        let shutdown = shutdown.clone();
+        async move {
+            let (running, served) = concord::start(&cfg, shutdown).await.unwrap();
+            (running, served)
+        }
+    };
+    let url =
+        |a: Option<std::net::SocketAddr>| Some(format!("https://localhost:{}", a.unwrap().port()));
+    let (registry, served) =
+        start(config(root.path(), &pki, concord::Target::Registry, None)).await;
+    tasks.push(tokio::spawn(served));
+    let mut cfg =
+        config(root.path(), &pki, concord::Target::Facilities, Some("concord-facilities"));
+    cfg.registry_url = url(registry.registry);
+    let (facilities, served) = start(cfg).await;
+    tasks.push(tokio::spawn(served));
+    let mut cfg = config(root.path(), &pki, concord::Target::Requests, Some("concord-requests"));
+    cfg.registry_url = url(registry.registry);
+    let (requests, served) = start(cfg).await;
+    tasks.push(tokio::spawn(served));
+    let mut cfg = config(root.path(), &pki, concord::Target::Gateway, Some("concord-gateway"));
+    cfg.registry_url = url(registry.registry);
+    cfg.facilities_url = url(facilities.facilities);
+    cfg.requests_url = url(requests.requests);
+    let (gateway, served) = start(cfg).await;
+    tasks.push(tokio::spawn(served));
+    for target in ["Registry", "Facilities", "Requests", "Gateway"] {
+        let own = root.path().join(target).join("pki");
+        assert!(!own.exists(), "{target} made a demo PKI of its own");
+    }
+
+    // A partner with the PKI's credentials reaches every service through the gateway: the
+    // gateway's client certificate and the services' server certificate share the CA.
+    let tls = pki.agency("fr-mfa").client_config("localhost").unwrap();
+    let ch = Channel::from_shared(format!("https://{}", gateway.gateway.unwrap()))
+        .unwrap()
+        .tls_config(tls)
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let purpose = || Purpose("consular case review".into());
+    RegistryServiceClient::with_interceptor(ch.clone(), purpose())
+        .list_persons(reg::ListPersonsRequest::default())
+        .await
+        .expect("the registry through the gateway");
+    FacilitiesServiceClient::with_interceptor(ch.clone(), purpose())
+        .list_facilities(fac::ListFacilitiesRequest::default())
+        .await
+        .expect("the facilities service through the gateway");
+    RequestsServiceClient::with_interceptor(ch, purpose())
+        .list_requests(req::ListRequestsRequest::default())
+        .await
+        .expect("the requests service through the gateway");
+
+    trigger.trigger();
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+}
