@@ -21,7 +21,8 @@
 #     a service on SQLite (no *_DATABASE_URL) has its database on a volume claim of a single
 #     replica (the gateway has no database), and no two services share a database URL source;
 #     CONCORD_TLS_CERT/_KEY/_CLIENT_CA come together with CONCORD_AGENCIES and point into
-#     volume mounts, and without them (demo PKI) CONCORD_DATA_DIR is on a volume claim of a
+#     volume mounts (and CONCORD_SERVICE_CERT/_KEY too, set where a service run alone on them
+#     calls others), and without them (demo PKI) CONCORD_DATA_DIR is on a volume claim of a
 #     single replica and CONCORD_DEMO_SERVER_NAMES lists the workload's Services; a demo PKI
 #     only where one workload runs alone (each makes its own CA, so services run apart on
 #     demo PKIs could not verify each other);
@@ -461,15 +462,26 @@ def check_set(where, objs, namespace=None):
                 err(where, f"{cname}: CONCORD_TLS_CERT, _KEY and _CLIENT_CA go together (only {tls} set)")
             if tls and not env.get("CONCORD_AGENCIES"):
                 err(where, f"{cname}: CONCORD_TLS_* needs CONCORD_AGENCIES (the agency directory)")
+            # A service that calls another, run alone on real certificates, presents its own
+            # client certificate; without one the binary looks for the demo PKI's, which
+            # is not there.
+            callers = [svc for svc in served if svc in ("facilities", "requests", "gateway")]
+            if tls and callers and len(served) == 1 and not (
+                    env.get("CONCORD_SERVICE_CERT") and env.get("CONCORD_SERVICE_KEY")):
+                err(where, f"{cname}: {callers[0]} on CONCORD_TLS_* calls other services but "
+                           "sets no CONCORD_SERVICE_CERT / CONCORD_SERVICE_KEY (its client "
+                           "certificate)")
             for var in ("CONCORD_TLS_CERT", "CONCORD_TLS_KEY", "CONCORD_TLS_CLIENT_CA",
-                        "CONCORD_AGENCIES", "CONCORD_POLICY"):
+                        "CONCORD_AGENCIES", "CONCORD_POLICY", "CONCORD_SERVICE_CERT",
+                        "CONCORD_SERVICE_KEY"):
                 path = str(env.get(var) or "")
                 if path.startswith("/") and not any(path.startswith(m + "/") for m in mounts):
                     err(where, f"{cname}: {var} {path} is not on a mounted volume")
             if not tls:
                 # Demo PKI: created under <data dir>/pki on first start. It must outlive the pod
                 # (a persistent volume claim) and be one per deployment (one replica). Each
-                # workload makes its own (its own demo CA): a documented demo limitation.
+                # workload makes its own (its own demo CA), so it only serves a workload that
+                # runs alone (checked below).
                 info["demo_names"] = {n.strip() for n in
                                       str(env.get("CONCORD_DEMO_SERVER_NAMES") or DEFAULT_DEMO_NAMES).split(",")}
                 if not on_claim(data_dir + "/pki"):

@@ -332,50 +332,56 @@ pub fn ensure_demo(
     std::fs::create_dir_all(parent)?;
     let tmp = parent.join(format!(".pki-{}", uuid::Uuid::new_v4()));
     std::fs::create_dir_all(tmp.join("agencies"))?;
+    // Nothing is left behind on failure: the folder holds the CA's and the agencies' keys.
+    let write = || -> anyhow::Result<()> {
+        let ca_key = KeyPair::generate()?;
+        let mut ca = CertificateParams::new(Vec::<String>::new())?;
+        ca.distinguished_name.push(DnType::CommonName, "Concord demo CA");
+        ca.distinguished_name.push(DnType::OrganizationName, "Concord (demonstration only)");
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let ca_cert = ca.self_signed(&ca_key)?;
+        std::fs::write(tmp.join("ca.pem"), ca_cert.pem())?;
+        write_private(&tmp.join("ca.key"), &ca_key.serialize_pem())?;
+        let issuer = Issuer::new(ca, ca_key);
 
-    let ca_key = KeyPair::generate()?;
-    let mut ca = CertificateParams::new(Vec::<String>::new())?;
-    ca.distinguished_name.push(DnType::CommonName, "Concord demo CA");
-    ca.distinguished_name.push(DnType::OrganizationName, "Concord (demonstration only)");
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    let ca_cert = ca.self_signed(&ca_key)?;
-    std::fs::write(tmp.join("ca.pem"), ca_cert.pem())?;
-    write_private(&tmp.join("ca.key"), &ca_key.serialize_pem())?;
-    let issuer = Issuer::new(ca, ca_key);
-
-    let leaf = |cn: &str, sans: Vec<String>, usage: ExtendedKeyUsagePurpose| {
-        let key = KeyPair::generate()?;
-        let mut p = CertificateParams::new(sans)?;
-        p.distinguished_name.push(DnType::CommonName, cn);
-        p.is_ca = IsCa::ExplicitNoCa;
-        p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        p.extended_key_usages = vec![usage];
-        let cert = p.signed_by(&key, &issuer)?;
-        anyhow::Ok((cert.pem(), key.serialize_pem()))
+        let leaf = |cn: &str, sans: Vec<String>, usage: ExtendedKeyUsagePurpose| {
+            let key = KeyPair::generate()?;
+            let mut p = CertificateParams::new(sans)?;
+            p.distinguished_name.push(DnType::CommonName, cn);
+            p.is_ca = IsCa::ExplicitNoCa;
+            p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+            p.extended_key_usages = vec![usage];
+            let cert = p.signed_by(&key, &issuer)?;
+            anyhow::Ok((cert.pem(), key.serialize_pem()))
+        };
+        let (cert, key) = leaf(
+            "concord",
+            server_names.iter().map(|s| s.to_string()).collect(),
+            ExtendedKeyUsagePurpose::ServerAuth,
+        )?;
+        std::fs::write(tmp.join("server.pem"), cert)?;
+        write_private(&tmp.join("server.key"), &key)?;
+        for a in agencies {
+            let (cert, key) = leaf(&a.id, vec![], ExtendedKeyUsagePurpose::ClientAuth)?;
+            std::fs::write(tmp.join("agencies").join(format!("{}.pem", a.id)), cert)?;
+            write_private(&tmp.join("agencies").join(format!("{}.key", a.id)), &key)?;
+        }
+        let directory = toml::to_string(&DirectoryFile { agencies: agencies.to_vec() })?;
+        std::fs::write(
+            tmp.join("agencies.toml"),
+            format!(
+                "# Agencies that may call Concord: a client certificate's common name is looked up\n\
+                 # here. Remove an agency to refuse it at once.\n\n{directory}"
+            ),
+        )?;
+        std::fs::rename(&tmp, dir)
+            .map_err(|e| anyhow::anyhow!("moving the new PKI to {}: {e}", dir.display()))
     };
-    let (cert, key) = leaf(
-        "concord",
-        server_names.iter().map(|s| s.to_string()).collect(),
-        ExtendedKeyUsagePurpose::ServerAuth,
-    )?;
-    std::fs::write(tmp.join("server.pem"), cert)?;
-    write_private(&tmp.join("server.key"), &key)?;
-    for a in agencies {
-        let (cert, key) = leaf(&a.id, vec![], ExtendedKeyUsagePurpose::ClientAuth)?;
-        std::fs::write(tmp.join("agencies").join(format!("{}.pem", a.id)), cert)?;
-        write_private(&tmp.join("agencies").join(format!("{}.key", a.id)), &key)?;
+    if let Err(e) = write() {
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(e);
     }
-    let directory = toml::to_string(&DirectoryFile { agencies: agencies.to_vec() })?;
-    std::fs::write(
-        tmp.join("agencies.toml"),
-        format!(
-            "# Agencies that may call Concord: a client certificate's common name is looked up\n\
-             # here. Remove an agency to refuse it at once.\n\n{directory}"
-        ),
-    )?;
-    std::fs::rename(&tmp, dir)
-        .map_err(|e| anyhow::anyhow!("moving the new PKI to {}: {e}", dir.display()))?;
     Ok(DemoPki { created: true, ..pki })
 }
 

@@ -39,57 +39,92 @@ enum Command {
 #[derive(Subcommand)]
 enum PkiCommand {
     /// Create one demo CA, a server certificate for every service and the demo agencies'
-    /// client certificates and directory in a folder, to be shared by every service (for
-    /// example as the Kubernetes Secrets the manifests mount). Demonstration only: the CA's
-    /// key is written next to them. A folder that already holds a PKI is left as it is.
+    /// client certificates and directory in a new folder, to be shared by every service (for
+    /// example as the Kubernetes Secrets the manifests mount), and print the commands that
+    /// load them. Demonstration only: the CA's key is written next to them. A folder that
+    /// already holds a PKI is kept as it is.
     Demo {
-        /// The folder to write into.
+        /// The folder to create (it must not exist, be empty, or hold a PKI already).
         #[arg(long)]
         dir: std::path::PathBuf,
         /// The names the services are dialled by, all in the one server certificate; by
-        /// default the short and namespaced names of the Kubernetes Services (namespace
-        /// `concord`), and localhost for `kubectl port-forward`.
-        #[arg(
-            long,
-            value_delimiter = ',',
-            default_value = "localhost,127.0.0.1,concord-registry,concord-registry.concord.svc,concord-facilities,concord-facilities.concord.svc,concord-requests,concord-requests.concord.svc,concord-gateway,concord-gateway.concord.svc"
-        )]
+        /// default every name of the Kubernetes Services in namespace `concord` (short,
+        /// namespaced, cluster.local, headless) and localhost for `kubectl port-forward`.
+        #[arg(long, value_delimiter = ',', default_values_t = demo_server_names())]
         server_names: Vec<String>,
+        /// More names, added to --server-names: the gateway's external DNS name, which
+        /// partners dial.
+        #[arg(long, value_delimiter = ',')]
+        extra_names: Vec<String>,
     },
+}
+
+/// Every name a client in the cluster may dial a service by, in namespace `concord`.
+fn demo_server_names() -> Vec<String> {
+    let mut names = vec!["localhost".to_string(), "127.0.0.1".to_string()];
+    // The gateway is a Deployment, without a headless Service.
+    for s in [
+        "concord-registry",
+        "concord-registry-headless",
+        "concord-facilities",
+        "concord-facilities-headless",
+        "concord-requests",
+        "concord-requests-headless",
+        "concord-gateway",
+    ] {
+        names.push(s.to_string());
+        names.push(format!("{s}.concord.svc"));
+        names.push(format!("{s}.concord.svc.cluster.local"));
+    }
+    names
 }
 
 fn pki(command: PkiCommand) -> anyhow::Result<()> {
     use concord_platform::pki;
     match command {
-        PkiCommand::Demo { dir, server_names } => {
+        PkiCommand::Demo { dir, server_names, extra_names } => {
+            let names: Vec<&str> =
+                server_names.iter().chain(&extra_names).map(|n| n.trim()).collect();
             anyhow::ensure!(
-                server_names.iter().all(|n| !n.trim().is_empty()),
-                "--server-names has an empty name"
+                names.iter().all(|n| !n.is_empty()),
+                "--server-names or --extra-names has an empty name"
             );
-            let names: Vec<&str> = server_names.iter().map(|n| n.trim()).collect();
+            let holds_pki = dir.join("ca.pem").exists();
+            if !holds_pki && dir.read_dir().is_ok_and(|mut d| d.next().is_some()) {
+                anyhow::bail!(
+                    "{} is not empty and holds no PKI: give a new folder for the demo PKI",
+                    dir.display()
+                );
+            }
+            if !holds_pki && dir.exists() {
+                // An empty folder: the new PKI is moved into its place.
+                std::fs::remove_dir(&dir)?;
+            }
             let made = pki::ensure_demo(&dir, &names, &pki::demo_agencies())?;
             let d = made.dir.display();
-            if !made.created {
-                println!("{d} already holds a PKI (ca.pem): left as it is");
-                return Ok(());
+            if made.created {
+                println!(
+                    "Created a demo CA, a server certificate for {} and credentials for the agencies {} under {d}.",
+                    names.join(", "),
+                    pki::demo_agencies().iter().map(|a| a.id.as_str()).collect::<Vec<_>>().join(", "),
+                );
+            } else {
+                println!(
+                    "{d} already holds a PKI (ca.pem): kept as it is, with the names it was made for (the names given now are not applied)."
+                );
             }
-            println!(
-                "Created a demo CA, a server certificate for {} and credentials for the agencies {} under {d}.",
-                names.join(", "),
-                pki::demo_agencies().iter().map(|a| a.id.as_str()).collect::<Vec<_>>().join(", "),
-            );
             println!("For the Kubernetes manifests (deploy/kubernetes), in namespace concord:");
             println!(
-                "  kubectl -n concord create secret generic concord-tls --type=kubernetes.io/tls --from-file=tls.crt={d}/server.pem --from-file=tls.key={d}/server.key --from-file=ca.crt={d}/ca.pem"
+                "  kubectl -n concord create secret generic concord-tls --type=kubernetes.io/tls --from-file=tls.crt='{d}/server.pem' --from-file=tls.key='{d}/server.key' --from-file=ca.crt='{d}/ca.pem'"
             );
             println!(
-                "  kubectl -n concord create configmap concord-agencies --from-file=agencies.toml={}",
+                "  kubectl -n concord create configmap concord-agencies --from-file=agencies.toml='{}'",
                 made.directory().display()
             );
             for service in ["concord-facilities", "concord-requests", "concord-gateway"] {
                 let files = made.agency(service);
                 println!(
-                    "  kubectl -n concord create secret tls {service}-client --cert={} --key={}",
+                    "  kubectl -n concord create secret tls {service}-client --cert='{}' --key='{}'",
                     files.cert.display(),
                     files.key.display()
                 );

@@ -17,13 +17,16 @@ use concord_proto::requests::v1 as req;
 use concord_proto::requests::v1::requests_service_client::RequestsServiceClient;
 use tonic::transport::Channel;
 
-fn pki_demo(dir: &Path) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_concord"))
+fn pki_demo(dir: &Path) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_concord"))
         .args(["pki", "demo", "--dir"])
         .arg(dir)
-        .args(["--server-names", "localhost,concord-registry"])
+        .args(["--extra-names", "concord.partners.example"])
         .output()
-        .unwrap();
+        .unwrap()
+}
+
+fn printed(out: std::process::Output) -> String {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8(out.stdout).unwrap()
 }
@@ -54,14 +57,26 @@ fn config(
 async fn one_demo_pki_serves_every_service_run_apart() {
     let root = tempfile::tempdir().unwrap();
     let dir = root.path().join("pki");
-    let printed = pki_demo(&dir);
-    assert!(printed.contains("create secret generic concord-tls"), "{printed}");
-    assert!(printed.contains("create secret tls concord-gateway-client"), "{printed}");
+    let made = printed(pki_demo(&dir));
+    assert!(made.contains("concord-requests-headless.concord.svc.cluster.local"), "{made}");
+    assert!(made.contains("concord.partners.example"), "{made}");
+    assert!(made.contains("create secret generic concord-tls"), "{made}");
+    assert!(made.contains("create secret tls concord-gateway-client"), "{made}");
     let pki = DemoPki { dir: dir.clone(), created: false };
     let ca = std::fs::read(dir.join("ca.pem")).unwrap();
     // A second run keeps what is there: the CA the deployed services trust stays the same.
-    assert!(pki_demo(&dir).contains("left as it is"));
+    assert!(printed(pki_demo(&dir)).contains("kept as it is"));
     assert_eq!(std::fs::read(dir.join("ca.pem")).unwrap(), ca);
+    // A folder holding something else is refused, and nothing is left beside it.
+    let other = root.path().join("other");
+    std::fs::create_dir(&other).unwrap();
+    std::fs::write(other.join("notes.txt"), "mine").unwrap();
+    let refused = pki_demo(&other);
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("is not empty"));
+    let left: Vec<_> =
+        std::fs::read_dir(root.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(left.len(), 2, "{left:?}");
 
     // Each service in its own process's shape: its own data folder (no demo PKI of its own),
     // the others reached by URL, as in Kubernetes.
@@ -118,10 +133,30 @@ async fn one_demo_pki_serves_every_service_run_apart() {
         .list_facilities(fac::ListFacilitiesRequest::default())
         .await
         .expect("the facilities service through the gateway");
-    RequestsServiceClient::with_interceptor(ch, purpose())
+    let mut requests = RequestsServiceClient::with_interceptor(ch, purpose());
+    requests
         .list_requests(req::ListRequestsRequest::default())
         .await
         .expect("the requests service through the gateway");
+    // The requests service checks a request's subjects with the registry, with its own
+    // certificate: the registry answers (no such person), it does not fail to be reached.
+    let nobody = format!("persons/{}", uuid::Uuid::now_v7());
+    let err = requests
+        .create_request(req::CreateRequestRequest {
+            request: Some(req::Request {
+                r#type: req::RequestType::ConsularAccess as i32,
+                requested_state: "IQ".into(),
+                custodial_authority: "custodial-authority".into(),
+                subjects: vec![req::Subject { person: nobody, ..Default::default() }],
+                summary: "Consular visit".into(),
+                ..Default::default()
+            }),
+            request_id: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+    assert!(err.message().contains("request.subjects[0].person"), "{err:?}");
 
     trigger.trigger();
     for t in tasks {
