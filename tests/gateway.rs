@@ -611,13 +611,35 @@ async fn a_case_file_keeps_its_deadline_and_says_which_parts_are_missing() {
         ]
     );
     assert!(file.person.is_some() && file.facility.is_none());
-    // A pass-through call to the black hole ends at its own deadline too.
+    // A pass-through call to the black hole ends at its own deadline too. The gateway answers
+    // 20 ms before it; this client keeps a timer of its own for the same deadline, which on
+    // a loaded machine may still fire first (CANCELLED).
     let mut slow = tonic::Request::new(fac::ListFacilitiesRequest::default());
     slow.set_timeout(Duration::from_millis(300));
     let started = Instant::now();
     let err = france.facilities.list_facilities(slow).await.unwrap_err();
     assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
     assert!(matches!(err.code(), Code::DeadlineExceeded | Code::Cancelled), "{err:?}");
+    // Without a deadline of the caller's, the gateway's own limit holds: the pass-through
+    // gives up on the service it cannot even connect to (its handshake hangs) before that
+    // limit, and says which service did not answer.
+    let mut cfg = config(dir.path(), concord::Target::Gateway);
+    cfg.server.request_timeout = Duration::from_millis(300);
+    cfg.registry_url =
+        Some(format!("https://localhost:{}", registry.running.registry.unwrap().port()));
+    cfg.facilities_url = Some(format!("https://localhost:{}", hole_addr.port()));
+    let limited = start(&cfg).await;
+    let mut hurried = partner(&pki, limited.running.gateway.unwrap(), "fr-mfa").await;
+    let started = Instant::now();
+    let err = hurried
+        .facilities
+        .list_facilities(fac::ListFacilitiesRequest::default())
+        .await
+        .unwrap_err();
+    assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
+    assert_eq!(err.code(), Code::DeadlineExceeded, "{err:?}");
+    assert!(err.message().contains("the facilities service did not answer"), "{err:?}");
+    limited.stop().await;
 
     // Health at the gateway says which services behind it answer.
     let mut health = HealthClient::new(channel(&pki, at, "fr-mfa").await);

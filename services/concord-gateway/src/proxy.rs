@@ -22,7 +22,8 @@
 //!   decides whether to send it again.
 //!
 //! An answer from the service, UNAVAILABLE included, is passed back as it is. A call whose
-//! deadline passed on the way gets DEADLINE_EXCEEDED, not a second try.
+//! deadline passed on the way gets DEADLINE_EXCEEDED naming the service, not a second try,
+//! also while a connection to the service is still being made (one whose handshake hangs).
 //!
 //! To be sent again a request is kept, up to [`KEPT_FOR_RETRY`] (requests to read, and
 //! writes with a request id, are small); a larger one streams through and is sent once.
@@ -247,7 +248,8 @@ impl<U: Upstream> Service<http::Request<Body>> for Proxy<U> {
                     // Sent once, as it comes.
                     set_timeout(req.headers_mut(), budget);
                     return Box::pin(async move {
-                        Ok(send(channel, req).await.unwrap_or_else(|e| failed::<U>(&e)))
+                        let deadline = tokio::time::Instant::now() + budget;
+                        Ok(send(channel, req, deadline).await.unwrap_or_else(|e| failed::<U>(&e)))
                     });
                 }
             }
@@ -261,7 +263,8 @@ impl<U: Upstream> Service<http::Request<Body>> for Proxy<U> {
                 // Less the time the request took to arrive.
                 let left = deadline.saturating_duration_since(tokio::time::Instant::now());
                 set_timeout(req.headers_mut(), left);
-                let res = send(channel.clone(), req).await.unwrap_or_else(|e| failed::<U>(&e));
+                let res =
+                    send(channel.clone(), req, deadline).await.unwrap_or_else(|e| failed::<U>(&e));
                 Ok(watched(res, shutdown.clone()))
             };
             let body = match keep(body, KEPT_FOR_RETRY).await {
@@ -284,7 +287,7 @@ impl<U: Upstream> Service<http::Request<Body>> for Proxy<U> {
                 set_timeout(r.headers_mut(), left);
                 r
             };
-            let res = match send(channel.clone(), copy()).await {
+            let res = match send(channel.clone(), copy(), deadline).await {
                 Ok(res) => res,
                 Err(e) => {
                     let left = deadline.saturating_duration_since(tokio::time::Instant::now());
@@ -293,7 +296,7 @@ impl<U: Upstream> Service<http::Request<Body>> for Proxy<U> {
                     }
                     tracing::debug!(service = U::SHORT, error = %e, "gateway: call sent again");
                     tokio::time::sleep(RETRY_AFTER).await;
-                    match send(channel, copy()).await {
+                    match send(channel, copy(), deadline).await {
                         Ok(res) => res,
                         Err(e) => return Ok(failed::<U>(&e)),
                     }
@@ -471,12 +474,40 @@ impl http_body::Body for Draining {
 pub const RETRY_AFTER: Duration = Duration::from_millis(25);
 
 /// Sends `req` on `channel`: the service's answer, or the error that kept it from the service.
+/// The channel times the call by its `grpc-timeout` only once a connection takes it, so a
+/// service that cannot be connected to (its handshake hangs) would hold the call until the
+/// connect timeout: `deadline` ends the wait, with tonic's own `TimeoutExpired`.
 async fn send(
     mut channel: TracedChannel,
     req: http::Request<Body>,
-) -> Result<http::Response<Body>, tonic::transport::Error> {
-    futures::future::poll_fn(|cx| channel.poll_ready(cx)).await?;
-    Ok(channel.call(req).await?.map(Body::new))
+    deadline: tokio::time::Instant,
+) -> Result<http::Response<Body>, Unsent> {
+    let sent = async {
+        futures::future::poll_fn(|cx| channel.poll_ready(cx)).await?;
+        Ok(channel.call(req).await?.map(Body::new))
+    };
+    match tokio::time::timeout_at(deadline, sent).await {
+        Ok(answer) => answer.map_err(Unsent::Failed),
+        Err(_) => Err(Unsent::Late),
+    }
+}
+
+/// Why a call passed on got no answer from the service.
+#[derive(Debug)]
+enum Unsent {
+    /// Its deadline passed before a connection took it.
+    Late,
+    /// The connection failed, or the channel's own timer fired.
+    Failed(tonic::transport::Error),
+}
+
+impl std::fmt::Display for Unsent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Unsent::Late => f.write_str("no connection within the call's deadline"),
+            Unsent::Failed(e) => e.fmt(f),
+        }
+    }
 }
 
 /// Sets `grpc-timeout` to `timeout` (at least a millisecond).
@@ -487,8 +518,10 @@ pub(crate) fn set_timeout(headers: &mut http::HeaderMap, timeout: Duration) {
     }
 }
 
-/// Whether `e` is the channel's own timer firing: the call's deadline passed on the way.
-fn is_late(e: &tonic::transport::Error) -> bool {
+/// Whether the call's deadline passed on the way: before a connection took it, or by the
+/// channel's own timer.
+fn is_late(e: &Unsent) -> bool {
+    let Unsent::Failed(e) = e else { return true };
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(err) = source {
         if err.is::<tonic::TimeoutExpired>() {
@@ -502,7 +535,7 @@ fn is_late(e: &tonic::transport::Error) -> bool {
 /// The answer to a call whose connection failed: DEADLINE_EXCEEDED if its deadline passed
 /// on the way, otherwise UNAVAILABLE naming the service (it could not be reached, or the
 /// connection broke before it answered).
-fn failed<U: Upstream>(e: &tonic::transport::Error) -> http::Response<Body> {
+fn failed<U: Upstream>(e: &Unsent) -> http::Response<Body> {
     if is_late(e) {
         return tonic::Status::deadline_exceeded(format!(
             "the {} service did not answer within the call's deadline",
