@@ -132,7 +132,7 @@ impl Store {
         after: Option<&str>,
         limit: i64,
     ) -> Result<Vec<CustodyEvent>> {
-        fetch_person(self.db.dialect(), self.db.reader(), scope, person_id).await?;
+        self.visible(scope, person_id).await?;
         let rows = sqlx::query(
             "SELECT id, person_id, from_status, to_status, facility_id, reason, source, reference, occur_time, record_time, recorded_by \
              FROM custody_events WHERE person_id = $1 AND id > $2 ORDER BY id LIMIT $3",

@@ -161,6 +161,21 @@ impl Store {
         Ok(p)
     }
 
+    /// Whether the person `id` is in the caller's scope: NOT_FOUND otherwise, as
+    /// [`Store::get_person`] answers. The check that comes before reading what is recorded
+    /// about a person (its timeline, its records); from the cache when it holds them, without
+    /// a copy of the person.
+    pub async fn visible(&self, scope: &Scope, id: &str) -> Result<()> {
+        if let Some(hit) = self.cache.as_ref().and_then(|c| c.get(id)) {
+            return if hit.with_subject(|s| scope.admits(s)) {
+                Ok(())
+            } else {
+                Err(Error::NotFound(format!("persons/{id}")))
+            };
+        }
+        self.get_person(scope, id).await.map(|_| ())
+    }
+
     /// People in scope matching `filter`, ordered by id (creation order), after `after`.
     pub async fn list_persons(
         &self,

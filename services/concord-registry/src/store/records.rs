@@ -146,7 +146,7 @@ impl Store {
             .db()?
             .ok_or_else(|| Error::NotFound(format!("record {id}")))?;
         let rec = record_from_row(&row)?;
-        fetch_person(self.db.dialect(), self.db.reader(), scope, &rec.person_id).await?;
+        self.visible(scope, &rec.person_id).await?;
         Ok(rec)
     }
 
@@ -158,7 +158,7 @@ impl Store {
         kind: RecordKind,
         person_id: &str,
     ) -> Result<Vec<Record>> {
-        fetch_person(self.db.dialect(), self.db.reader(), scope, person_id).await?;
+        self.visible(scope, person_id).await?;
         let rows = sqlx::query(
             "SELECT id, kind, person_id, other_person_id, body, create_time FROM person_records \
              WHERE kind = $1 AND (person_id = $2 OR other_person_id = $2) ORDER BY id LIMIT 1000",
@@ -173,9 +173,7 @@ impl Store {
             let rec = record_from_row(r)?;
             let other =
                 if rec.person_id == person_id { &rec.other_person_id } else { &rec.person_id };
-            if !other.is_empty()
-                && fetch_person(self.db.dialect(), self.db.reader(), scope, other).await.is_err()
-            {
+            if !other.is_empty() && self.visible(scope, other).await.is_err() {
                 continue;
             }
             out.push(rec);
@@ -276,7 +274,7 @@ impl Store {
         .await
         .db()?;
         for m in &members {
-            fetch_person(self.db.dialect(), self.db.reader(), scope, m)
+            self.visible(scope, m)
                 .await
                 .map_err(|_| Error::NotFound(format!("households/{id}")))?;
         }
