@@ -21,9 +21,10 @@
 //! against the bare echo. The pass-through is measured with the suite's own gateway, which
 //! shares the services' core, and with a second gateway in its own process on the load
 //! generator's core, as deployed (its own pods, not the services' CPU). While that second
-//! gateway carries the calls, the CPU time each process uses per call is read from `/proc`:
+//! gateway carries the calls, the CPU time each process uses per call is read from `/proc`
+//! (10 ms ticks, over windows of seconds):
 //! what the gateway costs per passed-through call, against what the services cost per direct
-//! call, which bounds the throughput ratio on a shared core without the noise of timing.
+//! call, and the throughput ratio those costs would give on one shared core.
 
 /// mimalloc: the servers allocate per call (headers, spans, messages); it is faster than
 /// the system allocator under this load.
@@ -558,15 +559,25 @@ where
     Ok(counted(concurrency, secs, call).await?.0)
 }
 
-/// The CPU time the process `pid` has used so far, all its threads (from
-/// `/proc/<pid>/task/*/schedstat`, in nanoseconds); `None` where there is no `/proc`.
+/// The CPU time the process `pid` has used so far, all its threads, those that have ended
+/// included (user and system time from `/proc/<pid>/stat`, in clock ticks); `None` where
+/// there is no `/proc`.
 fn cpu_time(pid: u32) -> Option<Duration> {
-    let mut total = 0u64;
-    for task in std::fs::read_dir(format!("/proc/{pid}/task")).ok()? {
-        let stat = std::fs::read_to_string(task.ok()?.path().join("schedstat")).ok()?;
-        total += stat.split_whitespace().next()?.parse::<u64>().ok()?;
-    }
-    Some(Duration::from_nanos(total))
+    static TICKS: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    let per_second = *TICKS.get_or_init(|| {
+        Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8(o.stdout).ok()?.trim().parse().ok())
+            .unwrap_or(100)
+    });
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // After the command name (in parentheses, which may hold spaces): the state (field 3),
+    // ..., utime (14) and stime (15).
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some(Duration::from_nanos(ticks * 1_000_000_000 / per_second.max(1)))
 }
 
 /// The CPU time each of `pids` used per call while `run` made its calls, in microseconds, and
@@ -1217,6 +1228,7 @@ mod gateway {
         let mut added_sliced = Vec::new();
         let (mut cpu_direct, mut cpu_behind, mut cpu_gateway) =
             (Vec::new(), Vec::new(), Vec::new());
+        let (mut cpu_share, mut cpu_bound) = (Vec::new(), Vec::new());
         for round in 0..args.rounds {
             let echo_rps = throughput(args.concurrency, args.seconds, |i| {
                 let mut g = tonic::client::Grpc::new(echo_ch.clone());
@@ -1249,6 +1261,8 @@ mod gateway {
                 cpu_direct.push(*d);
                 cpu_behind.push(*v);
                 cpu_gateway.push(*g);
+                cpu_share.push(g / d);
+                cpu_bound.push(d / (g + v));
             }
             let file_rps = throughput(args.concurrency, args.seconds, |i| {
                 case_file(files.clone(), mothers[i % mothers.len()].clone())
@@ -1323,10 +1337,10 @@ mod gateway {
             let (d, _, _) = median(&mut cpu_direct);
             let (v, _, _) = median(&mut cpu_behind);
             let (g, glo, ghi) = median(&mut cpu_gateway);
+            let (share, _, _) = median(&mut cpu_share);
+            let (bound, blo, bhi) = median(&mut cpu_bound);
             println!(
-                "[gateway] CPU per GetPerson (all threads, /proc): the services {d:.0} us for a direct call, {v:.0} us for a passed-through one; the gateway in its own process {g:.0} us (range {glo:.0}-{ghi:.0}), {:.2}x of a direct call. On one shared core that allows at most {:.2}x of direct throughput",
-                g / d,
-                d / (g + v)
+                "[gateway] CPU per GetPerson (all threads, /proc): the services {d:.0} us for a direct call, {v:.0} us for a passed-through one; the gateway in its own process {g:.0} us (range {glo:.0}-{ghi:.0}), {share:.2}x of a direct call; at these costs one shared core would give about {bound:.2}x of direct throughput (range {blo:.2}-{bhi:.2}; per-call costs fall when a core is saturated)"
             );
         }
         let (m, lo, hi) = median(&mut file_vs_echo);
