@@ -476,7 +476,7 @@ pub const RETRY_AFTER: Duration = Duration::from_millis(25);
 /// Sends `req` on `channel`: the service's answer, or the error that kept it from the service.
 /// The channel times the call by its `grpc-timeout` only once a connection takes it, so a
 /// service that cannot be connected to (its handshake hangs) would hold the call until the
-/// connect timeout: `deadline` ends the wait, with tonic's own `TimeoutExpired`.
+/// connect timeout: `deadline` ends the wait ([`Unsent::Late`]).
 async fn send(
     mut channel: TracedChannel,
     req: http::Request<Body>,
@@ -495,7 +495,8 @@ async fn send(
 /// Why a call passed on got no answer from the service.
 #[derive(Debug)]
 enum Unsent {
-    /// Its deadline passed before a connection took it.
+    /// Its deadline passed before the service's answer began (perhaps before a connection
+    /// even took it).
     Late,
     /// The connection failed, or the channel's own timer fired.
     Failed(tonic::transport::Error),

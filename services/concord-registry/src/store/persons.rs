@@ -1,6 +1,8 @@
 //! Creating, reading, listing and updating people. Creation is batched: a single create is a
 //! batch of one, and an import sends hundreds of rows per statement.
 
+use std::sync::Arc;
+
 use concord_platform::access::Access;
 use concord_platform::audit;
 use concord_platform::auth::Scope;
@@ -145,13 +147,8 @@ impl Store {
 
     /// One person in the caller's scope.
     pub async fn get_person(&self, scope: &Scope, id: &str) -> Result<Person> {
-        if let Some(hit) = self.cache.as_ref().and_then(|c| c.get(id)) {
-            // The same rule as the SQL scope.
-            return if hit.with_subject(|s| scope.admits(s)) {
-                Ok((*hit).clone())
-            } else {
-                Err(Error::NotFound(format!("persons/{id}")))
-            };
+        if let Some(hit) = self.cached_in_scope(scope, id) {
+            return hit.map(|p| (*p).clone());
         }
         let ticket = self.cache.as_ref().map(|c| c.read_ticket());
         let p = fetch_person(self.db.dialect(), self.db.reader(), scope, id).await?;
@@ -166,14 +163,21 @@ impl Store {
     /// about a person (its timeline, its records); from the cache when it holds them, without
     /// a copy of the person.
     pub async fn visible(&self, scope: &Scope, id: &str) -> Result<()> {
-        if let Some(hit) = self.cache.as_ref().and_then(|c| c.get(id)) {
-            return if hit.with_subject(|s| scope.admits(s)) {
-                Ok(())
-            } else {
-                Err(Error::NotFound(format!("persons/{id}")))
-            };
+        match self.cached_in_scope(scope, id) {
+            Some(hit) => hit.map(|_| ()),
+            None => self.get_person(scope, id).await.map(|_| ()),
         }
-        self.get_person(scope, id).await.map(|_| ())
+    }
+
+    /// The cached person `id`, if the cache holds them: NOT_FOUND when outside `scope`, by
+    /// the same rule as the SQL scope.
+    fn cached_in_scope(&self, scope: &Scope, id: &str) -> Option<Result<Arc<Person>>> {
+        let hit = self.cache.as_ref()?.get(id)?;
+        Some(if hit.with_subject(|s| scope.admits(s)) {
+            Ok(hit)
+        } else {
+            Err(Error::NotFound(format!("persons/{id}")))
+        })
     }
 
     /// People in scope matching `filter`, ordered by id (creation order), after `after`.
