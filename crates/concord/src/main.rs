@@ -90,6 +90,12 @@ fn pki(command: PkiCommand) -> anyhow::Result<()> {
                 "--server-names or --extra-names has an empty name"
             );
             let holds_pki = dir.join("ca.pem").exists();
+            if dir.exists() && !dir.is_dir() {
+                anyhow::bail!(
+                    "{} is not a folder: give a new folder for the demo PKI",
+                    dir.display()
+                );
+            }
             if !holds_pki && dir.read_dir().is_ok_and(|mut d| d.next().is_some()) {
                 anyhow::bail!(
                     "{} is not empty and holds no PKI: give a new folder for the demo PKI",
@@ -98,7 +104,9 @@ fn pki(command: PkiCommand) -> anyhow::Result<()> {
             }
             if !holds_pki && dir.exists() {
                 // An empty folder: the new PKI is moved into its place.
-                std::fs::remove_dir(&dir)?;
+                std::fs::remove_dir(&dir).map_err(|e| {
+                    anyhow::anyhow!("replacing the empty folder {}: {e}", dir.display())
+                })?;
             }
             let made = pki::ensure_demo(&dir, &names, &pki::demo_agencies())?;
             let d = made.dir.display();

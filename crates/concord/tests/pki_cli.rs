@@ -74,6 +74,13 @@ async fn one_demo_pki_serves_every_service_run_apart() {
     let refused = pki_demo(&other);
     assert!(!refused.status.success());
     assert!(String::from_utf8_lossy(&refused.stderr).contains("is not empty"));
+    // Nor is a file where the folder should be.
+    let file = root.path().join("file");
+    std::fs::write(&file, "mine").unwrap();
+    let refused = pki_demo(&file);
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("is not a folder"));
+    std::fs::remove_file(&file).unwrap();
     let left: Vec<_> =
         std::fs::read_dir(root.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert_eq!(left.len(), 2, "{left:?}");
