@@ -129,10 +129,10 @@ async fn serve_answers_health_and_traces_errors_with_the_callers_trace_id() {
 
     // The facilities service runs in the same process on its own address, behind the same
     // mutual TLS and policy.
-    let facilities = format!("https://{}", s.running.facilities.unwrap());
-    let tls = s.pki.agency("humanitarian-monitor").client_config("localhost").unwrap();
     let ch =
-        Channel::from_shared(facilities).unwrap().tls_config(tls).unwrap().connect().await.unwrap();
+        concord_testkit::tls_channel(&s.pki, s.running.facilities.unwrap(), "humanitarian-monitor")
+            .await
+            .unwrap();
     let mut f =
         concord_proto::facilities::v1::facilities_service_client::FacilitiesServiceClient::new(ch);
     let listed = f
@@ -145,14 +145,10 @@ async fn serve_answers_health_and_traces_errors_with_the_callers_trace_id() {
     // The facilities service follows the registry over mutual TLS as its own service
     // identity: a person admitted in the registry is counted in the facility's occupancy.
     use concord_proto::facilities::v1 as fpb;
-    let tls = s.pki.agency("custodial-authority").client_config("localhost").unwrap();
-    let ch = Channel::from_shared(format!("https://{}", s.running.facilities.unwrap()))
-        .unwrap()
-        .tls_config(tls)
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let ch =
+        concord_testkit::tls_channel(&s.pki, s.running.facilities.unwrap(), "custodial-authority")
+            .await
+            .unwrap();
     let mut guard = fpb::facilities_service_client::FacilitiesServiceClient::with_interceptor(
         ch,
         Purpose("end-to-end test".into()),

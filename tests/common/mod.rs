@@ -44,14 +44,7 @@ pub fn config(dir: &std::path::Path, target: concord::Target) -> concord::Config
 
 /// A channel to `addr` as `agency`, with its demo certificate.
 pub async fn channel(pki: &DemoPki, addr: std::net::SocketAddr, agency: &str) -> Channel {
-    let tls = pki.agency(agency).client_config("localhost").unwrap();
-    Channel::from_shared(format!("https://{addr}"))
-        .unwrap()
-        .tls_config(tls)
-        .unwrap()
-        .connect()
-        .await
-        .unwrap()
+    concord_testkit::tls_channel(pki, addr, agency).await.unwrap()
 }
 
 pub fn purpose() -> Purpose {

@@ -186,3 +186,17 @@ pub fn custodial(facilities: &[&str]) -> Principal {
 pub fn monitor() -> Principal {
     principal("humanitarian-monitor", AgencyKind::HumanitarianMonitor, None)
 }
+
+/// A mutual-TLS channel to `addr` presenting `agency`'s certificate from `pki`, verifying the
+/// server as `localhost` (the names the tests' certificates are made for).
+pub async fn tls_channel(
+    pki: &concord_platform::pki::DemoPki,
+    addr: SocketAddr,
+    agency: &str,
+) -> anyhow::Result<tonic::transport::Channel> {
+    let tls = pki.agency(agency).client_config("localhost")?;
+    Ok(tonic::transport::Channel::from_shared(format!("https://{addr}"))?
+        .tls_config(tls)?
+        .connect()
+        .await?)
+}

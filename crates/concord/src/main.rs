@@ -122,8 +122,12 @@ fn pki(command: PkiCommand) -> anyhow::Result<()> {
                 );
             }
             println!("For the Kubernetes manifests (deploy/kubernetes), in namespace concord:");
+            let server = made.server();
             println!(
-                "  kubectl -n concord create secret generic concord-tls --type=kubernetes.io/tls --from-file=tls.crt='{d}/server.pem' --from-file=tls.key='{d}/server.key' --from-file=ca.crt='{d}/ca.pem'"
+                "  kubectl -n concord create secret generic concord-tls --type=kubernetes.io/tls --from-file=tls.crt='{}' --from-file=tls.key='{}' --from-file=ca.crt='{}'",
+                server.cert.display(),
+                server.key.display(),
+                server.ca.display()
             );
             println!(
                 "  kubectl -n concord create configmap concord-agencies --from-file=agencies.toml='{}'",

@@ -15,7 +15,6 @@ use concord_proto::registry::v1 as reg;
 use concord_proto::registry::v1::registry_service_client::RegistryServiceClient;
 use concord_proto::requests::v1 as req;
 use concord_proto::requests::v1::requests_service_client::RequestsServiceClient;
-use tonic::transport::Channel;
 
 fn pki_demo(dir: &Path) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_concord"))
@@ -123,14 +122,7 @@ async fn one_demo_pki_serves_every_service_run_apart() {
 
     // A partner with the PKI's credentials reaches every service through the gateway: the
     // gateway's client certificate and the services' server certificate share the CA.
-    let tls = pki.agency("fr-mfa").client_config("localhost").unwrap();
-    let ch = Channel::from_shared(format!("https://{}", gateway.gateway.unwrap()))
-        .unwrap()
-        .tls_config(tls)
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let ch = concord_testkit::tls_channel(&pki, gateway.gateway.unwrap(), "fr-mfa").await.unwrap();
     let purpose = || Purpose("consular case review".into());
     RegistryServiceClient::with_interceptor(ch.clone(), purpose())
         .list_persons(reg::ListPersonsRequest::default())
