@@ -24,7 +24,10 @@
 //! gateway carries the calls, the CPU time each process uses per call is read from `/proc`
 //! (10 ms ticks, over windows of seconds):
 //! what the gateway costs per passed-through call, against what the services cost per direct
-//! call, and the throughput ratio those costs would give on one shared core.
+//! call, and the throughput ratio those costs would give on one shared core. The floor of a
+//! pass-through is measured beside it: a bare tonic forwarder on mutual TLS in both places
+//! (the services' process and the second gateway's), with none of the gateway's own work, in
+//! throughput, CPU per call and added p90.
 
 /// mimalloc: the servers allocate per call (headers, spans, messages); it is faster than
 /// the system allocator under this load.
@@ -76,10 +79,12 @@ struct Args {
     /// Measure only the gateway's figures.
     #[arg(long)]
     gateway_only: bool,
-    /// Only GetPerson through the gateway, for `--seconds`: a steady load to profile the
-    /// servers under (`perf record -p <server pid>`).
-    #[arg(long, hide = true)]
-    profile_pass_through: bool,
+    /// Only GetPerson, for `--seconds`, through `gateway` (the suite's, the default),
+    /// `own-gateway`, `forwarder` (the bare one in the suite's process), `own-forwarder`, or
+    /// `none` (made directly): a steady load to profile a process under (`perf record -p
+    /// <pid>`; the pids are printed).
+    #[arg(long, hide = true, num_args = 0..=1, default_missing_value = "gateway")]
+    profile_pass_through: Option<String>,
     /// The same for case files.
     #[arg(long, hide = true)]
     profile_case_file: bool,
@@ -297,7 +302,14 @@ async fn serve(url: String, pki_dir: std::path::PathBuf) -> anyhow::Result<()> {
     println!("FACILITIES {}", running.facilities.context("suite facilities")?);
     println!("REQUESTS {}", running.requests.context("suite requests")?);
     println!("GATEWAY {}", running.gateway.context("suite gateway")?);
+    let bare_hop = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    println!("FORWARDER {}", bare_hop.local_addr()?);
+    let registry_url =
+        format!("https://localhost:{}", running.registry.context("suite registry")?.port());
+    let suite_pki = concord_platform::pki::DemoPki { dir: suite.demo_pki_dir(), created: false };
+    let fwd = forwarder(bare_hop, suite_pki, &registry_url);
     tokio::select! {
+        r = fwd => r?,
         r = reg => r??,
         r = sec => r??,
         r = pol => r??,
@@ -323,9 +335,77 @@ async fn serve_gateway(urls: &str, suite: std::path::PathBuf) -> anyhow::Result<
     cfg.gateway_addr = "127.0.0.1:0".parse()?;
     cfg.server.rate_limit_per_agency = 1e9;
     cfg.server.rate_burst_per_agency = 1e9;
+    let suite_pki = concord_platform::pki::DemoPki { dir: cfg.demo_pki_dir(), created: false };
+    let registry = cfg.registry_url.clone().context("no registry URL")?;
     let (running, served) = concord::start(&cfg, shutdown).await?;
     println!("GATEWAY {}", running.gateway.context("gateway")?);
-    served.await
+    let bare_hop = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    println!("FORWARDER {}", bare_hop.local_addr()?);
+    tokio::select! {
+        r = forwarder(bare_hop, suite_pki, &registry) => r,
+        r = served => r,
+    }
+}
+
+/// The floor of a pass-through: a bare tonic server on mutual TLS (the suite's certificate,
+/// the platform's TLS accept loop) that sends every registry call on to `registry` over a
+/// tonic channel on mutual TLS as the gateway (its certificate), with `fr-mfa`'s principal
+/// in `x-concord-*` metadata. None of the gateway's own work: no identification of the
+/// caller, policy of the edge, rate limit, admission, deadline, metrics, spans, retries or
+/// JSON edge. Serves on `listener` until the process ends.
+async fn forwarder(
+    listener: tokio::net::TcpListener,
+    suite_pki: concord_platform::pki::DemoPki,
+    registry: &str,
+) -> anyhow::Result<()> {
+    let principal = concord_platform::pki::Directory::from_file(&suite_pki.directory())?
+        .get("fr-mfa")
+        .cloned()
+        .context("fr-mfa is not in the suite's directory")?;
+    let channel = tonic::transport::Endpoint::from_shared(registry.to_string())?
+        .tcp_nodelay(true)
+        .tls_config(suite_pki.agency("concord-gateway").client_config("localhost")?)?
+        .connect_lazy();
+    let tls = suite_pki.server().server_config()?.with_alpn(false);
+    tonic::transport::Server::builder()
+        .add_service(Forwarder { channel, credentials: HeaderCredentials::new(principal) })
+        .serve_with_incoming(concord_platform::server::tls_incoming(listener, tls))
+        .await?;
+    Ok(())
+}
+
+/// See [`forwarder`].
+#[derive(Clone)]
+struct Forwarder {
+    channel: Channel,
+    credentials: HeaderCredentials,
+}
+
+impl tonic::server::NamedService for Forwarder {
+    const NAME: &'static str = "concord.registry.v1.RegistryService";
+}
+
+impl tower::Service<http::Request<tonic::body::Body>> for Forwarder {
+    type Response = http::Response<tonic::body::Body>;
+    type Error = Infallible;
+    type Future = BoxFut<Self::Response>;
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Infallible>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+    fn call(&mut self, mut req: http::Request<tonic::body::Body>) -> Self::Future {
+        use tower::ServiceExt;
+        self.credentials.apply_headers(req.headers_mut());
+        let channel = self.channel.clone();
+        Box::pin(async move {
+            Ok(match channel.oneshot(req).await {
+                Ok(res) => res.map(tonic::body::Body::new),
+                Err(e) => tonic::Status::unavailable(e.to_string()).into_http(),
+            })
+        })
+    }
 }
 
 // ---- load side ------------------------------------------------------------------------------
@@ -350,6 +430,10 @@ struct Servers {
     /// generator's core (as deployed: the gateway in its own pods, not on the services' CPU).
     own_gateway: String,
     own_child: Child,
+    /// A bare mutual-TLS forwarder to the suite's registry (see [`forwarder`]), in the
+    /// suite's process, and one in the second gateway's process.
+    forwarder: String,
+    own_forwarder: String,
 }
 
 impl Drop for Servers {
@@ -397,7 +481,8 @@ fn spawn_servers(url: &str, pki_dir: &std::path::Path) -> anyhow::Result<Servers
     let mut suite_registry = String::new();
     let mut gateway = String::new();
     let (mut facilities, mut requests) = (String::new(), String::new());
-    for _ in 0..8 {
+    let mut forwarder = String::new();
+    for _ in 0..9 {
         let line = lines.next().context("servers exited before printing their addresses")??;
         match line.split_once(' ') {
             Some(("REGISTRY", a)) => registry = format!("http://{a}"),
@@ -408,6 +493,7 @@ fn spawn_servers(url: &str, pki_dir: &std::path::Path) -> anyhow::Result<Servers
             Some(("GATEWAY", a)) => gateway = format!("https://localhost:{}", port(a)?),
             Some(("FACILITIES", a)) => facilities = format!("https://localhost:{}", port(a)?),
             Some(("REQUESTS", a)) => requests = format!("https://localhost:{}", port(a)?),
+            Some(("FORWARDER", a)) => forwarder = format!("https://localhost:{}", port(a)?),
             _ => anyhow::bail!("unexpected line from servers: {line}"),
         }
     }
@@ -422,11 +508,16 @@ fn spawn_servers(url: &str, pki_dir: &std::path::Path) -> anyhow::Result<Servers
         .stderr(Stdio::inherit())
         .spawn()?;
     let out = own_child.stdout.take().context("gateway stdout")?;
-    let line = BufReader::new(out).lines().next().context("the gateway exited")??;
-    let own_gateway = match line.split_once(' ') {
-        Some(("GATEWAY", a)) => format!("https://localhost:{}", port(a)?),
-        _ => anyhow::bail!("unexpected line from the gateway: {line}"),
-    };
+    let mut lines = BufReader::new(out).lines();
+    let (mut own_gateway, mut own_forwarder) = (String::new(), String::new());
+    for _ in 0..2 {
+        let line = lines.next().context("the gateway exited")??;
+        match line.split_once(' ') {
+            Some(("GATEWAY", a)) => own_gateway = format!("https://localhost:{}", port(a)?),
+            Some(("FORWARDER", a)) => own_forwarder = format!("https://localhost:{}", port(a)?),
+            _ => anyhow::bail!("unexpected line from the gateway: {line}"),
+        }
+    }
     eprintln!(
         "servers on {registry} and {echo} ({})",
         if is_pinned { "pinned to core 1" } else { "not pinned" }
@@ -446,6 +537,8 @@ fn spawn_servers(url: &str, pki_dir: &std::path::Path) -> anyhow::Result<Servers
         suite_pki,
         own_gateway,
         own_child,
+        forwarder,
+        own_forwarder,
     })
 }
 
@@ -1171,6 +1264,14 @@ mod gateway {
             channel(s, &s.own_gateway, "fr-mfa").await?,
             purpose(),
         );
+        let bare: RegistryServiceClient<With> = RegistryServiceClient::with_interceptor(
+            channel(s, &s.forwarder, "fr-mfa").await?,
+            purpose(),
+        );
+        let bare_own: RegistryServiceClient<With> = RegistryServiceClient::with_interceptor(
+            channel(s, &s.own_forwarder, "fr-mfa").await?,
+            purpose(),
+        );
         let files = GatewayServiceClient::with_interceptor(
             channel(s, &s.gateway, "fr-mfa").await?,
             purpose(),
@@ -1216,16 +1317,26 @@ mod gateway {
         if args.case_file_parts {
             return parts(s, args, &mothers).await;
         }
-        if args.profile_pass_through {
-            eprintln!("servers' pid: {}", s.child.id());
-            let rps = throughput(args.concurrency, args.seconds, |i| get(&via, i)).await?;
+        if let Some(target) = &args.profile_pass_through {
+            eprintln!("servers' pid: {}, own gateway's: {}", s.child.id(), s.own_child.id());
+            let through = match target.as_str() {
+                "gateway" => &via,
+                "own-gateway" => &via_own,
+                "forwarder" => &bare,
+                "own-forwarder" => &bare_own,
+                "none" => &direct,
+                other => anyhow::bail!("no pass-through '{other}' to profile"),
+            };
+            let rps = throughput(args.concurrency, args.seconds, |i| get(through, i)).await?;
             println!("[gateway] through the gateway: {rps:.0}/s");
             return Ok(());
         }
         let (mut pass, mut file_vs_echo, mut added) = (Vec::new(), Vec::new(), Vec::new());
         let (mut p90_direct, mut p90_via) = (Vec::new(), Vec::new());
         let (mut pass_own, mut added_own) = (Vec::new(), Vec::new());
-        let mut added_sliced = Vec::new();
+        let (mut added_sliced, mut added_bare_sliced) = (Vec::new(), Vec::new());
+        let (mut floor, mut floor_own, mut vs_floor) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut cpu_bare, mut cpu_behind_bare) = (Vec::new(), Vec::new());
         let (mut cpu_direct, mut cpu_behind, mut cpu_gateway) =
             (Vec::new(), Vec::new(), Vec::new());
         let (mut cpu_share, mut cpu_bound) = (Vec::new(), Vec::new());
@@ -1257,6 +1368,19 @@ mod gateway {
                 counted(args.concurrency, args.seconds, |i| get(&via_own, i)),
             )
             .await?;
+            let bare_rps = throughput(args.concurrency, args.seconds, |i| get(&bare, i)).await?;
+            let (bare_own_rps, bare_cpu) = cpu_per_call(
+                &[servers, own],
+                counted(args.concurrency, args.seconds, |i| get(&bare_own, i)),
+            )
+            .await?;
+            floor.push(bare_rps / direct_rps);
+            floor_own.push(bare_own_rps / direct_rps);
+            vs_floor.push(via_rps / bare_rps);
+            if let [Some(v), Some(f)] = bare_cpu[..] {
+                cpu_bare.push(f);
+                cpu_behind_bare.push(v);
+            }
             if let ([Some(d)], [Some(v), Some(g)]) = (&direct_cpu[..], &own_cpu[..]) {
                 cpu_direct.push(*d);
                 cpu_behind.push(*v);
@@ -1279,7 +1403,7 @@ mod gateway {
             // The same in slices of SLICE taking turns, so the direct and the passed-through
             // calls meet the same moments of the registry's disk (its audited reads wait for
             // an fsync), which otherwise moves the direct p90 from round to round.
-            let (mut sd, mut so) = (Vec::new(), Vec::new());
+            let (mut sd, mut so, mut sb) = (Vec::new(), Vec::new(), Vec::new());
             let slices = (Duration::from_secs(args.seconds).as_millis() / SLICE.as_millis()).max(1);
             for _ in 0..slices {
                 sd.extend(
@@ -1288,13 +1412,18 @@ mod gateway {
                 so.extend(
                     latencies_for(args.latency_concurrency, SLICE, |i| get(&via_own, i)).await?,
                 );
+                sb.extend(
+                    latencies_for(args.latency_concurrency, SLICE, |i| get(&bare_own, i)).await?,
+                );
             }
             sd.sort();
             so.sort();
-            let sliced = percentile(&so, 0.9).as_secs_f64() - percentile(&sd, 0.9).as_secs_f64();
-            added_sliced.push(sliced * 1e3);
+            sb.sort();
+            let sd90 = percentile(&sd, 0.9).as_secs_f64();
+            added_sliced.push((percentile(&so, 0.9).as_secs_f64() - sd90) * 1e3);
+            added_bare_sliced.push((percentile(&sb, 0.9).as_secs_f64() - sd90) * 1e3);
             eprintln!(
-                "round {round}: echo {echo_rps:.0}/s, GetPerson direct {direct_rps:.0}/s, through the gateway {via_rps:.0}/s (own core {own_rps:.0}/s), case file {file_rps:.0}/s; p90 at {} in flight: direct {:.3} ms, gateway {:.3} ms (own core {:.3} ms)",
+                "round {round}: echo {echo_rps:.0}/s, GetPerson direct {direct_rps:.0}/s, through the gateway {via_rps:.0}/s (own core {own_rps:.0}/s), through a bare forwarder {bare_rps:.0}/s (own core {bare_own_rps:.0}/s), case file {file_rps:.0}/s; p90 at {} in flight: direct {:.3} ms, gateway {:.3} ms (own core {:.3} ms)",
                 args.latency_concurrency,
                 d90.as_secs_f64() * 1e3,
                 v90.as_secs_f64() * 1e3,
@@ -1333,6 +1462,29 @@ mod gateway {
             "[gateway] the same, direct and passed-through calls taking turns in {} ms slices: median {m:.3} ms (range {lo:.3}-{hi:.3})",
             SLICE.as_millis()
         );
+        let (m, lo, hi) = median(&mut added_bare_sliced);
+        println!(
+            "[gateway] floor: p90 latency added by a bare mutual-TLS forwarder in its own process, in the same slices: median {m:.3} ms (range {lo:.3}-{hi:.3})"
+        );
+        let (m, lo, hi) = median(&mut floor);
+        println!(
+            "[gateway] floor: GetPerson through a bare mutual-TLS forwarder (tonic; no identification, limits, metrics, spans or retries) vs direct, on the services' core: median {m:.2}x, range {lo:.2}-{hi:.2}"
+        );
+        let (m, lo, hi) = median(&mut floor_own);
+        println!(
+            "[gateway] floor: the same, the forwarder in its own process on the load generator's core: median {m:.2}x, range {lo:.2}-{hi:.2}"
+        );
+        let (m, lo, hi) = median(&mut vs_floor);
+        println!(
+            "[gateway] the gateway against that floor, both on the services' core: median {m:.2}x, range {lo:.2}-{hi:.2}"
+        );
+        if !cpu_bare.is_empty() {
+            let (f, lo, hi) = median(&mut cpu_bare);
+            let (v, _, _) = median(&mut cpu_behind_bare);
+            println!(
+                "[gateway] floor: CPU per GetPerson of the bare forwarder in its own process: {f:.0} us (range {lo:.0}-{hi:.0}); the services {v:.0} us per call it passed on"
+            );
+        }
         if !cpu_gateway.is_empty() {
             let (d, _, _) = median(&mut cpu_direct);
             let (v, _, _) = median(&mut cpu_behind);
