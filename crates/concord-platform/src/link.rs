@@ -103,14 +103,22 @@ pub async fn cursor(db: &Db, consumer: &str) -> Result<String> {
     Ok(c.unwrap_or_default())
 }
 
-/// Stores `consumer`'s cursor, in the transaction that applied the events before it.
+/// Stores `consumer`'s cursor, in the transaction that applied the events before it. A
+/// cursor never moves back: where another replica of the consumer stored a later one
+/// already, it stays (the compare is in the statement, so two replicas committing at once
+/// keep the later).
 pub async fn save_cursor(tx: &mut Tx, consumer: &str, cursor: &str) -> Result<()> {
+    let seq: i64 = cursor.parse().map_err(|_| {
+        crate::error::Error::internal(anyhow::anyhow!("'{cursor}' is not a change log cursor"))
+    })?;
     sqlx::query(
         "INSERT INTO consumer_cursors (consumer, cursor) VALUES ($1, $2) \
-         ON CONFLICT (consumer) DO UPDATE SET cursor = excluded.cursor",
+         ON CONFLICT (consumer) DO UPDATE SET cursor = excluded.cursor \
+         WHERE CAST(COALESCE(NULLIF(consumer_cursors.cursor, ''), '-1') AS BIGINT) < $3",
     )
     .bind(consumer)
     .bind(cursor)
+    .bind(seq)
     .execute(tx.conn())
     .await
     .db()?;
@@ -226,26 +234,23 @@ where
 /// registry's etag), unless it applied a later one already (another replica ahead, say):
 /// false then, and the snapshot must change nothing. Each projection keeps its own
 /// `person_versions` table.
+///
+/// One statement: the compare and the write are atomic, so of two replicas claiming at once
+/// the one with the older version sees the newer's claim (PostgreSQL re-reads the row it
+/// waited for) and gets false.
 pub async fn claim_version(tx: &mut Tx, person: &str, version: i64) -> Result<bool> {
-    let seen: Option<i64> =
-        sqlx::query_scalar("SELECT version FROM person_versions WHERE person_id = $1")
-            .bind(person)
-            .fetch_optional(tx.conn())
-            .await
-            .db()?;
-    if seen.is_some_and(|s| s > version) {
-        return Ok(false);
-    }
-    sqlx::query(
+    let claimed: Option<i64> = sqlx::query_scalar(
         "INSERT INTO person_versions (person_id, version) VALUES ($1, $2) \
-         ON CONFLICT (person_id) DO UPDATE SET version = excluded.version",
+         ON CONFLICT (person_id) DO UPDATE SET version = excluded.version \
+         WHERE person_versions.version <= excluded.version \
+         RETURNING version",
     )
     .bind(person)
     .bind(version)
-    .execute(tx.conn())
+    .fetch_optional(tx.conn())
     .await
     .db()?;
-    Ok(true)
+    Ok(claimed.is_some())
 }
 
 /// The version in a registry etag (`"7"`), 0 if there is none.

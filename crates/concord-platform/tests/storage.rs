@@ -217,3 +217,71 @@ async fn watch_filters_by_scope_and_resumes_after_a_cursor() {
         Some(concord_platform::Error::OutOfRange(_))
     ));
 }
+
+/// The tables of a service that follows a change log (the facilities and requests services
+/// create the same in their migrations).
+async fn follower_tables(db: &Db) {
+    for ddl in [
+        "CREATE TABLE consumer_cursors (consumer TEXT PRIMARY KEY, cursor TEXT NOT NULL)",
+        "CREATE TABLE person_versions (person_id TEXT PRIMARY KEY, version BIGINT NOT NULL)",
+    ] {
+        let mut tx = db.begin().await.unwrap();
+        sqlx::query(ddl).execute(tx.conn()).await.unwrap();
+        tx.commit().await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn a_consumer_cursor_never_moves_back() {
+    use concord_platform::link::{cursor, save_cursor};
+    let (db, _t) = db().await;
+    follower_tables(&db).await;
+    let save = |c: &'static str| {
+        let db = db.clone();
+        async move {
+            let mut tx = db.begin().await.unwrap();
+            let r = save_cursor(&mut tx, "relay", c).await;
+            tx.commit().await.unwrap();
+            r
+        }
+    };
+    assert_eq!(cursor(&db, "relay").await.unwrap(), "");
+    save("9").await.unwrap();
+    save("12").await.unwrap();
+    assert_eq!(cursor(&db, "relay").await.unwrap(), "12");
+    // Another replica, behind this one, stores where it got to: the later cursor stays.
+    save("10").await.unwrap();
+    assert_eq!(cursor(&db, "relay").await.unwrap(), "12");
+    // Compared as numbers, not as text ("100" sorts before "12").
+    save("100").await.unwrap();
+    assert_eq!(cursor(&db, "relay").await.unwrap(), "100");
+    assert!(save("not-a-cursor").await.is_err());
+    assert_eq!(cursor(&db, "relay").await.unwrap(), "100");
+    assert_eq!(cursor(&db, "other").await.unwrap(), "", "each consumer has its own");
+}
+
+#[tokio::test]
+async fn a_version_is_claimed_unless_a_later_one_was() {
+    use concord_platform::link::claim_version;
+    let (db, _t) = db().await;
+    follower_tables(&db).await;
+    let claim = |person: &'static str, v: i64| {
+        let db = db.clone();
+        async move {
+            let mut tx = db.begin().await.unwrap();
+            let r = claim_version(&mut tx, person, v).await.unwrap();
+            tx.commit().await.unwrap();
+            r
+        }
+    };
+    assert!(claim("p1", 3).await, "first seen");
+    assert!(claim("p1", 5).await, "later");
+    assert!(claim("p1", 5).await, "the same version again (a snapshot re-read)");
+    assert!(!claim("p1", 4).await, "older than one applied");
+    assert!(claim("p2", 1).await, "each person apart");
+    let v: i64 = sqlx::query_scalar("SELECT version FROM person_versions WHERE person_id = 'p1'")
+        .fetch_one(db.reader())
+        .await
+        .unwrap();
+    assert_eq!(v, 5);
+}

@@ -109,16 +109,20 @@ async fn relay(db: &Db, client: &mut RegistryClient, e: &ChangeEvent) -> anyhow:
                 continue;
             }
             Err(Outcome::Failed(s)) if link::is_transient(&s) => {
-                let attempts: i64 = sqlx::query_scalar(
+                // Counted only while the row is pending: one that another replica's relay
+                // recorded since it was read is left as that one recorded it.
+                let attempts: Option<i64> = sqlx::query_scalar(
                     "UPDATE registry_updates SET attempts = attempts + 1 \
-                     WHERE subject = $1 AND step = $2 AND person_id = $3 RETURNING attempts",
+                     WHERE subject = $1 AND step = $2 AND person_id = $3 \
+                     AND status = 'PENDING' RETURNING attempts",
                 )
                 .bind(&subject)
                 .bind(step.as_str())
                 .bind(&person)
-                .fetch_one(tx.conn())
+                .fetch_optional(tx.conn())
                 .await
                 .db()?;
+                let Some(attempts) = attempts else { continue };
                 if attempts < link::MAX_ATTEMPTS {
                     transient = Some(s);
                     continue;

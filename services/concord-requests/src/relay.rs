@@ -129,15 +129,19 @@ async fn relay(db: &Db, client: &mut RegistryClient, e: &ChangeEvent) -> anyhow:
                 continue;
             }
             Err(s) if link::is_transient(&s) => {
-                let attempts: i64 = sqlx::query_scalar(
+                // Counted only while the subject is pending: one that another replica's
+                // relay recorded since it was read is left as that one recorded it.
+                let attempts: Option<i64> = sqlx::query_scalar(
                     "UPDATE subjects SET registry_attempts = registry_attempts + 1 \
-                     WHERE request_id = $1 AND person_id = $2 RETURNING registry_attempts",
+                     WHERE request_id = $1 AND person_id = $2 AND registry_status = 'PENDING' \
+                     RETURNING registry_attempts",
                 )
                 .bind(&id)
                 .bind(&person)
-                .fetch_one(tx.conn())
+                .fetch_optional(tx.conn())
                 .await
                 .db()?;
+                let Some(attempts) = attempts else { continue };
                 if attempts < link::MAX_ATTEMPTS {
                     retry = Some(s);
                     continue;
