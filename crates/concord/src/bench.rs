@@ -95,6 +95,12 @@ struct Args {
     /// Calls in flight for the gateway's added latency ("moderate load").
     #[arg(long, default_value_t = 4)]
     latency_concurrency: usize,
+    /// Another build of concord-bench whose gateway is measured beside this build's, in
+    /// the same rounds and in the same place (its own process on the load generator's core):
+    /// throughput and CPU per passed-through call, for an A/B comparison of a gateway change
+    /// that one run's noise would otherwise hide.
+    #[arg(long)]
+    baseline: Option<std::path::PathBuf>,
     /// Internal: run the servers for DATABASE_URL and print their addresses.
     #[arg(long, hide = true)]
     serve: Option<String>,
@@ -434,11 +440,21 @@ struct Servers {
     /// suite's process, and one in the second gateway's process.
     forwarder: String,
     own_forwarder: String,
+    /// A gateway of another build (`--baseline`), run as the second one is.
+    baseline: Option<Baseline>,
+}
+
+/// See [`Servers::baseline`].
+struct Baseline {
+    child: Child,
+    gateway: String,
 }
 
 impl Drop for Servers {
     fn drop(&mut self) {
-        for c in [&mut self.own_child, &mut self.child] {
+        let baseline = self.baseline.as_mut().map(|b| &mut b.child);
+        for c in [Some(&mut self.own_child), baseline, Some(&mut self.child)].into_iter().flatten()
+        {
             let _ = c.kill();
             let _ = c.wait();
         }
@@ -456,7 +472,11 @@ fn pinned(exe: &std::path::Path, core: u32) -> (Command, bool) {
     }
 }
 
-fn spawn_servers(url: &str, pki_dir: &std::path::Path) -> anyhow::Result<Servers> {
+fn spawn_servers(
+    url: &str,
+    pki_dir: &std::path::Path,
+    baseline: Option<&std::path::Path>,
+) -> anyhow::Result<Servers> {
     let pki = concord_platform::pki::ensure_demo(
         pki_dir,
         &["localhost"],
@@ -498,26 +518,16 @@ fn spawn_servers(url: &str, pki_dir: &std::path::Path) -> anyhow::Result<Servers
         }
     }
     let suite_dir = pki_dir.with_file_name("suite");
-    let (mut cmd, _) = pinned(&exe, 0);
-    let mut own_child = cmd
-        .arg("--serve-gateway")
-        .arg(format!("{suite_registry},{facilities},{requests}"))
-        .arg("--pki")
-        .arg(&suite_dir)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()?;
-    let out = own_child.stdout.take().context("gateway stdout")?;
-    let mut lines = BufReader::new(out).lines();
-    let (mut own_gateway, mut own_forwarder) = (String::new(), String::new());
-    for _ in 0..2 {
-        let line = lines.next().context("the gateway exited")??;
-        match line.split_once(' ') {
-            Some(("GATEWAY", a)) => own_gateway = format!("https://localhost:{}", port(a)?),
-            Some(("FORWARDER", a)) => own_forwarder = format!("https://localhost:{}", port(a)?),
-            _ => anyhow::bail!("unexpected line from the gateway: {line}"),
+    let suite_urls = format!("{suite_registry},{facilities},{requests}");
+    let (own_child, own_gateway, own_forwarder) = spawn_gateway(&exe, &suite_urls, &suite_dir)?;
+    let baseline = match baseline {
+        Some(exe) => {
+            let (child, gateway, _) = spawn_gateway(exe, &suite_urls, &suite_dir)
+                .with_context(|| format!("starting the baseline gateway {}", exe.display()))?;
+            Some(Baseline { child, gateway })
         }
-    }
+        None => None,
+    };
     eprintln!(
         "servers on {registry} and {echo} ({})",
         if is_pinned { "pinned to core 1" } else { "not pinned" }
@@ -539,7 +549,39 @@ fn spawn_servers(url: &str, pki_dir: &std::path::Path) -> anyhow::Result<Servers
         own_child,
         forwarder,
         own_forwarder,
+        baseline,
     })
+}
+
+/// A gateway alone (`--serve-gateway`) from the binary `exe`, pinned to the load generator's
+/// core, in front of the suite's services at `suite_urls`: the process, the gateway's address
+/// and that of the bare forwarder beside it.
+fn spawn_gateway(
+    exe: &std::path::Path,
+    suite_urls: &str,
+    suite_dir: &std::path::Path,
+) -> anyhow::Result<(Child, String, String)> {
+    let (mut cmd, _) = pinned(exe, 0);
+    let mut child = cmd
+        .arg("--serve-gateway")
+        .arg(suite_urls)
+        .arg("--pki")
+        .arg(suite_dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()?;
+    let out = child.stdout.take().context("gateway stdout")?;
+    let mut lines = BufReader::new(out).lines();
+    let (mut gateway, mut forwarder) = (String::new(), String::new());
+    for _ in 0..2 {
+        let line = lines.next().context("the gateway exited")??;
+        match line.split_once(' ') {
+            Some(("GATEWAY", a)) => gateway = format!("https://localhost:{}", port(a)?),
+            Some(("FORWARDER", a)) => forwarder = format!("https://localhost:{}", port(a)?),
+            _ => anyhow::bail!("unexpected line from the gateway: {line}"),
+        }
+    }
+    Ok((child, gateway, forwarder))
 }
 
 fn port(addr: &str) -> anyhow::Result<u16> {
@@ -800,7 +842,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             }
             other => anyhow::bail!("unknown backend {other}"),
         };
-        let servers = spawn_servers(&url, &dir.path().join("pki"))?;
+        let servers = spawn_servers(&url, &dir.path().join("pki"), args.baseline.as_deref())?;
         if args.gateway_only {
             gateway::cost(&servers, &args).await?;
             return Ok(());
@@ -1250,6 +1292,75 @@ mod gateway {
 
     /// GetPerson through the gateway against the same call to the registry, and the case
     /// file against the bare echo, interleaved over the rounds.
+    /// This build's gateway against `base`'s, each in its own process on the load
+    /// generator's core, taking turns (which goes first alternates by round): throughput and
+    /// CPU per passed-through GetPerson.
+    async fn ab(
+        s: &Servers,
+        args: &Args,
+        mothers: &[String],
+        base: &Baseline,
+    ) -> anyhow::Result<()> {
+        let client = |uri: String| async move {
+            anyhow::Ok(RegistryServiceClient::with_interceptor(
+                channel(s, &uri, "fr-mfa").await?,
+                purpose(),
+            ))
+        };
+        let this: RegistryServiceClient<With> = client(s.own_gateway.clone()).await?;
+        let that: RegistryServiceClient<With> = client(base.gateway.clone()).await?;
+        let get = |c: &RegistryServiceClient<With>, i: usize| {
+            let mut c = c.clone();
+            let name = mothers[i % mothers.len()].clone();
+            async move {
+                c.get_person(pb::GetPersonRequest { name }).await?;
+                anyhow::Ok(())
+            }
+        };
+        let measure = |c: &RegistryServiceClient<With>, pid: u32| {
+            let c = c.clone();
+            async move {
+                let (rps, cpu) =
+                    cpu_per_call(&[pid], counted(args.concurrency, args.seconds, |i| get(&c, i)))
+                        .await?;
+                anyhow::Ok((rps, cpu.first().copied().flatten()))
+            }
+        };
+        let (mut rps_ratio, mut cpu_ratio, mut cpu_this, mut cpu_that) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for round in 0..args.rounds {
+            let (a, b) = if round % 2 == 0 {
+                let a = measure(&this, s.own_child.id()).await?;
+                (a, measure(&that, base.child.id()).await?)
+            } else {
+                let b = measure(&that, base.child.id()).await?;
+                (measure(&this, s.own_child.id()).await?, b)
+            };
+            eprintln!(
+                "round {round}: this build {:.0}/s, {:.1} us per call; the baseline {:.0}/s, {:.1} us per call",
+                a.0,
+                a.1.unwrap_or(f64::NAN),
+                b.0,
+                b.1.unwrap_or(f64::NAN)
+            );
+            rps_ratio.push(a.0 / b.0);
+            if let (Some(x), Some(y)) = (a.1, b.1) {
+                cpu_ratio.push(x / y);
+                cpu_this.push(x);
+                cpu_that.push(y);
+            }
+        }
+        let (m, lo, hi) = median(&mut rps_ratio);
+        println!("[a/b] throughput through this build's gateway / the baseline's: median {m:.3}x, range {lo:.3}-{hi:.3}");
+        if !cpu_ratio.is_empty() {
+            let (m, lo, hi) = median(&mut cpu_ratio);
+            let (x, _, _) = median(&mut cpu_this);
+            let (y, _, _) = median(&mut cpu_that);
+            println!("[a/b] gateway CPU per passed-through GetPerson: this build {x:.1} us, the baseline {y:.1} us; per round this/baseline median {m:.3}x, range {lo:.3}-{hi:.3}");
+        }
+        Ok(())
+    }
+
     pub async fn cost(s: &Servers, args: &Args) -> anyhow::Result<()> {
         let mothers = seed(s).await?;
         let direct: RegistryServiceClient<With> = RegistryServiceClient::with_interceptor(
@@ -1330,6 +1441,9 @@ mod gateway {
             let rps = throughput(args.concurrency, args.seconds, |i| get(through, i)).await?;
             println!("[gateway] through the gateway: {rps:.0}/s");
             return Ok(());
+        }
+        if let Some(b) = &s.baseline {
+            return ab(s, args, &mothers, b).await;
         }
         let (mut pass, mut file_vs_echo, mut added) = (Vec::new(), Vec::new(), Vec::new());
         let (mut p90_direct, mut p90_via) = (Vec::new(), Vec::new());
