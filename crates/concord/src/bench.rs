@@ -25,9 +25,9 @@
 //! (10 ms ticks, over windows of seconds):
 //! what the gateway costs per passed-through call, against what the services cost per direct
 //! call, and the throughput ratio those costs would give on one shared core. The floor of a
-//! pass-through is measured beside it: a bare tonic forwarder on mutual TLS in both places
-//! (the services' process and the second gateway's), with none of the gateway's own work, in
-//! throughput, CPU per call and added p90.
+//! pass-through is measured beside it: a bare tonic forwarder on mutual TLS, with none of the
+//! gateway's own work, in both places (the services' process and the second gateway's) in
+//! throughput, and in the second gateway's process also in CPU per call and added p90.
 
 /// mimalloc: the servers allocate per call (headers, spans, messages); it is faster than
 /// the system allocator under this load.
@@ -417,7 +417,7 @@ impl tower::Service<http::Request<tonic::body::Body>> for Forwarder {
 // ---- load side ------------------------------------------------------------------------------
 
 struct Servers {
-    child: Child,
+    child: Killed,
     /// The registry without security (plaintext, trusted metadata, no policy or audit).
     registry: String,
     /// The same registry behind mutual TLS, the policy and the audit log.
@@ -435,7 +435,7 @@ struct Servers {
     /// A second gateway in front of the same suite, in its own process on the load
     /// generator's core (as deployed: the gateway in its own pods, not on the services' CPU).
     own_gateway: String,
-    own_child: Child,
+    own_child: Killed,
     /// A bare mutual-TLS forwarder to the suite's registry (see [`forwarder`]), in the
     /// suite's process, and one in the second gateway's process.
     forwarder: String,
@@ -446,18 +446,24 @@ struct Servers {
 
 /// See [`Servers::baseline`].
 struct Baseline {
-    child: Child,
+    child: Killed,
     gateway: String,
 }
 
-impl Drop for Servers {
+/// A child process, killed when this is dropped: when the bench ends, and when it fails
+/// while starting the others.
+struct Killed(Child);
+
+impl Killed {
+    fn id(&self) -> u32 {
+        self.0.id()
+    }
+}
+
+impl Drop for Killed {
     fn drop(&mut self) {
-        let baseline = self.baseline.as_mut().map(|b| &mut b.child);
-        for c in [Some(&mut self.own_child), baseline, Some(&mut self.child)].into_iter().flatten()
-        {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
 
@@ -484,15 +490,16 @@ fn spawn_servers(
     )?;
     let exe = std::env::current_exe()?;
     let (mut cmd, is_pinned) = pinned(&exe, 1);
-    let mut child = cmd
-        .arg("--serve")
-        .arg(url)
-        .arg("--pki")
-        .arg(pki_dir)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()?;
-    let out = child.stdout.take().context("child stdout")?;
+    let mut child = Killed(
+        cmd.arg("--serve")
+            .arg(url)
+            .arg("--pki")
+            .arg(pki_dir)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()?,
+    );
+    let out = child.0.stdout.take().context("child stdout")?;
     let mut lines = BufReader::new(out).lines();
     let mut registry = String::new();
     let mut echo = String::new();
@@ -517,12 +524,14 @@ fn spawn_servers(
             _ => anyhow::bail!("unexpected line from servers: {line}"),
         }
     }
+    std::thread::spawn(move || lines.for_each(drop));
     let suite_dir = pki_dir.with_file_name("suite");
     let suite_urls = format!("{suite_registry},{facilities},{requests}");
-    let (own_child, own_gateway, own_forwarder) = spawn_gateway(&exe, &suite_urls, &suite_dir)?;
+    let (own_child, own_gateway, own_forwarder) =
+        spawn_gateway(&exe, &suite_urls, &suite_dir, true)?;
     let baseline = match baseline {
         Some(exe) => {
-            let (child, gateway, _) = spawn_gateway(exe, &suite_urls, &suite_dir)
+            let (child, gateway, _) = spawn_gateway(exe, &suite_urls, &suite_dir, false)
                 .with_context(|| format!("starting the baseline gateway {}", exe.display()))?;
             Some(Baseline { child, gateway })
         }
@@ -555,33 +564,38 @@ fn spawn_servers(
 
 /// A gateway alone (`--serve-gateway`) from the binary `exe`, pinned to the load generator's
 /// core, in front of the suite's services at `suite_urls`: the process, the gateway's address
-/// and that of the bare forwarder beside it.
+/// and that of the bare forwarder beside it. Builds before the forwarder print no address
+/// for it: with `forwarder` false only the gateway's is awaited (what else the process
+/// prints is read and dropped, so it never writes to a closed pipe).
 fn spawn_gateway(
     exe: &std::path::Path,
     suite_urls: &str,
     suite_dir: &std::path::Path,
-) -> anyhow::Result<(Child, String, String)> {
+    forwarder: bool,
+) -> anyhow::Result<(Killed, String, String)> {
     let (mut cmd, _) = pinned(exe, 0);
-    let mut child = cmd
-        .arg("--serve-gateway")
-        .arg(suite_urls)
-        .arg("--pki")
-        .arg(suite_dir)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()?;
-    let out = child.stdout.take().context("gateway stdout")?;
+    let mut child = Killed(
+        cmd.arg("--serve-gateway")
+            .arg(suite_urls)
+            .arg("--pki")
+            .arg(suite_dir)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()?,
+    );
+    let out = child.0.stdout.take().context("gateway stdout")?;
     let mut lines = BufReader::new(out).lines();
-    let (mut gateway, mut forwarder) = (String::new(), String::new());
-    for _ in 0..2 {
+    let (mut gateway, mut bare) = (String::new(), String::new());
+    while gateway.is_empty() || (forwarder && bare.is_empty()) {
         let line = lines.next().context("the gateway exited")??;
         match line.split_once(' ') {
             Some(("GATEWAY", a)) => gateway = format!("https://localhost:{}", port(a)?),
-            Some(("FORWARDER", a)) => forwarder = format!("https://localhost:{}", port(a)?),
+            Some(("FORWARDER", a)) => bare = format!("https://localhost:{}", port(a)?),
             _ => anyhow::bail!("unexpected line from the gateway: {line}"),
         }
     }
-    Ok((child, gateway, forwarder))
+    std::thread::spawn(move || lines.for_each(drop));
+    Ok((child, gateway, bare))
 }
 
 fn port(addr: &str) -> anyhow::Result<u16> {
@@ -1290,8 +1304,6 @@ mod gateway {
         Ok(())
     }
 
-    /// GetPerson through the gateway against the same call to the registry, and the case
-    /// file against the bare echo, interleaved over the rounds.
     /// This build's gateway against `base`'s, each in its own process on the load
     /// generator's core, taking turns (which goes first alternates by round): throughput and
     /// CPU per passed-through GetPerson.
@@ -1361,6 +1373,9 @@ mod gateway {
         Ok(())
     }
 
+    /// GetPerson through the gateway against the same call to the registry, and the case
+    /// file against the bare echo, interleaved over the rounds (with `--baseline`, only the
+    /// A/B of the two gateways).
     pub async fn cost(s: &Servers, args: &Args) -> anyhow::Result<()> {
         let mothers = seed(s).await?;
         let direct: RegistryServiceClient<With> = RegistryServiceClient::with_interceptor(
@@ -1439,7 +1454,7 @@ mod gateway {
                 other => anyhow::bail!("no pass-through '{other}' to profile"),
             };
             let rps = throughput(args.concurrency, args.seconds, |i| get(through, i)).await?;
-            println!("[gateway] through the gateway: {rps:.0}/s");
+            println!("[gateway] GetPerson through {target}: {rps:.0}/s");
             return Ok(());
         }
         if let Some(b) = &s.baseline {
