@@ -478,6 +478,22 @@ fn pinned(exe: &std::path::Path, core: u32) -> (Command, bool) {
     }
 }
 
+/// The lines a child prints.
+type Printed = std::io::Lines<BufReader<std::process::ChildStdout>>;
+
+/// `exe` with `args`, pinned to `core` where `taskset` exists (and whether it is), and the
+/// lines it prints.
+fn start(
+    exe: &std::path::Path,
+    core: u32,
+    args: &[&std::ffi::OsStr],
+) -> anyhow::Result<(Killed, Printed, bool)> {
+    let (mut cmd, is_pinned) = pinned(exe, core);
+    let mut child = Killed(cmd.args(args).stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn()?);
+    let out = child.0.stdout.take().context("no stdout from the child")?;
+    Ok((child, BufReader::new(out).lines(), is_pinned))
+}
+
 fn spawn_servers(
     url: &str,
     pki_dir: &std::path::Path,
@@ -489,18 +505,8 @@ fn spawn_servers(
         &concord_platform::pki::demo_agencies(),
     )?;
     let exe = std::env::current_exe()?;
-    let (mut cmd, is_pinned) = pinned(&exe, 1);
-    let mut child = Killed(
-        cmd.arg("--serve")
-            .arg(url)
-            .arg("--pki")
-            .arg(pki_dir)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()?,
-    );
-    let out = child.0.stdout.take().context("child stdout")?;
-    let mut lines = BufReader::new(out).lines();
+    let (child, mut lines, is_pinned) =
+        start(&exe, 1, &["--serve".as_ref(), url.as_ref(), "--pki".as_ref(), pki_dir.as_ref()])?;
     let mut registry = String::new();
     let mut echo = String::new();
     let mut secured = String::new();
@@ -573,18 +579,9 @@ fn spawn_gateway(
     suite_dir: &std::path::Path,
     forwarder: bool,
 ) -> anyhow::Result<(Killed, String, String)> {
-    let (mut cmd, _) = pinned(exe, 0);
-    let mut child = Killed(
-        cmd.arg("--serve-gateway")
-            .arg(suite_urls)
-            .arg("--pki")
-            .arg(suite_dir)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()?,
-    );
-    let out = child.0.stdout.take().context("gateway stdout")?;
-    let mut lines = BufReader::new(out).lines();
+    let args =
+        ["--serve-gateway".as_ref(), suite_urls.as_ref(), "--pki".as_ref(), suite_dir.as_ref()];
+    let (child, mut lines, _) = start(exe, 0, &args)?;
     let (mut gateway, mut bare) = (String::new(), String::new());
     while gateway.is_empty() || (forwarder && bare.is_empty()) {
         let line = lines.next().context("the gateway exited")??;
