@@ -498,3 +498,13 @@ impl Launcher<'_> {
         Ok(bound)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_flags_default_backend_check_is_the_gateways_own() {
+        // Written twice (a flag's default is text): they must agree.
+        let cfg = super::Config::with_data_dir("data".into());
+        assert_eq!(cfg.backend_check_interval, concord_gateway::health::EVERY);
+    }
+}

@@ -191,17 +191,43 @@ async fn without_listed_origins_a_preflight_is_not_answered_and_bad_origins_are_
         concord_gateway::services(&links, &cfg, &Options::default(), shutdown.clone()).unwrap();
     let server = TestServer::start(services, trigger, shutdown, cfg).await.unwrap();
     let url = format!("{}/v1/concord.gateway.v1.GatewayService/GetCaseFile", server.uri());
-    let (_, h) = heads(vec![
+    let (status, h) = heads(vec![
         "-X".into(),
         "OPTIONS".into(),
         "-H".into(),
         "origin: https://partner.example".into(),
         "-H".into(),
         "access-control-request-method: POST".into(),
+        url.clone(),
+    ])
+    .await;
+    // The preflight is not answered as one: it meets authentication like any call, and
+    // nothing in the answer lets a browser go on.
+    let cors = |h: &[(String, String)]| h.iter().any(|(k, _)| k.starts_with("access-control-"));
+    assert_eq!(status, 401, "{h:?}");
+    assert!(!cors(&h), "{h:?}");
+    // A call a script on that origin makes anyway reaches the gateway (curl is no browser),
+    // but its answer does not let the script read it.
+    let (status, h) = heads(vec![
+        "-H".into(),
+        "origin: https://partner.example".into(),
+        "-H".into(),
+        "content-type: application/json".into(),
+        "-H".into(),
+        "x-concord-agency: fr-mfa".into(),
+        "-H".into(),
+        "x-concord-agency-kind: state_ministry".into(),
+        "-H".into(),
+        "x-concord-state: FR".into(),
+        "-H".into(),
+        "x-concord-purpose: consular case review".into(),
+        "-d".into(),
+        r#"{"person": "persons/0192d6c4-0000-7000-8000-000000000001"}"#.into(),
         url,
     ])
     .await;
-    assert_eq!(header(&h, "access-control-allow-origin"), None, "{h:?}");
+    assert_eq!(status, 503, "every service is down: {h:?}");
+    assert!(!cors(&h), "{h:?}");
 }
 
 #[tokio::test]
