@@ -194,9 +194,15 @@ pub async fn tls_channel(
     addr: SocketAddr,
     agency: &str,
 ) -> anyhow::Result<tonic::transport::Channel> {
+    tls_channel_to(pki, &format!("https://{addr}"), agency).await
+}
+
+/// The same to `uri` (`https://host:port`).
+pub async fn tls_channel_to(
+    pki: &concord_platform::pki::DemoPki,
+    uri: &str,
+    agency: &str,
+) -> anyhow::Result<tonic::transport::Channel> {
     let tls = pki.agency(agency).client_config("localhost")?;
-    Ok(tonic::transport::Channel::from_shared(format!("https://{addr}"))?
-        .tls_config(tls)?
-        .connect()
-        .await?)
+    Ok(tonic::transport::Channel::from_shared(uri.to_string())?.tls_config(tls)?.connect().await?)
 }

@@ -630,8 +630,7 @@ async fn client(uri: &str) -> anyhow::Result<Client> {
 
 /// A client of the secured registry holding `agency`'s demo certificate.
 async fn secure_client(s: &Servers, agency: &str) -> anyhow::Result<Client> {
-    let tls = s.pki.agency(agency).client_config("localhost")?;
-    let ch = Channel::from_shared(s.secured.clone())?.tls_config(tls)?.connect().await?;
+    let ch = concord_testkit::tls_channel_to(&s.pki, &s.secured, agency).await?;
     Ok(RegistryServiceClient::with_interceptor(ch, Creds::Purpose(Purpose(PURPOSE.into())))
         .max_decoding_message_size(16 * 1024 * 1024))
 }
@@ -1018,8 +1017,7 @@ mod gateway {
     const FAMILIES: usize = 100;
 
     async fn channel(s: &Servers, uri: &str, agency: &str) -> anyhow::Result<Channel> {
-        let tls = s.suite_pki.agency(agency).client_config("localhost")?;
-        Ok(Channel::from_shared(uri.to_string())?.tls_config(tls)?.connect().await?)
+        concord_testkit::tls_channel_to(&s.suite_pki, uri, agency).await
     }
 
     fn purpose() -> Purpose {
